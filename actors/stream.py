@@ -1,0 +1,390 @@
+"""The detector's consume loop, a plain class: Kafka in, verdicts out.
+
+One iteration of `StreamWorker.run`:
+
+  1. poll      take records while fewer than `in_flight_cap` fetches are running
+  2. parse     a bad record becomes a dead letter at once
+  3. fetch     good records go to a thread pool: fetch → sniff → decode → preprocess
+               (I/O and decoding overlap with the model running in this thread)
+  4. batch     finished fetches join a dynamic batch (max_batch / max_wait_ms)
+  5. score     encoder + head on the batch; one verdict per image
+  6. produce   verdicts and dead letters are sent; an offset is marked done
+               only once its output has been handed to the producer
+  7. commit    every `commit_interval_s`: flush the producer (every output
+               acknowledged by the broker), then commit, per partition, the
+               lowest offset still pending (at-least-once)
+  8. swap      between batches, load a newer head if the registry's CURRENT moved
+
+On a rebalance the revoked partitions are flushed and committed first, and
+work still in flight for them is dropped (its records come back to the new
+owner from the committed offset). On stop: no more polling, finish what is in
+flight, produce, flush, commit, leave the group.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from kafka import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from actors.batching import Batcher, OffsetTracker
+from services.config import WorkerSettings
+from services.errors import DmguardError, InputError
+from services.fetch import fetch_bytes
+from services.images import decode
+from services.kafka_io import make_consumer, make_producer
+from services.metrics import WorkerStats
+from services.records import DeadLetter, ImageRecord, Source, Verdict, best_effort_id
+from training.detector import Detector
+from training.encoders import Preprocess
+from training.registry import Registry
+
+log = logging.getLogger(__name__)
+
+LAG_INTERVAL_S = 2.0
+
+
+class ProduceError(DmguardError):
+    """The broker refused an output record; the worker restarts rather than commit past it."""
+
+
+@dataclass
+class Job:
+    """One input record on its way through the pipeline."""
+
+    tp: TopicPartition
+    offset: int
+    timestamp_ms: int
+    value: bytes | None
+    generation: int
+    record: ImageRecord | None = None
+    pixels: np.ndarray | None = None  # (3, S, S) float32 after preprocessing
+    error: InputError | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def source(self) -> Source:
+        return Source(self.tp.topic, self.tp.partition, self.offset)
+
+
+def fetch_and_preprocess(job: Job, settings: WorkerSettings, preprocess: Preprocess) -> Job:
+    """Runs in a fetch thread. Never raises: failures land in `job.error`."""
+    assert job.record is not None
+    try:
+        t0 = time.perf_counter()
+        data = fetch_bytes(job.record.url, settings.fetch)
+        t1 = time.perf_counter()
+        image = decode(data, target_size=preprocess.image_size, max_pixels=settings.max_pixels)
+        job.pixels = preprocess(image)
+        job.timings = {"fetch": t1 - t0, "decode": time.perf_counter() - t1}
+    except InputError as exc:
+        job.error = exc
+    except Exception as exc:  # a bug or a library surprise: dead-letter it, keep going
+        log.exception("unexpected error fetching %s", job.record.url)
+        job.error = InputError(f"{type(exc).__name__}: {exc}", code="internal")
+    return job
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: StreamWorker) -> None:
+        self.worker = worker
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self.worker._on_revoked(set(revoked))
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self.worker._on_assigned(set(assigned))
+
+
+class StreamWorker:
+    def __init__(
+        self, settings: WorkerSettings, *, worker_id: str, stats: WorkerStats | None = None
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id
+        self.stats = stats or WorkerStats()
+        self.registry = Registry(settings.registry)
+        self.detector = Detector.from_registry(
+            self.registry, device=settings.device, threads=settings.threads
+        )
+        self._trackers: dict[TopicPartition, OffsetTracker] = {}
+        self._generation = 0
+        self._done: queue.SimpleQueue[Job] = queue.SimpleQueue()
+        self._in_flight = 0
+        self._batcher: Batcher[Job] = Batcher(settings.max_batch, settings.max_wait_ms / 1000)
+        self._produce_error: BaseException | None = None
+        self._lock = threading.Lock()  # guards the status fields read from other threads
+        self._assigned: list[int] = []
+        self._running = False
+        self.consumer = None
+        self.producer = None
+
+    # ---------------------------------------------------------------- status
+    def status(self) -> dict:
+        with self._lock:
+            return {
+                "worker_id": self.worker_id,
+                "pid": os.getpid(),
+                "running": self._running,
+                "head_version": self.detector.version,
+                "encoder": self.detector.encoder.spec,
+                "partitions": list(self._assigned),
+                "in_flight": self._in_flight,
+            }
+
+    # ------------------------------------------------------------------ loop
+    def run(self, stop: threading.Event) -> None:
+        s = self.settings
+        self.consumer = make_consumer(s.kafka, max_poll_records=s.in_flight_cap)
+        self.producer = make_producer(s.kafka)
+        self.consumer.subscribe([s.topics.images], listener=_Rebalance(self))
+        pool = ThreadPoolExecutor(s.fetch_threads, thread_name_prefix=f"fetch-{self.worker_id}")
+        next_commit = next_swap_check = next_lag = time.monotonic()
+        with self._lock:
+            self._running = True
+        try:
+            while True:
+                stopping = stop.is_set()
+                if stopping and self._in_flight == 0 and len(self._batcher) == 0:
+                    break
+                # 1-3. poll, parse, hand good records to the fetch pool
+                room = s.in_flight_cap - self._in_flight
+                if not stopping and room > 0:
+                    busy = self._in_flight > 0 or len(self._batcher) > 0
+                    polled = self.consumer.poll(timeout_ms=0 if busy else 100, max_records=room)
+                    for messages in polled.values():
+                        for m in messages:
+                            self._accept(m, pool)
+                # 4. collect finished fetches into the batch
+                self._collect(block=self._in_flight > 0)
+                # 5-6. score and produce a batch when it is due
+                now = time.monotonic()
+                if self._batcher.ready(now) or (
+                    stopping and self._in_flight == 0 and len(self._batcher)
+                ):
+                    self._run_batch(self._batcher.take(now), pool)
+                now = time.monotonic()
+                # 7. commit what the broker has acknowledged
+                if now >= next_commit:
+                    self._commit()
+                    next_commit = now + s.commit_interval_s
+                # 8. hot-swap the head between batches
+                if now >= next_swap_check:
+                    self._maybe_swap_head()
+                    next_swap_check = now + s.registry_poll_s
+                if now >= next_lag:
+                    self._report_lag()
+                    next_lag = now + LAG_INTERVAL_S
+            self._commit()
+        finally:
+            with self._lock:
+                self._running = False
+            pool.shutdown(wait=True, cancel_futures=True)
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            if self.producer is not None:
+                self.producer.close(timeout=10)
+        finally:
+            if self.consumer is not None:
+                self.consumer.close(autocommit=False)
+
+    # --------------------------------------------------------------- steps
+    def _accept(self, m, pool: ThreadPoolExecutor) -> None:
+        tp = TopicPartition(m.topic, m.partition)
+        tracker = self._trackers.setdefault(tp, OffsetTracker())
+        tracker.add(m.offset)
+        job = Job(tp, m.offset, m.timestamp, m.value, self._generation)
+        try:
+            job.record = ImageRecord.from_bytes(m.value)
+        except InputError as exc:
+            job.error = exc
+            self._emit_dead_letter(job)
+            return
+        self._submit(job, pool)
+
+    def _submit(self, job: Job, pool: ThreadPoolExecutor) -> None:
+        self._in_flight += 1
+        future = pool.submit(
+            fetch_and_preprocess, job, self.settings, self.detector.encoder.preprocess
+        )
+        future.add_done_callback(lambda f: self._done.put(f.result()))
+
+    def _collect(self, *, block: bool) -> None:
+        timeout = None
+        if block:
+            left = self._batcher.time_left(time.monotonic())
+            timeout = 0.05 if left is None else min(left, 0.05)
+        while True:
+            try:
+                job = self._done.get(timeout=timeout) if timeout else self._done.get_nowait()
+            except queue.Empty:
+                return
+            timeout = None  # after the first result, take only what is already there
+            self._in_flight -= 1
+            if job.generation != self._generation:
+                continue  # its partition was revoked: the new owner redoes it
+            for stage, seconds in job.timings.items():
+                self.stats.observe("stage_seconds", seconds, stage)
+            if job.error is not None:
+                self._emit_dead_letter(job)
+            else:
+                self._batcher.add(job, time.monotonic())
+
+    def _run_batch(self, jobs: list[Job], pool: ThreadPoolExecutor) -> None:
+        jobs = [j for j in jobs if j.generation == self._generation]
+        size = self.detector.encoder.preprocess.image_size
+        stale = [j for j in jobs if j.pixels.shape[-1] != size]  # encoder changed under them
+        for job in stale:
+            self._submit(job, pool)
+        jobs = [j for j in jobs if j.pixels.shape[-1] == size]
+        if not jobs:
+            return
+        pixels = np.stack([j.pixels for j in jobs])  # (B, 3, S, S)
+        try:
+            t0 = time.perf_counter()
+            embeddings = self.detector.encoder.encode_images(pixels)  # (B, D)
+            t1 = time.perf_counter()
+            features = self.detector.features(embeddings, [j.record.text for j in jobs])
+            scores = self.detector.score_features(features)  # (B,)
+            t2 = time.perf_counter()
+        except Exception as exc:
+            log.exception("model failed on a batch of %d", len(jobs))
+            for job in jobs:
+                job.error = InputError(
+                    f"model failed: {type(exc).__name__}: {exc}", code="internal"
+                )
+                self._emit_dead_letter(job)
+            return
+        self.stats.observe("batch_size", len(jobs))
+        self.stats.observe("stage_seconds", t1 - t0, "embed")
+        self.stats.observe("stage_seconds", t2 - t1, "score")
+        meta = self.detector.meta
+        for job, score in zip(jobs, scores, strict=False):
+            verdict = Verdict.build(
+                job.record,
+                score=float(score),
+                threshold=meta.threshold,
+                encoder=meta.encoder,
+                head_version=meta.version,
+                record_ts_ms=job.timestamp_ms,
+            )
+            self._send(self.settings.topics.verdicts, verdict.to_bytes(), job.record.id, job)
+            self.stats.inc("records", "verdict")
+            self.stats.inc("verdicts", verdict.verdict)
+        self.stats.observe("stage_seconds", time.perf_counter() - t2, "produce")
+
+    def _emit_dead_letter(self, job: Job) -> None:
+        err = job.error
+        assert err is not None
+        rid = job.record.id if job.record else best_effort_id(job.value)
+        letter = DeadLetter(
+            code=err.code, message=str(err), value=job.value, source=job.source, id=rid
+        )
+        self._send(self.settings.topics.dead_letter, letter.to_bytes(), rid, job)
+        self.stats.inc("records", "dead_letter")
+        self.stats.inc("dead_letters", err.code)
+
+    def _send(self, topic: str, value: bytes, key: str | None, job: Job) -> None:
+        future = self.producer.send(topic, value=value, key=key.encode() if key else None)
+        future.add_errback(self._on_produce_error)
+        self._trackers[job.tp].done(job.offset)
+        if job.timestamp_ms is not None and job.timestamp_ms > 0:
+            self.stats.observe(
+                "end_to_end_seconds", max(0.0, time.time() - job.timestamp_ms / 1000)
+            )
+
+    def _on_produce_error(self, exc: BaseException) -> None:
+        self._produce_error = exc
+
+    def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        """Flush outputs, then commit the lowest pending offset of each partition."""
+        offsets = {}
+        for tp, tracker in self._trackers.items():
+            if partitions is not None and tp not in partitions:
+                continue
+            offset = tracker.committable()
+            if offset is not None:
+                offsets[tp] = OffsetAndMetadata(offset, "", -1)
+        if not offsets:
+            return
+        self.producer.flush()
+        if self._produce_error is not None:
+            raise ProduceError(f"the broker refused an output record: {self._produce_error}")
+        try:
+            self.consumer.commit(offsets)
+        except (
+            KafkaError
+        ) as exc:  # e.g. a rebalance in progress: the records come back, duplicates allowed
+            log.warning("commit failed (%s); uncommitted records will be redelivered", exc)
+            return
+        for tp, om in offsets.items():
+            self._trackers[tp].mark_committed(om.offset)
+
+    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._commit(revoked)
+        for tp in revoked:
+            self._trackers.pop(tp, None)
+        self._generation += 1  # results of in-flight work for these partitions are dropped
+        with self._lock:
+            self._assigned = [
+                p
+                for p in self._assigned
+                if TopicPartition(self.settings.topics.images, p) not in revoked
+            ]
+
+    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        for tp in assigned:
+            self._trackers[tp] = OffsetTracker()
+        with self._lock:
+            self._assigned = sorted(tp.partition for tp in assigned)
+
+    def _maybe_swap_head(self) -> None:
+        current = self.registry.current()
+        if current is None or current == self.detector.version:
+            return
+        try:
+            detector = Detector.from_registry(
+                self.registry,
+                current,
+                device=self.settings.device,
+                threads=self.settings.threads,
+                reuse=self.detector,
+            )
+        except Exception as exc:  # keep serving the old head rather than stop
+            log.error("cannot load head %s, keeping %s: %s", current, self.detector.version, exc)
+            return
+        with self._lock:
+            self.detector = detector
+        self.stats.inc("head_swaps")
+        log.info("worker %s now serves head %s", self.worker_id, current)
+
+    def _report_lag(self) -> None:
+        tps = list(self._trackers)
+        if not tps:
+            return
+        try:
+            ends = self.consumer.end_offsets(tps)
+        except KafkaError:
+            return
+        for tp in tps:
+            try:
+                position = self.consumer.position(tp)
+            except (KafkaError, AssertionError):  # partition moved away meanwhile
+                continue
+            if position is not None and tp in ends:
+                self.stats.set_gauge(
+                    "consumer_lag",
+                    max(0, ends[tp] - position) + self._trackers[tp].pending,
+                    str(tp.partition),
+                )

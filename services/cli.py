@@ -1,0 +1,407 @@
+"""The `dmguard` command line: a thin layer over the modules that do the work.
+
+Settings are read here and only here (flags, then DMGUARD_* environment
+variables, then defaults) and passed down as frozen objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from services.config import (
+    KafkaSettings,
+    ServeSettings,
+    Topics,
+    WorkerSettings,
+    default_bootstrap,
+    default_registry,
+    kafka_extra_from_env,
+)
+from services.errors import DmguardError
+from services.fetch import DEFAULT_MAX_BYTES, FetchPolicy
+from services.images import DEFAULT_MAX_PIXELS
+
+log = logging.getLogger("dmguard")
+
+
+def _kafka(args: argparse.Namespace, **overrides) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=args.bootstrap, client_extra=kafka_extra_from_env(), **overrides
+    )
+
+
+# ------------------------------------------------------------------ commands
+def cmd_broker(args: argparse.Namespace) -> int:
+    from services.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(args.host, args.port).start()
+    stop = {"now": False}
+
+    def on_signal(*_):
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"ready {broker.bootstrap}", flush=True)
+    try:
+        while not stop["now"] and broker.process is not None and broker.process.poll() is None:
+            time.sleep(0.2)
+    finally:
+        code = broker.process.poll() if broker.process else None
+        broker.stop()
+    if code is not None and not stop["now"]:
+        print(f"broker exited with {code}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from services.kafka_io import ensure_topics
+
+    created = ensure_topics(
+        _kafka(args), Topics(), partitions=args.partitions, replication=args.replication
+    )
+    for name in Topics().all():
+        print(f"{name}: {'created' if name in created else 'exists'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.serve import run_service
+
+    policy = FetchPolicy(
+        allow_private=args.allow_private_urls,
+        allowed_networks=tuple(args.allow_network or ()),
+        allow_file=args.allow_file_urls,
+        max_bytes=args.max_bytes,
+    )
+    worker = WorkerSettings(
+        kafka=_kafka(args, group_id=args.group_id),
+        registry=args.registry,
+        fetch=policy,
+        max_pixels=args.max_pixels,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        fetch_threads=args.fetch_threads,
+        device=args.device,
+    )
+    settings = ServeSettings(
+        worker=worker,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+    )
+    return run_service(settings)
+
+
+def _produce_lines(lines, topic: str) -> list[tuple[bytes | None, bytes]]:
+    """JSON lines pass through untouched (bad ones too: the service dead-letters them);
+    a bare URL becomes {"id": <uuid>, "url": URL}."""
+    out = []
+    for raw in lines:
+        line = raw.rstrip("\n")
+        if not line.strip():
+            continue
+        if line.lstrip().startswith(("{", "[")):
+            key = None
+            try:
+                obj = json.loads(line)
+                if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                    key = obj["id"].encode()
+            except ValueError:
+                pass
+            out.append((key, line.encode()))
+        else:
+            rid = uuid.uuid4().hex
+            out.append((rid.encode(), json.dumps({"id": rid, "url": line.strip()}).encode()))
+    return out
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from services.kafka_io import make_producer
+
+    stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    with stream:
+        records = _produce_lines(stream, args.topic)
+    producer = make_producer(_kafka(args))
+    for key, value in records:
+        producer.send(args.topic, value=value, key=key)
+    producer.flush()
+    producer.close()
+    print(f"sent {len(records)} records to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from kafka.structs import TopicPartition
+
+    from services.kafka_io import make_consumer
+
+    consumer = make_consumer(_kafka(args), group=False)
+    partitions = consumer.partitions_for_topic(args.topic) or set()
+    if not partitions:
+        print(f"topic {args.topic} does not exist (run `dmguard topics`)", file=sys.stderr)
+        return 1
+    tps = [TopicPartition(args.topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    if args.from_beginning:
+        consumer.seek_to_beginning(*tps)
+    else:
+        consumer.seek_to_end(*tps)
+    seen, last = 0, time.monotonic()
+    try:
+        while args.max is None or seen < args.max:
+            batch = consumer.poll(timeout_ms=200)
+            for messages in batch.values():
+                for m in messages:
+                    print(_as_text(m.value), flush=True)
+                    seen += 1
+                    last = time.monotonic()
+                    if args.max is not None and seen >= args.max:
+                        break
+            if args.timeout is not None and time.monotonic() - last > args.timeout:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+def _as_text(value: bytes | None) -> str:
+    if value is None:
+        return "null"
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return json.dumps({"undecodable_base64": __import__("base64").b64encode(value).decode()})
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from services.errors import InputError
+    from services.fetch import fetch_bytes
+    from services.images import decode
+    from services.records import ImageRecord, Verdict
+    from training.detector import Detector
+    from training.registry import Registry
+
+    detector = Detector.from_registry(Registry(args.registry), args.version, device=args.device)
+    policy = FetchPolicy(allow_private=args.allow_private_urls, allow_file=True)
+    failures = 0
+    for target in args.targets:
+        url = target if "://" in target else Path(target).resolve().as_uri()
+        start = time.time() * 1000
+        try:
+            data = fetch_bytes(url, policy)
+            pixels = detector.encoder.preprocess(
+                decode(data, target_size=detector.encoder.preprocess.image_size)
+            )
+            _, scores = detector(pixels[None])
+        except InputError as exc:
+            print(
+                json.dumps(
+                    {"id": target, "url": url, "error": {"code": exc.code, "message": str(exc)}}
+                )
+            )
+            failures += 1
+            continue
+        meta = detector.meta
+        v = Verdict.build(
+            ImageRecord(id=target, url=url),
+            score=float(scores[0]),
+            threshold=meta.threshold,
+            encoder=meta.encoder,
+            head_version=meta.version,
+            record_ts_ms=start,
+        )
+        print(v.to_bytes().decode())
+    return 1 if failures else 0
+
+
+def cmd_init_head(args: argparse.Namespace) -> int:
+    from training.detector import register_untrained_head
+    from training.registry import Registry
+
+    meta = register_untrained_head(
+        Registry(args.registry), args.encoder, seed=args.seed, promote=not args.no_promote
+    )
+    print(json.dumps(meta.to_dict()))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from training.weights import KNOWN, fetch_weights
+
+    path = fetch_weights(args.name, Path(args.cache)).resolve()
+    print(json.dumps({"name": args.name, "encoder": f"onnx:{path}", "sha256": KNOWN[args.name].sha256,
+                      "licence": KNOWN[args.name].licence}))
+    return 0
+
+
+def cmd_not_yet(args: argparse.Namespace) -> int:
+    print(f"`dmguard {args.command}` is not built yet (see the open issues).", file=sys.stderr)
+    return 2
+
+
+# -------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dmguard",
+        description="Detect diffusion-model-generated images in a Kafka stream of image URLs.",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def kafka_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--bootstrap",
+            default=default_bootstrap(),
+            help="Kafka bootstrap servers, comma-separated (default: $DMGUARD_BOOTSTRAP or %(default)s)",
+        )
+
+    def registry_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--registry",
+            default=default_registry(),
+            help="model registry folder (default: $DMGUARD_REGISTRY or %(default)s)",
+        )
+
+    sp = sub.add_parser(
+        "broker", help="run the embedded Kafka-compatible broker (Tansu) in the foreground"
+    )
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=9092)
+    sp.set_defaults(func=cmd_broker)
+
+    sp = sub.add_parser("topics", help="create the four dmguard topics where missing")
+    kafka_args(sp)
+    sp.add_argument("--partitions", type=int, default=4)
+    sp.add_argument(
+        "--replication", type=int, default=1, help="replication factor (3 on a real cluster)"
+    )
+    sp.set_defaults(func=cmd_topics)
+
+    sp = sub.add_parser("serve", help="run the detector on the stream until SIGTERM/SIGINT")
+    kafka_args(sp)
+    registry_arg(sp)
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="DetectorWorker actors (one per GPU, or per CPU slot)",
+    )
+    sp.add_argument("--metrics-port", type=int, default=9464)
+    sp.add_argument("--metrics-host", default="0.0.0.0")
+    sp.add_argument("--max-batch", type=int, default=32, help="largest model batch")
+    sp.add_argument(
+        "--max-wait-ms", type=int, default=50, help="longest an image waits for its batch to fill"
+    )
+    sp.add_argument("--fetch-threads", type=int, default=8, help="fetch/decode threads per worker")
+    sp.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="fetch from loopback/private/link-local addresses too (never on a public service)",
+    )
+    sp.add_argument(
+        "--allow-network",
+        action="append",
+        metavar="CIDR",
+        help="allow one private network only, e.g. 127.0.0.1/32 (repeatable)",
+    )
+    sp.add_argument(
+        "--allow-file-urls", action="store_true", help="accept file:// URLs (local testing)"
+    )
+    sp.add_argument(
+        "--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest image download"
+    )
+    sp.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest decoded image"
+    )
+    sp.add_argument("--group-id", default="dmguard", help="Kafka consumer group of the workers")
+    sp.add_argument("--cpus-per-worker", type=float, default=1.0)
+    sp.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="GPUs per worker, fractional allowed (default: 1 where the cluster has GPUs, else 0)",
+    )
+    sp.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    sp.set_defaults(func=cmd_serve)
+
+    sp = sub.add_parser("produce", help="send records: JSON lines, or one bare URL per line")
+    kafka_args(sp)
+    sp.add_argument("--topic", default=Topics().images)
+    sp.add_argument("file", help="a file, or - for standard input")
+    sp.set_defaults(func=cmd_produce)
+
+    sp = sub.add_parser("tail", help="print a topic's records as JSON lines")
+    kafka_args(sp)
+    sp.add_argument("--topic", default=Topics().verdicts)
+    sp.add_argument("--from-beginning", action="store_true")
+    sp.add_argument("--max", type=int, default=None, help="stop after N records")
+    sp.add_argument(
+        "--timeout", type=float, default=None, help="stop after S seconds without a record"
+    )
+    sp.set_defaults(func=cmd_tail)
+
+    sp = sub.add_parser("score", help="score images once, without Kafka; one verdict JSON per line")
+    registry_arg(sp)
+    sp.add_argument("targets", nargs="+", metavar="PATH_OR_URL")
+    sp.add_argument("--version", default=None, help="head version (default: CURRENT)")
+    sp.add_argument("--allow-private-urls", action="store_true")
+    sp.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    sp.set_defaults(func=cmd_score)
+
+    sp = sub.add_parser(
+        "init-head", help="register an UNTRAINED head (random weights) to try the pipeline"
+    )
+    registry_arg(sp)
+    sp.add_argument(
+        "--encoder", required=True, help="encoder spec, e.g. open_clip:dmguard-tiny or onnx:PATH"
+    )
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--no-promote", action="store_true", help="register without making it CURRENT")
+    sp.set_defaults(func=cmd_init_head)
+
+    sp = sub.add_parser("models", help="fetch and verify the offline CLIP weights; prints their encoder spec")
+    sp.add_argument("--name", default="clip-vit-b16-int8", help="known weights to fetch (default: %(default)s)")
+    sp.add_argument("--cache", default=os.environ.get("DMGUARD_MODELS", ".cache/models"), help="cache folder")
+    sp.set_defaults(func=cmd_models)
+
+    for name, text in [
+        ("train", "train a head with Ray Train and register it"),
+        ("eval", "print one JSON object of metrics"),
+        ("retrain", "periodic retraining from dmguard.labels + the feature log"),
+        ("demo", "the whole system on this machine, offline, end to end"),
+        ("bench", "throughput and latency, side by side with the limits"),
+    ]:
+        sp = sub.add_parser(name, help=f"{text} (not built yet)")
+        sp.set_defaults(func=cmd_not_yet)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Root at WARNING: open_clip and kafka log chatty INFO lines through it.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for name in ("dmguard", "services", "actors", "training"):
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.func(args)
+    except DmguardError as exc:
+        print(f"dmguard {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Metrics: workers count and time things locally (WorkerStats), the driver
+merges what they report into one prometheus_client registry (DriverMetrics)
+and serves it with /healthz and /readyz (MetricsServer).
+
+Why workers do not serve /metrics themselves: one scrape target covers all
+workers on all nodes, and a restarted worker does not reset the counters
+operators see. A worker that crashes loses at most the counts since its last
+report; its records are reprocessed and counted again.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import Counter as PromCounter
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from services.errors import DEAD_LETTER_CODES
+
+STAGES = ("fetch", "decode", "embed", "score", "produce")
+OUTCOMES = ("verdict", "dead_letter")
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class WorkerStats:
+    """Thread-safe local counts of one worker, drained by the driver."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, tuple[str, ...]]] = Counter()
+        self._observations: defaultdict[tuple[str, tuple[str, ...]], list[float]] = defaultdict(
+            list
+        )
+        self._gauges: dict[tuple[str, tuple[str, ...]], float] = {}
+
+    def inc(self, name: str, *labels: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[(name, labels)] += n
+
+    def observe(self, name: str, value: float, *labels: str) -> None:
+        with self._lock:
+            self._observations[(name, labels)].append(value)
+
+    def set_gauge(self, name: str, value: float, *labels: str) -> None:
+        with self._lock:
+            self._gauges[(name, labels)] = value
+
+    def drain(self) -> dict[str, Any]:
+        """Counts and observations since the last drain; the gauges' current values."""
+        with self._lock:
+            out = {
+                "counts": dict(self._counts),
+                "observations": dict(self._observations),
+                "gauges": dict(self._gauges),
+            }
+            self._counts.clear()
+            self._observations = defaultdict(list)
+            return out
+
+
+class DriverMetrics:
+    """The service's metrics, in one registry, fed by WorkerStats.drain() reports."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # *_created series double the scrape and no dashboard reads them
+        r = self.registry = CollectorRegistry()
+        self.records = PromCounter(
+            "dmguard_records_total", "Input records finished, by outcome", ["outcome"], registry=r
+        )
+        self.verdicts = PromCounter(
+            "dmguard_verdicts_total", "Verdicts produced, by verdict", ["verdict"], registry=r
+        )
+        self.dead_letters = PromCounter(
+            "dmguard_dead_letters_total", "Dead-letter records, by code", ["code"], registry=r
+        )
+        self.head_swaps = PromCounter(
+            "dmguard_head_swaps_total", "Heads loaded by running workers", registry=r
+        )
+        self.batch_size = Histogram(
+            "dmguard_batch_size", "Images per model batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.stage_seconds = Histogram(
+            "dmguard_stage_seconds",
+            "Seconds per pipeline stage (per image for fetch/decode, per batch otherwise)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "dmguard_end_to_end_seconds",
+            "Input record timestamp to verdict sent",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag = Gauge(
+            "dmguard_consumer_lag",
+            "Records not yet consumed, by input partition",
+            ["partition"],
+            registry=r,
+        )
+        self.workers = Gauge("dmguard_workers", "Workers alive and reporting", registry=r)
+        self.model_info = Gauge(
+            "dmguard_model_info",
+            "Encoder and head version served (1 while any worker serves it)",
+            ["encoder", "head_version"],
+            registry=r,
+        )
+        for o in OUTCOMES:
+            self.records.labels(o)
+        for v in ("generated", "real"):
+            self.verdicts.labels(v)
+        for c in DEAD_LETTER_CODES:
+            self.dead_letters.labels(c)
+        for s in STAGES:
+            self.stage_seconds.labels(s)
+        self._lock = threading.Lock()
+
+    def apply(self, report: dict[str, Any]) -> None:
+        """Add one worker's drained stats."""
+        with self._lock:
+            for (name, labels), n in report.get("counts", {}).items():
+                metric = self._counter(name)
+                (metric.labels(*labels) if labels else metric).inc(n)
+            for (name, labels), values in report.get("observations", {}).items():
+                metric = self._histogram(name)
+                child = metric.labels(*labels) if labels else metric
+                for v in values:
+                    child.observe(v)
+            for (name, labels), value in report.get("gauges", {}).items():
+                if name == "consumer_lag":
+                    self.lag.labels(*labels).set(value)
+
+    def set_fleet(self, workers: int, models: set[tuple[str, str]]) -> None:
+        with self._lock:
+            self.workers.set(workers)
+            self.model_info.clear()
+            for encoder, version in models:
+                self.model_info.labels(encoder, version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def _counter(self, name: str) -> PromCounter:
+        return {
+            "records": self.records,
+            "verdicts": self.verdicts,
+            "dead_letters": self.dead_letters,
+            "head_swaps": self.head_swaps,
+        }[name]
+
+    def _histogram(self, name: str) -> Histogram:
+        return {
+            "batch_size": self.batch_size,
+            "stage_seconds": self.stage_seconds,
+            "end_to_end_seconds": self.end_to_end,
+        }[name]
+
+
+class MetricsServer:
+    """/metrics, /healthz (the process is up) and /readyz (`ready()` says why not) on one port."""
+
+    def __init__(
+        self, metrics: DriverMetrics, ready: Callable[[], tuple[bool, str]], *, host: str, port: int
+    ) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    self._send(200, b"ok\n", "text/plain")
+                elif path == "/readyz":
+                    ok, why = outer.ready()
+                    self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:  # scrapes every few seconds: keep logs quiet
+                pass
+
+        self.metrics, self.ready = metrics, ready
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="metrics-http", daemon=True
+        )
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,113 @@
+"""`dmguard serve`: the driver. Starts (or joins) Ray, runs the WorkerPool,
+serves /metrics, /healthz and /readyz, and on SIGTERM/SIGINT drains the
+workers, commits and returns 0."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from services.broker import kafka_answers
+from services.config import ServeSettings
+from services.kafka_io import ensure_topics
+from services.metrics import DriverMetrics, MetricsServer
+from training.registry import Registry
+
+log = logging.getLogger(__name__)
+
+BROKER_CHECK_S = 5.0
+
+
+def init_ray(*, address: str | None = None, num_cpus: float | None = None) -> None:
+    """Join RAY_ADDRESS (a cluster) when set, else start a small local Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=256
+        * 1024
+        * 1024,  # reports and settings are small; the default takes GBs
+        log_to_driver=True,
+    )
+
+
+class Readiness:
+    """/readyz: workers up with a head loaded, and the broker answering."""
+
+    def __init__(self, expected_workers: int) -> None:
+        self.expected = expected_workers
+        self.workers_ready = 0
+        self.broker_ok = False
+        self.head = ""
+
+    def __call__(self) -> tuple[bool, str]:
+        if not self.broker_ok:
+            return False, "broker does not answer"
+        if self.workers_ready < self.expected:
+            return False, f"{self.workers_ready}/{self.expected} workers ready"
+        return True, f"ready: {self.workers_ready} workers, head {self.head}"
+
+
+def run_service(settings: ServeSettings, *, stop: threading.Event | None = None) -> int:
+    """Run until `stop` is set (or a signal arrives); returns the exit code."""
+    import ray
+
+    from actors.pool import WorkerPool
+
+    registry = Registry(settings.worker.registry)
+    head, meta = (
+        registry.load()
+    )  # refuse to start without a head (RegistryError says how to get one)
+    del head
+    kafka, topics = settings.worker.kafka, settings.worker.topics
+    ensure_topics(kafka, topics)
+    needed_cpus = max(os.cpu_count() or 1, settings.workers * settings.cpus_per_worker + 1)
+    init_ray(num_cpus=needed_cpus)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        # After ray.init, which installs a SIGTERM handler of its own that exits at once.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    metrics = DriverMetrics()
+    readiness = Readiness(settings.workers)
+    server = MetricsServer(
+        metrics, readiness, host=settings.metrics_host, port=settings.metrics_port
+    ).start()
+    print(f"metrics on http://{settings.metrics_host}:{server.port}/metrics", flush=True)
+    pool = WorkerPool(settings)
+    try:
+        pool.start()
+        print(
+            f"serving: {settings.workers} workers, head {meta.version} ({meta.encoder}), "
+            f"{topics.images} -> {topics.verdicts}",
+            flush=True,
+        )
+        next_broker_check = 0.0
+        while not stop.is_set():
+            pool.collect(metrics, timeout_s=0.0)
+            if time.monotonic() >= next_broker_check:
+                readiness.broker_ok = kafka_answers(kafka.bootstrap_servers, **kafka.client_extra)
+                next_broker_check = time.monotonic() + BROKER_CHECK_S
+            readiness.workers_ready = sum(1 for s in pool.statuses.values() if s.get("running"))
+            readiness.head = ",".join(sorted({s["head_version"] for s in pool.statuses.values()}))
+            stop.wait(settings.stats_interval_s)
+        print("stopping: draining in-flight work", flush=True)
+        drained = pool.stop(metrics)
+        print(
+            "stopped" + ("" if drained else " (some work was not drained; it will be redelivered)"),
+            flush=True,
+        )
+        return 0
+    finally:
+        server.stop()
+        ray.shutdown()

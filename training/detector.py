@@ -1,0 +1,103 @@
+"""The scorer: a CLIP encoder and an MLP head, pixels in, P(generated) out.
+
+A plain class (no Ray, no Kafka) so it is unit-tested on its own; the
+DetectorWorker actor wraps it. Heads swap without rebuilding the encoder
+when the encoder spec is unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from training.encoders import Encoder, load_encoder
+from training.head import HeadConfig, MLPHead
+from training.registry import HeadMeta, Registry
+
+
+class Detector:
+    def __init__(self, encoder: Encoder, head: MLPHead, meta: HeadMeta) -> None:
+        if meta.encoder != encoder.spec:
+            raise ValueError(
+                f"head {meta.version} needs encoder {meta.encoder}, got {encoder.spec}"
+            )
+        expected = encoder.dim + (encoder.text_dim if meta.uses_text else 0)
+        if head.config.input_dim != expected:
+            raise ValueError(f"head input_dim {head.config.input_dim} != encoder width {expected}")
+        self.encoder = encoder
+        self.head = head.eval().to(encoder.placement.device)
+        self.meta = meta
+
+    @classmethod
+    def from_registry(
+        cls,
+        registry: Registry,
+        version: str | None = None,
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        reuse: Detector | None = None,
+    ) -> Detector:
+        """Load a head and its encoder; `reuse` lends its encoder when the spec matches."""
+        head, meta = registry.load(version)
+        if reuse is not None and reuse.encoder.spec == meta.encoder:
+            encoder = reuse.encoder
+        else:
+            encoder = load_encoder(meta.encoder, device=device, threads=threads)
+        return cls(encoder, head, meta)
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    @property
+    def threshold(self) -> float:
+        return self.meta.threshold
+
+    def features(self, embeddings: np.ndarray, texts: list[str | None] | None = None) -> np.ndarray:
+        """The head's input: image embeddings, plus caption embeddings when the head uses text
+        (zeros for records without a caption)."""
+        if not self.meta.uses_text:
+            return embeddings
+        text_emb = np.zeros((len(embeddings), self.encoder.text_dim), np.float32)
+        idx = [i for i, t in enumerate(texts or []) if t]
+        if idx:
+            text_emb[idx] = self.encoder.encode_texts([texts[i] for i in idx])  # type: ignore[index]
+        return np.concatenate([embeddings, text_emb], axis=1)
+
+    def score_features(self, features: np.ndarray) -> np.ndarray:  # (B, D) -> (B,) in [0, 1]
+        with torch.inference_mode():
+            x = torch.from_numpy(features.astype(np.float32)).to(self.encoder.placement.device)
+            return torch.sigmoid(self.head(x)).float().cpu().numpy()
+
+    def __call__(
+        self, pixels: np.ndarray, texts: list[str | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Embed and score a batch: (B,3,S,S) -> (embeddings (B,D), scores (B,))."""
+        embeddings = self.encoder.encode_images(pixels)
+        return embeddings, self.score_features(self.features(embeddings, texts))
+
+
+def register_untrained_head(
+    registry: Registry,
+    encoder_spec: str,
+    *,
+    seed: int = 0,
+    threshold: float = 0.5,
+    promote: bool = True,
+) -> HeadMeta:
+    """Register a head with random weights for `encoder_spec`.
+
+    For trying the pipeline before a head is trained (its scores mean
+    nothing) and for tests: the streaming pipeline does not care what the
+    head learned.
+    """
+    encoder = load_encoder(encoder_spec, device="cpu", threads=1)
+    torch.manual_seed(seed)
+    head = MLPHead(HeadConfig(input_dim=encoder.dim))
+    meta = registry.save(
+        head, encoder=encoder_spec, threshold=threshold, extra={"note": "untrained: random weights"}
+    )
+    if promote:
+        registry.promote(meta.version)
+    return meta

@@ -1,0 +1,237 @@
+"""CLIP image (and text) encoders behind one small interface.
+
+Spec strings (DESIGN.md, "Encoders"):
+
+    open_clip:ARCH/PRETRAINED   e.g. open_clip:ViT-L-14/openai, downloaded by open_clip
+    open_clip:ARCH@/path.pt     local weights
+    open_clip:ARCH              random init, seeded (tests only)
+    onnx:/path/image_tower.onnx a CLIP image tower run by onnxruntime
+
+`load_encoder(spec)` returns an encoder that carries its own preprocessing
+(`encoder.preprocess`), so serving and training cannot drift apart. The
+preprocessing runs in the fetch threads on PIL images and yields float32 CHW
+arrays; `encode_images` takes a stacked batch of them and returns
+L2-normalised embeddings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from training.device import Placement, choose_placement
+from training.errors import EncoderError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_RESAMPLE = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """CLIP's eval transform: shortest side to `image_size`, centre crop, scale, normalise.
+
+    Written with PIL and numpy (not torchvision) so it runs in fetch threads
+    for any backend; it matches open_clip's `image_transform(is_train=False)`
+    for resize_mode "shortest" (see tests/training/test_encoders.py).
+    """
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    interpolation: str = "bicubic"
+
+    def __call__(self, img: Image.Image) -> np.ndarray:  # -> (3, S, S) float32
+        s = self.image_size
+        w, h = img.size
+        if w <= h:
+            new_w, new_h = s, int(s * h / w)
+        else:
+            new_w, new_h = int(s * w / h), s
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), _RESAMPLE[self.interpolation])
+        left = int(round((new_w - s) / 2.0))
+        top = int(round((new_h - s) / 2.0))
+        img = img.crop((left, top, left + s, top + s))
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0  # (S, S, 3)
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+class Encoder(Protocol):
+    spec: str
+    dim: int  # image embedding width
+    text_dim: int  # 0 when there is no text tower
+    preprocess: Preprocess
+    placement: Placement
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:  # (B,3,S,S) -> (B,D)
+        ...
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:  # -> (B,Dt)
+        ...
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    backend: str  # "open_clip" | "onnx"
+    arch: str = ""
+    pretrained: str | None = None  # a tag ("openai") or a local path
+    path: str | None = None  # onnx file
+
+    @classmethod
+    def parse(cls, spec: str) -> EncoderSpec:
+        backend, sep, rest = spec.partition(":")
+        if not sep or not rest:
+            raise EncoderError(
+                f"encoder spec {spec!r} must look like 'open_clip:ARCH[/TAG|@PATH]' or 'onnx:PATH'"
+            )
+        if backend == "onnx":
+            return cls("onnx", path=rest)
+        if backend != "open_clip":
+            raise EncoderError(
+                f"unknown encoder backend {backend!r} in {spec!r} (open_clip or onnx)"
+            )
+        if "@" in rest:
+            arch, _, path = rest.partition("@")
+            return cls("open_clip", arch, path)
+        arch, _, tag = rest.partition("/")
+        return cls("open_clip", arch, tag or None)
+
+
+def load_encoder(spec: str, *, device: str = "auto", threads: int | None = None) -> Encoder:
+    """Build the encoder named by `spec`.
+
+    Args:
+        device: "auto", "cuda" or "cpu" (see training.device.choose_placement).
+        threads: CPU threads for the backend; defaults to the CPUs this process may use.
+
+    Raises:
+        EncoderError: the spec is malformed or the weights cannot be loaded.
+    """
+    parsed = EncoderSpec.parse(spec)
+    threads = threads or len(os.sched_getaffinity(0))
+    placement = choose_placement(device)
+    if parsed.backend == "onnx":
+        return OnnxEncoder(spec, parsed.path or "", placement=placement, threads=threads)
+    return OpenClipEncoder(spec, parsed, placement=placement, threads=threads)
+
+
+class OpenClipEncoder:
+    """Any open_clip architecture; fp16/bf16 autocast and channels_last on CUDA."""
+
+    def __init__(
+        self, spec: str, parsed: EncoderSpec, *, placement: Placement, threads: int
+    ) -> None:
+        import open_clip
+        import torch
+
+        open_clip.add_model_config(_CONFIG_DIR)  # dmguard-tiny and friends
+        if placement.device == "cpu":
+            torch.set_num_threads(threads)
+        self.spec, self.placement = spec, placement
+        try:
+            if parsed.pretrained is None:
+                # Random init is seeded so every worker and every test gets the same encoder.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    model, _, transform = open_clip.create_model_and_transforms(parsed.arch)
+            else:
+                model, _, transform = open_clip.create_model_and_transforms(
+                    parsed.arch, pretrained=parsed.pretrained
+                )
+        except Exception as exc:  # open_clip raises RuntimeError/ValueError/OSError/HF errors
+            raise EncoderError(f"cannot build encoder {spec!r}: {exc}") from exc
+        model.eval().to(placement.device)
+        if placement.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self._model = model
+        self._tokenizer = open_clip.get_tokenizer(parsed.arch)
+        cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
+        size = cfg.get("size", model.visual.image_size)
+        size = size[0] if isinstance(size, (tuple, list)) else int(size)
+        self.preprocess = Preprocess(
+            image_size=size,
+            mean=tuple(cfg.get("mean", CLIP_MEAN)),
+            std=tuple(cfg.get("std", CLIP_STD)),
+            interpolation=cfg.get("interpolation", "bicubic"),
+        )
+        self.torch_transform = transform  # open_clip's own, for cross-checks in tests
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, size, size, device=placement.device)
+            self.dim = int(self._model.encode_image(probe).shape[-1])
+        self.text_dim = self.dim
+
+    def _autocast(self):
+        import torch
+
+        if self.placement.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.placement.autocast_dtype)
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            x = torch.from_numpy(pixels).to(self.placement.device, non_blocking=True)
+            if self.placement.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            emb = self._model.encode_image(x).float()  # (B, D)
+        return _normalise(emb.cpu().numpy())
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            tokens = self._tokenizer(texts).to(self.placement.device)
+            emb = self._model.encode_text(tokens).float()  # (B, D)
+        return _normalise(emb.cpu().numpy())
+
+
+class OnnxEncoder:
+    """A CLIP image tower exported to ONNX (input pixel_values (N,3,S,S), output
+    image_embeds (N,D)), run by onnxruntime. No text tower."""
+
+    def __init__(self, spec: str, path: str, *, placement: Placement, threads: int) -> None:
+        import onnxruntime as ort
+
+        if not Path(path).is_file():
+            raise EncoderError(f"ONNX encoder file not found: {path} (run `make models`)")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        if placement.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self._session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise EncoderError(f"cannot load ONNX encoder {path}: {exc}") from exc
+        self.spec, self.placement = spec, placement
+        inp = self._session.get_inputs()[0]
+        self._input = inp.name
+        outputs = [o.name for o in self._session.get_outputs()]
+        self._output = "image_embeds" if "image_embeds" in outputs else outputs[0]
+        size = inp.shape[-1] if isinstance(inp.shape[-1], int) else 224
+        self.preprocess = Preprocess(image_size=size)
+        self.dim = int(self.encode_images(np.zeros((1, 3, size, size), np.float32)).shape[-1])
+        self.text_dim = 0
+
+    def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        (emb,) = self._session.run([self._output], {self._input: pixels.astype(np.float32)})
+        return _normalise(np.asarray(emb, dtype=np.float32))
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        raise EncoderError(f"{self.spec} has no text tower")
