@@ -1,5 +1,15 @@
 """WorkerPool: starts the DetectorWorker actors, gathers their reports, stops them.
 
+Partitions: the pool, not Kafka's group protocol, hands out the input
+partitions (worker i reads partitions p with p % workers == i) and every
+worker commits under the same group id. Ray already supervises the workers,
+so a crashed worker comes back as the same actor with the same partitions and
+resumes from their last commit at once: no join delay, no rebalance storm,
+no duplicate owners. It also keeps the service independent of the broker's
+group coordinator (the embedded Tansu broker cannot re-form a group whose
+first members have all gone: a second `serve` never got an assignment).
+Adding partitions to the topic takes a restart of `serve`.
+
 Resources: each worker reserves `cpus_per_worker` CPUs and, where the
 cluster has GPUs, `gpus_per_worker` GPUs (fractional allowed: two workers on
 one GPU with 0.5 each); Ray pins the GPU through CUDA_VISIBLE_DEVICES.
@@ -18,6 +28,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.worker import DetectorWorker
 from services.config import ServeSettings
+from services.kafka_io import partition_count
 from services.metrics import DriverMetrics
 
 log = logging.getLogger(__name__)
@@ -31,6 +42,11 @@ def worker_resources(settings: ServeSettings, cluster_gpus: float) -> dict[str, 
     if gpus > 0 and cluster_gpus < gpus:
         raise ValueError(f"each worker asks for {gpus} GPUs but the cluster has {cluster_gpus}")
     return {"num_cpus": settings.cpus_per_worker, "num_gpus": gpus}
+
+
+def split_partitions(partitions: int, workers: int) -> list[tuple[int, ...]]:
+    """Round-robin: worker i reads every partition p with p % workers == i."""
+    return [tuple(range(i, partitions, workers)) for i in range(workers)]
 
 
 def worker_threads(cpus: float) -> int:
@@ -53,10 +69,22 @@ class WorkerPool:
             )
         if resources["num_gpus"] > 0 and worker_settings.device == "auto":
             worker_settings = replace(worker_settings, device="cuda")
+        n_partitions = partition_count(worker_settings.kafka, worker_settings.topics.images)
+        if n_partitions < self.settings.workers:
+            log.warning(
+                "%d workers but only %d input partitions: %d workers will idle",
+                self.settings.workers,
+                n_partitions,
+                self.settings.workers - n_partitions,
+            )
+        shares = split_partitions(n_partitions, self.settings.workers)
         remote = ray.remote(DetectorWorker).options(
             **resources, max_restarts=-1, max_task_retries=0, max_concurrency=4
         )
-        self.actors = [remote.remote(worker_settings, str(i)) for i in range(self.settings.workers)]
+        self.actors = [
+            remote.remote(replace(worker_settings, partitions=share), str(i))
+            for i, share in enumerate(shares)
+        ]
         deadline = time.monotonic() + ready_timeout_s
         for actor in self.actors:  # constructors load the model: wait for them
             ray.get(actor.pid.remote(), timeout=max(1.0, deadline - time.monotonic()))

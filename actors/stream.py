@@ -15,10 +15,10 @@ One iteration of `StreamWorker.run`:
                lowest offset still pending (at-least-once)
   8. swap      between batches, load a newer head if the registry's CURRENT moved
 
-On a rebalance the revoked partitions are flushed and committed first, and
-work still in flight for them is dropped (its records come back to the new
-owner from the committed offset). On stop: no more polling, finish what is in
-flight, produce, flush, commit, leave the group.
+Each worker reads the partitions the pool gave it (`settings.partitions`)
+and commits under the shared group id, so a worker that Ray restarts after a
+crash resumes exactly where the last commit left its partitions. On stop: no
+more polling, finish what is in flight, produce, flush, commit.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -65,7 +64,6 @@ class Job:
     offset: int
     timestamp_ms: int
     value: bytes | None
-    generation: int
     record: ImageRecord | None = None
     pixels: np.ndarray | None = None  # (3, S, S) float32 after preprocessing
     error: InputError | None = None
@@ -94,17 +92,6 @@ def fetch_and_preprocess(job: Job, settings: WorkerSettings, preprocess: Preproc
     return job
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, worker: StreamWorker) -> None:
-        self.worker = worker
-
-    def on_partitions_revoked(self, revoked) -> None:
-        self.worker._on_revoked(set(revoked))
-
-    def on_partitions_assigned(self, assigned) -> None:
-        self.worker._on_assigned(set(assigned))
-
-
 class StreamWorker:
     def __init__(
         self, settings: WorkerSettings, *, worker_id: str, stats: WorkerStats | None = None
@@ -117,13 +104,11 @@ class StreamWorker:
             self.registry, device=settings.device, threads=settings.threads
         )
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
-        self._generation = 0
         self._done: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._in_flight = 0
         self._batcher: Batcher[Job] = Batcher(settings.max_batch, settings.max_wait_ms / 1000)
         self._produce_error: BaseException | None = None
         self._lock = threading.Lock()  # guards the status fields read from other threads
-        self._assigned: list[int] = []
         self._running = False
         self.consumer = None
         self.producer = None
@@ -137,7 +122,7 @@ class StreamWorker:
                 "running": self._running,
                 "head_version": self.detector.version,
                 "encoder": self.detector.encoder.spec,
-                "partitions": list(self._assigned),
+                "partitions": list(self.settings.partitions),
                 "in_flight": self._in_flight,
             }
 
@@ -146,7 +131,9 @@ class StreamWorker:
         s = self.settings
         self.consumer = make_consumer(s.kafka, max_poll_records=s.in_flight_cap)
         self.producer = make_producer(s.kafka)
-        self.consumer.subscribe([s.topics.images], listener=_Rebalance(self))
+        assigned = [TopicPartition(s.topics.images, p) for p in s.partitions]
+        self._trackers = {tp: OffsetTracker() for tp in assigned}
+        self.consumer.assign(assigned)  # positions start at the group's committed offsets
         pool = ThreadPoolExecutor(s.fetch_threads, thread_name_prefix=f"fetch-{self.worker_id}")
         next_commit = next_swap_check = next_lag = time.monotonic()
         with self._lock:
@@ -202,9 +189,8 @@ class StreamWorker:
     # --------------------------------------------------------------- steps
     def _accept(self, m, pool: ThreadPoolExecutor) -> None:
         tp = TopicPartition(m.topic, m.partition)
-        tracker = self._trackers.setdefault(tp, OffsetTracker())
-        tracker.add(m.offset)
-        job = Job(tp, m.offset, m.timestamp, m.value, self._generation)
+        self._trackers[tp].add(m.offset)
+        job = Job(tp, m.offset, m.timestamp, m.value)
         try:
             job.record = ImageRecord.from_bytes(m.value)
         except InputError as exc:
@@ -232,8 +218,6 @@ class StreamWorker:
                 return
             timeout = None  # after the first result, take only what is already there
             self._in_flight -= 1
-            if job.generation != self._generation:
-                continue  # its partition was revoked: the new owner redoes it
             for stage, seconds in job.timings.items():
                 self.stats.observe("stage_seconds", seconds, stage)
             if job.error is not None:
@@ -242,7 +226,6 @@ class StreamWorker:
                 self._batcher.add(job, time.monotonic())
 
     def _run_batch(self, jobs: list[Job], pool: ThreadPoolExecutor) -> None:
-        jobs = [j for j in jobs if j.generation == self._generation]
         size = self.detector.encoder.preprocess.image_size
         stale = [j for j in jobs if j.pixels.shape[-1] != size]  # encoder changed under them
         for job in stale:
@@ -307,12 +290,10 @@ class StreamWorker:
     def _on_produce_error(self, exc: BaseException) -> None:
         self._produce_error = exc
 
-    def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+    def _commit(self) -> None:
         """Flush outputs, then commit the lowest pending offset of each partition."""
         offsets = {}
         for tp, tracker in self._trackers.items():
-            if partitions is not None and tp not in partitions:
-                continue
             offset = tracker.committable()
             if offset is not None:
                 offsets[tp] = OffsetAndMetadata(offset, "", -1)
@@ -330,24 +311,6 @@ class StreamWorker:
             return
         for tp, om in offsets.items():
             self._trackers[tp].mark_committed(om.offset)
-
-    def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        self._commit(revoked)
-        for tp in revoked:
-            self._trackers.pop(tp, None)
-        self._generation += 1  # results of in-flight work for these partitions are dropped
-        with self._lock:
-            self._assigned = [
-                p
-                for p in self._assigned
-                if TopicPartition(self.settings.topics.images, p) not in revoked
-            ]
-
-    def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        for tp in assigned:
-            self._trackers[tp] = OffsetTracker()
-        with self._lock:
-            self._assigned = sorted(tp.partition for tp in assigned)
 
     def _maybe_swap_head(self) -> None:
         current = self.registry.current()

@@ -2,8 +2,8 @@
 
 The consume loop starts in the constructor, on a thread of its own, so when
 Ray restarts a crashed worker (max_restarts=-1) the new incarnation goes back
-to work by itself: it rejoins the consumer group and the records its
-predecessor had not committed come back to it or to a sibling. The actor is
+to work by itself: same partitions, from their last committed offsets, so the
+records its predecessor had not committed come back to it. The actor is
 threaded (max_concurrency > 1) so `report` and `stop` run beside the loop.
 
 Crash-only: if the loop fails (broker gone, output refused), the process

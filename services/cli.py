@@ -243,8 +243,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     from training.weights import KNOWN, fetch_weights
 
     path = fetch_weights(args.name, Path(args.cache)).resolve()
-    print(json.dumps({"name": args.name, "encoder": f"onnx:{path}", "sha256": KNOWN[args.name].sha256,
-                      "licence": KNOWN[args.name].licence}))
+    print(
+        json.dumps(
+            {
+                "name": args.name,
+                "encoder": f"onnx:{path}",
+                "sha256": KNOWN[args.name].sha256,
+                "licence": KNOWN[args.name].licence,
+            }
+        )
+    )
     return 0
 
 
@@ -373,9 +381,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-promote", action="store_true", help="register without making it CURRENT")
     sp.set_defaults(func=cmd_init_head)
 
-    sp = sub.add_parser("models", help="fetch and verify the offline CLIP weights; prints their encoder spec")
-    sp.add_argument("--name", default="clip-vit-b16-int8", help="known weights to fetch (default: %(default)s)")
-    sp.add_argument("--cache", default=os.environ.get("DMGUARD_MODELS", ".cache/models"), help="cache folder")
+    sp = sub.add_parser(
+        "models", help="fetch and verify the offline CLIP weights; prints their encoder spec"
+    )
+    sp.add_argument(
+        "--name", default="clip-vit-b16-int8", help="known weights to fetch (default: %(default)s)"
+    )
+    sp.add_argument(
+        "--cache", default=os.environ.get("DMGUARD_MODELS", ".cache/models"), help="cache folder"
+    )
     sp.set_defaults(func=cmd_models)
 
     for name, text in [
@@ -393,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Root at WARNING: open_clip and kafka log chatty INFO lines through it.
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     for name in ("dmguard", "services", "actors", "training"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:

@@ -74,6 +74,7 @@ class WorkerSettings:
     registry_poll_s: float = 2.0
     device: str = "auto"
     threads: int = 1  # CPU threads for the encoder
+    partitions: tuple[int, ...] = ()  # input partitions this worker reads (set by the pool)
 
     @property
     def in_flight_cap(self) -> int:

@@ -91,3 +91,14 @@ def _wait_for_metadata(
             return
         time.sleep(0.1)
     raise BrokerError(f"topics {names} did not appear within {timeout_s}s")
+
+
+def partition_count(kafka: KafkaSettings, topic: str) -> int:
+    consumer = make_consumer(kafka, group=False)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+    finally:
+        consumer.close()
+    if not parts:
+        raise BrokerError(f"topic {topic} does not exist (run `dmguard topics`)")
+    return len(parts)

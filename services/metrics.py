@@ -10,13 +10,20 @@ report; its records are reprocessed and counted again.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client import Counter as PromCounter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -163,10 +170,17 @@ class DriverMetrics:
 
 
 class MetricsServer:
-    """/metrics, /healthz (the process is up) and /readyz (`ready()` says why not) on one port."""
+    """/metrics, /healthz (the process is up), /readyz (`ready()` says why not) and
+    /status (JSON: each worker's pid, partitions and head) on one port."""
 
     def __init__(
-        self, metrics: DriverMetrics, ready: Callable[[], tuple[bool, str]], *, host: str, port: int
+        self,
+        metrics: DriverMetrics,
+        ready: Callable[[], tuple[bool, str]],
+        *,
+        host: str,
+        port: int,
+        status: Callable[[], Any] = dict,
     ) -> None:
         outer = self
 
@@ -180,6 +194,8 @@ class MetricsServer:
                 elif path == "/readyz":
                     ok, why = outer.ready()
                     self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
+                elif path == "/status":
+                    self._send(200, json.dumps(outer.status()).encode(), "application/json")
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
@@ -193,7 +209,7 @@ class MetricsServer:
             def log_message(self, *args) -> None:  # scrapes every few seconds: keep logs quiet
                 pass
 
-        self.metrics, self.ready = metrics, ready
+        self.metrics, self.ready, self.status = metrics, ready, status
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]

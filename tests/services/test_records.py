@@ -1,0 +1,147 @@
+import base64
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.errors import RecordError
+from services.records import DeadLetter, ImageRecord, LabelRecord, Source, Verdict, best_effort_id
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        ImageRecord(id="a", url="https://example.com/x.jpg"),
+        ImageRecord(
+            id="é" * 256, url="http://h/p?q=1", text="a cat", meta={"user": 7, "tags": ["x"]}
+        ),
+    ],
+)
+def test_image_record_round_trip(record):
+    assert ImageRecord.from_bytes(record.to_bytes()) == record
+
+
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (None, "null"),
+        (b"not json", "not JSON"),
+        (b"\xff\xfe\x00", "not JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"url": "http://h/x"}', "'id'"),
+        (b'{"id": 5, "url": "http://h/x"}', "'id'"),
+        (b'{"id": "", "url": "http://h/x"}', "1..256"),
+        (json.dumps({"id": "x" * 257, "url": "http://h/x"}).encode(), "1..256"),
+        (b'{"id": "a"}', "'url'"),
+        (b'{"id": "a", "url": ["http://h"]}', "'url'"),
+        (json.dumps({"id": "a", "url": "http://h/" + "x" * 9000}).encode(), "more than"),
+        (b'{"id": "a", "url": "http://h", "text": 3}', "'text'"),
+        (b'{"id": "a", "url": "http://h", "meta": "m"}', "'meta'"),
+        (json.dumps({"id": "a", "url": "http://h", "meta": {"k": "v" * 20000}}).encode(), "'meta'"),
+        (b"[" * 100000, "not JSON"),
+    ],
+)
+def test_bad_records_are_refused_with_a_reason(value, reason):
+    with pytest.raises(RecordError) as err:
+        ImageRecord.from_bytes(value)
+    assert reason in str(err.value)
+    assert err.value.code == "bad_record"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300).map(str.encode)))
+def test_parser_never_raises_anything_but_record_error_on_bytes(value):
+    try:
+        rec = ImageRecord.from_bytes(value)
+    except RecordError:
+        return
+    assert isinstance(rec.id, str) and 1 <= len(rec.id) <= 256
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["id", "url", "text", "meta", "other"]), json_values, max_size=5
+    )
+)
+def test_parser_on_json_objects_returns_a_record_or_bad_record(obj):
+    try:
+        rec = ImageRecord.from_bytes(json.dumps(obj).encode())
+    except RecordError as exc:
+        assert exc.code == "bad_record"
+        return
+    assert rec.id == obj["id"] and rec.url == obj["url"]
+
+
+def test_verdict_fields_and_clamping():
+    rec = ImageRecord(id="i", url="http://h/x", meta={"m": 1})
+    v = Verdict.build(
+        rec, score=1.2, threshold=0.7, encoder="e", head_version="v3", record_ts_ms=None
+    )
+    d = json.loads(v.to_bytes())
+    assert set(d) == {
+        "id",
+        "url",
+        "score",
+        "verdict",
+        "threshold",
+        "encoder",
+        "head_version",
+        "latency_ms",
+        "meta",
+        "ts",
+    }
+    assert d["score"] == 1.0 and d["verdict"] == "generated" and d["head_version"] == "v3"
+    low = Verdict.build(
+        rec, score=0.69, threshold=0.7, encoder="e", head_version="v3", record_ts_ms=None
+    )
+    assert low.verdict == "real"
+    with pytest.raises(ValueError):
+        Verdict.build(
+            rec, score=float("nan"), threshold=0.5, encoder="e", head_version="v", record_ts_ms=None
+        )
+
+
+@pytest.mark.parametrize(
+    "value, expect_record, expect_encoding",
+    [
+        (b'{"id": "x"}', '{"id": "x"}', None),
+        (b"\xff\x00binary", base64.b64encode(b"\xff\x00binary").decode(), "base64"),
+        (None, None, None),
+    ],
+)
+def test_dead_letter_preserves_the_original_value(value, expect_record, expect_encoding):
+    letter = DeadLetter(
+        code="bad_record",
+        message="m",
+        value=value,
+        source=Source("t", 2, 41),
+        id=best_effort_id(value),
+    )
+    d = json.loads(letter.to_bytes())
+    assert d["record"] == expect_record
+    assert d.get("record_encoding") == expect_encoding
+    assert d["error"] == {"code": "bad_record", "message": "m"}
+    assert d["source"] == {"topic": "t", "partition": 2, "offset": 41}
+    assert d.get("id") == ("x" if value == b'{"id": "x"}' else None)
+    if expect_encoding:
+        assert base64.b64decode(d["record"]) == value
+
+
+@pytest.mark.parametrize(
+    "raw, label", [(1, "generated"), ("real", "real"), (0, "real"), ("generated", "generated")]
+)
+def test_label_records(raw, label):
+    assert LabelRecord.from_bytes(json.dumps({"id": "a", "label": raw}).encode()).label == label
+    with pytest.raises(RecordError):
+        LabelRecord.from_bytes(b'{"id": "a", "label": "maybe"}')
