@@ -277,3 +277,43 @@ def test_sigterm_drains_and_a_restart_finishes_the_rest(
         first.kill()
         if second:
             second.kill()
+
+
+def test_workers_swap_to_a_new_head_without_restart(broker, image_server, tiny_registry, tmp_path):
+    from tests.conftest import TINY
+    from training.detector import register_untrained_head
+
+    service = Service(broker.bootstrap, tiny_registry.root, tmp_path / "serve.log")
+    reader = None
+    try:
+        service.wait_ready()
+        pids = service.worker_pids()
+        before, before_ids = good_stream(image_server, 40, "before")
+        produce(broker.bootstrap, before)
+        reader = OutputReader(broker.bootstrap)
+        wait_accounted(reader, before_ids, timeout=60)
+
+        v2 = register_untrained_head(tiny_registry, TINY, seed=7)  # registers and promotes
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            heads = {w["head_version"] for w in json.loads(service.get("/status")[1])["workers"]}
+            if heads == {v2.version}:
+                break
+            time.sleep(0.5)
+        assert heads == {v2.version}
+        after, after_ids = good_stream(image_server, 40, "after")
+        produce(broker.bootstrap, after)
+        out = wait_accounted(reader, before_ids | after_ids, timeout=60)
+        version = {v["id"]: v["head_version"] for v in out.verdicts}
+        assert {version[i] for i in before_ids} == {"v1"}
+        assert {version[i] for i in after_ids} == {v2.version}
+        assert service.worker_pids() == pids  # same processes: swapped, not restarted
+        time.sleep(1.5)
+        m = service.metrics()
+        assert counter(m, "dmguard_head_swaps_total") == 2
+        assert counter(m, "dmguard_model_info", encoder=TINY, head_version=v2.version) == 1
+        assert service.stop() == 0
+    finally:
+        if reader:
+            reader.close()
+        service.kill()
