@@ -28,9 +28,11 @@ class DetectorWorker:
     def __init__(self, settings: WorkerSettings, worker_id: str) -> None:
         from actors.stream import StreamWorker  # heavy imports happen in the actor, not the driver
 
-        logging.basicConfig(
-            level=logging.INFO, format=f"%(asctime)s worker-{worker_id} %(levelname)s %(message)s"
-        )
+        # WARNING at the root: kafka-python and open_clip log every connection and model build at INFO.
+        logging.basicConfig(format=f"%(asctime)s worker-{worker_id} %(levelname)s %(message)s")
+        logging.getLogger().setLevel(logging.WARNING)
+        for name in ("actors", "services", "training"):
+            logging.getLogger(name).setLevel(logging.INFO)
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._stream = StreamWorker(settings, worker_id=worker_id, stats=self.stats)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -86,12 +87,17 @@ def run_service(settings: ServeSettings, *, stop: threading.Event | None = None)
         port=settings.metrics_port,
         status=lambda: {"workers": list(pool.statuses.values())},
     ).start()
-    print(f"metrics on http://{settings.metrics_host}:{server.port}/metrics", flush=True)
+    print(
+        f"metrics on http://{settings.metrics_host}:{server.port}/metrics",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         pool.start()
         print(
             f"serving: {settings.workers} workers, head {meta.version} ({meta.encoder}), "
             f"{topics.images} -> {topics.verdicts}",
+            file=sys.stderr,
             flush=True,
         )
         next_broker_check = 0.0
@@ -103,10 +109,11 @@ def run_service(settings: ServeSettings, *, stop: threading.Event | None = None)
             readiness.workers_ready = sum(1 for s in pool.statuses.values() if s.get("running"))
             readiness.head = ",".join(sorted({s["head_version"] for s in pool.statuses.values()}))
             stop.wait(settings.stats_interval_s)
-        print("stopping: draining in-flight work", flush=True)
+        print("stopping: draining in-flight work", file=sys.stderr, flush=True)
         drained = pool.stop(metrics)
         print(
             "stopped" + ("" if drained else " (some work was not drained; it will be redelivered)"),
+            file=sys.stderr,
             flush=True,
         )
         return 0
