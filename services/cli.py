@@ -271,6 +271,85 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_encoder(spec: str | None) -> str:
+    if spec:
+        return spec
+    default = _default_bench_encoder()
+    if default.startswith("onnx:"):
+        return default
+    raise DmguardError(
+        "no encoder given and no offline weights: run `dmguard models` or pass --encoder SPEC"
+    )
+
+
+def _print_bad(bad: list[tuple[str, str]]) -> None:
+    if bad:
+        print(f"{len(bad)} images skipped:", file=sys.stderr)
+        for location, reason in bad[:20]:
+            print(f"  {location}: {reason}", file=sys.stderr)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.data import load_samples
+    from training.embeddings import embed_samples
+    from training.job import train_register
+    from training.registry import Registry
+    from training.train import TrainConfig
+
+    encoder = _resolve_encoder(args.encoder)
+    samples = load_samples(args.data)
+    emb = embed_samples(
+        samples, encoder, cache_dir=Path(args.cache) / "embeddings", workers=args.workers
+    )
+    _print_bad(emb.bad)
+    cfg = TrainConfig(
+        loss=args.loss, gamma=args.gamma, alpha=args.alpha, rho=args.rho, lr=args.lr, epochs=args.epochs,
+        batch_size=args.batch_size, patience=args.patience, seed=args.seed, workers=args.workers,
+        target_fpr=args.target_fpr, use_gpu=args.use_gpu,
+    )  # fmt: skip
+    meta = train_register(
+        emb.X, emb.labels, emb.sources, encoder=encoder, registry=Registry(args.registry), cfg=cfg,
+        storage=Path(args.cache) / "ray-train", tolerance=args.tolerance,
+    )  # fmt: skip
+    print(json.dumps({"version": meta.version, "promoted": meta.extra["promotion"]["promoted"],
+                      "metrics": {k: v for k, v in meta.metrics.items() if k != "per_source"}}))  # fmt: skip
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from training.data import load_samples
+    from training.embeddings import embed_samples
+    from training.evaluate import evaluate
+    from training.job import head_scores
+    from training.perturb import parse_perturbations
+    from training.registry import Registry
+
+    head, meta = Registry(args.registry).load(args.version)
+    samples = load_samples(args.data)
+
+    def run(transform=None) -> dict:
+        emb = embed_samples(
+            samples,
+            meta.encoder,
+            cache_dir=Path(args.cache) / "embeddings",
+            transform=transform,
+            progress=False,
+        )
+        _print_bad(emb.bad)
+        scores = head_scores(head, emb.X) if len(emb.X) else np.zeros(0)
+        return evaluate(emb.labels, scores, meta.threshold, emb.sources)
+
+    out = {"version": meta.version, "encoder": meta.encoder, **run()}
+    if args.perturb:
+        out["perturbations"] = {
+            name: run(fn) for name, fn in parse_perturbations(args.perturb).items()
+        }
+    print(json.dumps(out))
+    return 0
+
+
 def cmd_not_yet(args: argparse.Namespace) -> int:
     print(f"`dmguard {args.command}` is not built yet (see the open issues).", file=sys.stderr)
     return 2
@@ -425,9 +504,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=cmd_models)
 
+    sp = sub.add_parser("train", help="train a head with Ray Train and register it")
+    registry_arg(sp)
+    sp.add_argument(
+        "--data", required=True, help="folder (real/ fake/, or nature/ ai/) or CSV/JSONL manifest"
+    )
+    sp.add_argument(
+        "--encoder", default=None, help="encoder spec (default: the offline CLIP weights)"
+    )
+    sp.add_argument("--epochs", type=int, default=30)
+    sp.add_argument(
+        "--workers", type=int, default=2, help="Ray Train workers (and embedding actors)"
+    )
+    sp.add_argument("--loss", choices=["robust", "bce"], default="robust")
+    sp.add_argument("--gamma", type=float, default=0.5, help="CVaR weight against the AUC loss")
+    sp.add_argument("--alpha", type=float, default=0.8, help="CVaR tail fraction")
+    sp.add_argument("--rho", type=float, default=0.05, help="SAM radius (0: plain AdamW)")
+    sp.add_argument("--lr", type=float, default=1e-3)
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--patience", type=int, default=5, help="epochs without held-out AUC gain")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--target-fpr", type=float, default=0.05, help="the threshold meets this FPR held out"
+    )
+    sp.add_argument(
+        "--tolerance", type=float, default=0.0, help="promote if AUC >= current - tolerance"
+    )
+    sp.add_argument("--use-gpu", action="store_true")
+    sp.add_argument("--cache", default=".cache", help="embedding cache and Ray Train storage")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("eval", help="print one JSON object of held-out metrics for a head")
+    registry_arg(sp)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--version", default=None, help="head version (default: CURRENT)")
+    sp.add_argument(
+        "--perturb", default="", help="also under laundering, e.g. jpeg:75,resize:0.5,blur:1"
+    )
+    sp.add_argument("--cache", default=".cache")
+    sp.set_defaults(func=cmd_eval)
+
     for name, text in [
-        ("train", "train a head with Ray Train and register it"),
-        ("eval", "print one JSON object of metrics"),
         ("retrain", "periodic retraining from dmguard.labels + the feature log"),
         ("demo", "the whole system on this machine, offline, end to end"),
     ]:

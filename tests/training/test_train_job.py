@@ -1,0 +1,132 @@
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY
+from tests.images import encode
+from training.data import load_samples
+from training.embeddings import embed_samples
+from training.head import HeadConfig, MLPHead
+from training.job import decide_promotion
+from training.registry import Registry
+
+
+def synthetic_folder(root, per_source: int = 12):
+    """Two real sources (smooth, bluish) and two generated ones (noisy, reddish)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, sources in (("real", ("cam1", "cam2")), ("fake", ("gen1", "gen2"))):
+        for src in sources:
+            folder = root / label / src
+            folder.mkdir(parents=True)
+            for i in range(per_source):
+                if label == "real":
+                    base = rng.integers(0, 120, size=(4, 4, 3)).astype(np.uint8)
+                    base[..., 2] += 120
+                    img = Image.fromarray(base).resize((96, 96), Image.BILINEAR)
+                else:
+                    arr = rng.integers(0, 255, size=(96, 96, 3)).astype(np.uint8)
+                    arr[..., 0] = np.maximum(arr[..., 0], 160)
+                    img = Image.fromarray(arr)
+                (folder / f"{i}.png").write_bytes(encode(img, "PNG"))
+    return root
+
+
+@pytest.mark.ray
+def test_embeddings_are_cached_by_content_and_bad_images_reported(tmp_path):
+    data = synthetic_folder(tmp_path / "data", per_source=3)
+    (data / "fake" / "gen1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"junk" * 10)
+    samples = load_samples(data)
+    first = embed_samples(samples, TINY, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    assert first.computed == 13 and len(first.samples) == 12
+    assert [loc.endswith("broken.png") for loc, _ in first.bad] == [True]
+    second = embed_samples(samples, TINY, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    assert second.computed == 1  # only the broken one is tried again; the 12 come from Parquet
+    assert np.array_equal(first.X, second.X)
+    assert len(list((tmp_path / "cache").rglob("part-*.parquet"))) == 1
+
+
+def test_promotion_refuses_a_worse_head_and_accepts_a_better_one(tmp_path):
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(100), np.zeros(100)].astype(np.int64)
+    X = rng.normal(0, 1, (200, 8)).astype(np.float32)
+    X[:, 0] += y * 2.0  # the signal sits in feature 0
+
+    def head_weighting(w0: float) -> MLPHead:
+        head = MLPHead(HeadConfig(input_dim=8, blocks=0))  # a linear head: logit = w·x
+        with torch.no_grad():
+            head.net[0].weight.zero_()
+            head.net[0].weight[0, 0] = w0
+            head.net[0].bias.zero_()
+        return head
+
+    reg = Registry(tmp_path)
+    good = reg.save(head_weighting(1.0), encoder=TINY)
+    reg.promote(good.version)
+    worse = decide_promotion(reg, new_auc=0.6, encoder=TINY, X_val=X, y_val=y, tolerance=0.0)
+    assert (
+        worse["promoted"] is False
+        and worse["current_auc"] > 0.9
+        and worse["current_version"] == good.version
+    )
+    better = decide_promotion(reg, new_auc=0.999, encoder=TINY, X_val=X, y_val=y, tolerance=0.0)
+    assert better["promoted"] is True
+    within = decide_promotion(
+        reg, new_auc=worse["current_auc"] - 0.01, encoder=TINY, X_val=X, y_val=y, tolerance=0.02
+    )
+    assert within["promoted"] is True
+    other = decide_promotion(
+        reg, new_auc=0.5, encoder="onnx:/x.onnx", X_val=X, y_val=y, tolerance=0.0
+    )
+    assert other["promoted"] is True and "another encoder" in other["reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_train_with_ray_train_registers_and_eval_reports_every_field(tmp_path, record_property):
+    data = synthetic_folder(tmp_path / "data")
+    reg = tmp_path / "registry"
+    cmd = [sys.executable, "-m", "services.cli"]
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [*cmd, "train", "--data", str(data), "--encoder", TINY, "--epochs", "4", "--workers", "2",
+         "--registry", str(reg), "--cache", str(tmp_path / "cache"), "--batch-size", "16"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    record_property("train_seconds", round(time.monotonic() - t0, 1))
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["version"] == "v1" and summary["promoted"] is True
+    registry = Registry(reg)
+    meta = registry.meta("v1")
+    assert registry.current() == "v1" and meta.encoder == TINY
+    assert meta.trained_on["split"] == "by_source" and len(meta.trained_on["held_out_sources"]) == 2
+    assert meta.extra["promotion"]["reason"] == "no current head"
+    assert 1 <= len(meta.extra["history"]) <= 4
+    assert meta.metrics["fpr_at_threshold"] <= 0.05
+
+    out = subprocess.run([*cmd, "eval", "--data", str(data), "--registry", str(reg), "--cache", str(tmp_path / "cache"),
+                          "--perturb", "jpeg:75,resize:0.5"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads(out.stdout)
+    for key in (
+        "n_generated",
+        "n_real",
+        "auc",
+        "ap",
+        "accuracy",
+        "tpr_at_1fpr",
+        "tpr_at_5fpr",
+        "ece",
+        "per_source",
+    ):
+        assert key in metrics, key
+    assert metrics["n_generated"] == 24 and metrics["n_real"] == 24
+    assert set(metrics["per_source"]) == {"cam1", "cam2", "gen1", "gen2"}
+    assert set(metrics["perturbations"]) == {"jpeg:75", "resize:0.5"}

@@ -1,0 +1,204 @@
+"""Embeddings of a labelled image set, computed once per (image content,
+encoder) with a Ray actor pool and cached on disk as Parquet.
+
+    cache_dir/<encoder key>/part-*.parquet    columns: hash (sha256 of the bytes), embedding
+
+A second run over the same images and encoder reads the cache and never
+starts an encoder. Images that cannot be read or decoded are reported with
+their reason, not fatal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from services.errors import InputError
+from services.fetch import FetchPolicy, fetch_bytes
+from training.data import Sample
+
+DEFAULT_CACHE = Path(".cache/embeddings")
+
+
+@dataclass
+class EmbeddedSet:
+    samples: list[Sample]  # the ones that embedded, in input order
+    X: np.ndarray  # (N, D) float32, L2-normalised
+    hashes: list[str]
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (location, reason)
+    computed: int = 0  # images run through the encoder this time (0 when all were cached)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    @property
+    def sources(self) -> list[str]:
+        return [s.source for s in self.samples]
+
+
+def encoder_key(spec: str) -> str:
+    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
+def read_image_bytes(location: str, policy: FetchPolicy) -> bytes:
+    if "://" in location:
+        return fetch_bytes(location, policy)
+    return fetch_bytes(Path(location).resolve().as_uri(), policy)
+
+
+def load_cache(folder: Path) -> dict[str, np.ndarray]:
+    cache: dict[str, np.ndarray] = {}
+    for part in sorted(folder.glob("part-*.parquet")):
+        table = pq.read_table(part)
+        for h, e in zip(
+            table.column("hash").to_pylist(), table.column("embedding").to_pylist(), strict=True
+        ):
+            cache[h] = np.asarray(e, dtype=np.float32)
+    return cache
+
+
+class _Embedder:
+    """Ray actor: decode + preprocess + encode batches of image bytes."""
+
+    def __init__(self, spec: str, threads: int) -> None:
+        from training.encoders import load_encoder
+
+        self.encoder = load_encoder(spec, threads=threads)
+
+    def embed(self, blobs: list[bytes]) -> tuple[list[np.ndarray | None], list[str | None]]:
+        from services.images import decode
+
+        pixels, errors = [], []
+        for blob in blobs:
+            try:
+                image = decode(blob, target_size=self.encoder.preprocess.image_size)
+                pixels.append(self.encoder.preprocess(image))
+                errors.append(None)
+            except InputError as exc:
+                pixels.append(None)
+                errors.append(f"{exc.code}: {exc}")
+        good = [p for p in pixels if p is not None]
+        emb = iter(self.encoder.encode_images(np.stack(good)) if good else [])
+        return [next(emb) if p is not None else None for p in pixels], errors
+
+
+def embed_samples(
+    samples: list[Sample],
+    encoder_spec: str,
+    *,
+    cache_dir: Path = DEFAULT_CACHE,
+    workers: int = 1,
+    batch_size: int = 32,
+    progress: bool = True,
+    policy: FetchPolicy | None = None,
+    transform: Callable[[bytes], bytes] | None = None,
+) -> EmbeddedSet:
+    """Embed `samples` with `encoder_spec`, reading and filling the cache.
+
+    `transform` changes each image's bytes before hashing and embedding (the
+    robustness perturbations of `dmguard eval --perturb`).
+    """
+    from tqdm import tqdm
+
+    policy = policy or FetchPolicy(allow_file=True, allowed_networks=("127.0.0.0/8",))
+    folder = Path(cache_dir) / encoder_key(encoder_spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = load_cache(folder)
+
+    blobs: dict[int, bytes] = {}
+    hashes: dict[int, str] = {}
+    bad: list[tuple[str, str]] = []
+
+    def read(i: int) -> None:
+        try:
+            data = read_image_bytes(samples[i].location, policy)
+            if transform is not None:
+                data = transform(data)
+        except (InputError, OSError, ValueError) as exc:
+            bad.append((samples[i].location, f"{getattr(exc, 'code', 'decode_failed')}: {exc}"))
+            return
+        hashes[i] = hashlib.sha256(data).hexdigest()
+        if hashes[i] not in cache:
+            blobs[i] = data
+
+    with ThreadPoolExecutor(8) as pool:
+        list(
+            tqdm(
+                pool.map(read, range(len(samples))),
+                total=len(samples),
+                desc="read",
+                disable=not progress,
+            )
+        )
+
+    missing = sorted({hashes[i]: i for i in blobs}.values())  # one encoder pass per distinct image
+    if missing:
+        new = _embed_with_ray(
+            encoder_spec, [blobs[i] for i in missing], workers, batch_size, progress
+        )
+        rows_h, rows_e = [], []
+        for i, (emb, _err) in zip(missing, new, strict=True):
+            if emb is None:
+                continue
+            cache[hashes[i]] = emb
+            rows_h.append(hashes[i])
+            rows_e.append(emb.tolist())
+        if rows_h:
+            table = pa.table(
+                {"hash": rows_h, "embedding": pa.array(rows_e, type=pa.list_(pa.float32()))}
+            )
+            pq.write_table(table, folder / f"part-{uuid.uuid4().hex}.parquet")
+        errors = {hashes[i]: err for i, (_, err) in zip(missing, new, strict=True) if err}
+    else:
+        errors = {}
+
+    kept, X, kept_hashes = [], [], []
+    for i, sample in enumerate(samples):
+        h = hashes.get(i)
+        if h is None:
+            continue
+        if h not in cache:
+            bad.append((sample.location, errors.get(h, "not embedded")))
+            continue
+        kept.append(sample)
+        X.append(cache[h])
+        kept_hashes.append(h)
+    dim = len(X[0]) if X else 0
+    return EmbeddedSet(
+        samples=kept,
+        X=np.stack(X).astype(np.float32) if X else np.zeros((0, dim), np.float32),
+        hashes=kept_hashes,
+        bad=bad,
+        computed=len(missing),
+    )
+
+
+def _embed_with_ray(spec: str, blobs: list[bytes], workers: int, batch_size: int, progress: bool):
+    import ray
+    from ray.util import ActorPool
+    from tqdm import tqdm
+
+    from services.serve import init_ray
+
+    init_ray()
+    cpus = max(1.0, ray.available_resources().get("CPU", 1.0))
+    workers = max(1, min(workers, int(cpus)))
+    actor = ray.remote(num_cpus=1)(_Embedder)
+    pool = ActorPool([actor.remote(spec, 1) for _ in range(workers)])
+    batches = [blobs[i : i + batch_size] for i in range(0, len(blobs), batch_size)]
+    results = []
+    bar = tqdm(total=len(blobs), desc=f"embed ({spec})", disable=not progress)
+    for embs, errs in pool.map(lambda a, b: a.embed.remote(b), batches):
+        results.extend(zip(embs, errs, strict=True))
+        bar.update(len(embs))
+    bar.close()
+    return results

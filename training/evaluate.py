@@ -1,0 +1,112 @@
+"""Held-out metrics of a detector, in numpy (no scikit-learn dependency).
+
+Scores are P(generated); label 1 = generated (positive). A verdict is
+"generated" when score >= threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Probability that a random positive outscores a random negative (ties count half)."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), dtype=np.float64)
+    sorted_scores = np.asarray(scores)[order]
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the precision-recall curve as the mean precision at each positive."""
+    labels = np.asarray(labels).astype(bool)
+    if labels.sum() == 0:
+        return float("nan")
+    order = np.argsort(-np.asarray(scores), kind="mergesort")
+    hits = labels[order]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision_at[hits].mean())
+
+
+def threshold_for_fpr(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> float:
+    """The lowest threshold whose false-positive rate on these negatives is <= target_fpr."""
+    labels = np.asarray(labels).astype(bool)
+    neg = np.sort(np.asarray(scores, dtype=np.float64)[~labels])[::-1]
+    if len(neg) == 0:
+        return 0.5
+    allowed = int(np.floor(target_fpr * len(neg) + 1e-9))
+    if allowed >= len(neg):
+        return float(neg[-1])
+    return float(
+        np.nextafter(neg[allowed], np.inf)
+    )  # just above the first negative that must not pass
+
+
+def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> float:
+    labels = np.asarray(labels).astype(bool)
+    if labels.sum() == 0:
+        return float("nan")
+    t = threshold_for_fpr(labels, scores, target_fpr)
+    return float((np.asarray(scores, dtype=np.float64)[labels] >= t).mean())
+
+
+def expected_calibration_error(labels: np.ndarray, scores: np.ndarray, bins: int = 15) -> float:
+    labels = np.asarray(labels).astype(np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = idx == b
+        if mask.any():
+            ece += mask.mean() * abs(scores[mask].mean() - labels[mask].mean())
+    return float(ece)
+
+
+def _metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    labels = np.asarray(labels).astype(bool)
+    pred = (
+        np.asarray(scores, dtype=np.float64) >= threshold
+    )  # float64: thresholds sit one ulp above a score
+    return {
+        "n_generated": int(labels.sum()),
+        "n_real": int((~labels).sum()),
+        "auc": _clean(roc_auc(labels, scores)),
+        "ap": _clean(average_precision(labels, scores)),
+        "accuracy": float((pred == labels).mean()) if len(labels) else None,
+        "tpr_at_1fpr": _clean(tpr_at_fpr(labels, scores, 0.01)),
+        "tpr_at_5fpr": _clean(tpr_at_fpr(labels, scores, 0.05)),
+        "fpr_at_threshold": float(pred[~labels].mean()) if (~labels).any() else None,
+        "ece": expected_calibration_error(labels, scores) if len(labels) else None,
+    }
+
+
+def evaluate(
+    labels: np.ndarray, scores: np.ndarray, threshold: float, sources: Sequence[str] | None = None
+) -> dict:
+    """All held-out metrics, and the same per source/generator when `sources` is given."""
+    out = _metrics(labels, scores, threshold)
+    out["threshold"] = threshold
+    if sources is not None:
+        sources = np.asarray(sources)
+        out["per_source"] = {
+            str(s): _metrics(
+                np.asarray(labels)[sources == s], np.asarray(scores)[sources == s], threshold
+            )
+            for s in sorted(set(sources.tolist()))
+        }
+    return out
+
+
+def _clean(x: float) -> float | None:
+    return None if x != x else float(x)  # NaN (one class only) becomes null in JSON

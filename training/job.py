@@ -1,0 +1,128 @@
+"""Train-evaluate-register-promote: what `dmguard train` and `retrain` run.
+
+A new head is promoted only when its held-out AUC is not worse than the
+current head's on the *same* held-out embeddings (within `tolerance`); the
+decision and both figures go into the new version's meta.json either way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.evaluate import evaluate, roc_auc, threshold_for_fpr
+from training.head import MLPHead
+from training.registry import HeadMeta, Registry
+from training.split import split_indices
+from training.train import TrainConfig, fit_head
+
+log = logging.getLogger(__name__)
+
+
+def head_scores(head: MLPHead, X: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return torch.sigmoid(head.eval()(torch.from_numpy(X).float())).numpy()
+
+
+def decide_promotion(
+    registry: Registry,
+    new_auc: float,
+    encoder: str,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    tolerance: float,
+) -> dict:
+    """Compare with the current head on the same held-out set."""
+    current = registry.current()
+    decision = {
+        "tolerance": tolerance,
+        "new_auc": new_auc,
+        "current_version": current,
+        "current_auc": None,
+    }
+    if current is None:
+        return {**decision, "promoted": True, "reason": "no current head"}
+    head, meta = registry.load(current)
+    if meta.encoder != encoder or meta.input_dim != X_val.shape[1]:
+        return {
+            **decision,
+            "promoted": True,
+            "reason": f"current head uses another encoder ({meta.encoder})",
+        }
+    current_auc = roc_auc(y_val, head_scores(head, X_val))
+    promoted = new_auc >= current_auc - tolerance
+    reason = "not worse than current" if promoted else "worse than current"
+    return {**decision, "current_auc": current_auc, "promoted": promoted, "reason": reason}
+
+
+def train_register(
+    X: np.ndarray,
+    y: np.ndarray,
+    sources: list[str],
+    *,
+    encoder: str,
+    registry: Registry,
+    cfg: TrainConfig,
+    storage: Path,
+    tolerance: float = 0.0,
+    extra: dict | None = None,
+) -> HeadMeta:
+    """Split, train with Ray Train, evaluate on held-out data, register, maybe promote."""
+    train_idx, val_idx, how = split_indices(y, sources, seed=cfg.seed)
+    if len(set(y[val_idx].tolist())) < 2 or len(set(y[train_idx].tolist())) < 2:
+        raise ValueError("both splits need both classes: add more labelled images")
+    log.info("split %s: %d train, %d held out", how, len(train_idx), len(val_idx))
+    head, history = fit_head(
+        X[train_idx], y[train_idx], X[val_idx], y[val_idx], cfg, storage=storage
+    )
+    val_scores = head_scores(head, X[val_idx])
+    threshold = threshold_for_fpr(y[val_idx], val_scores, cfg.target_fpr)
+    val_sources = [sources[i] for i in val_idx]
+    metrics = evaluate(y[val_idx], val_scores, threshold, val_sources)
+    decision = decide_promotion(
+        registry, metrics["auc"] or 0.0, encoder, X[val_idx], y[val_idx], tolerance
+    )
+    trained_on = {
+        "n": len(train_idx),
+        "per_class": {
+            "generated": int(y[train_idx].sum()),
+            "real": int(len(train_idx) - y[train_idx].sum()),
+        },
+        "per_source": _counts([sources[i] for i in train_idx]),
+        "held_out_sources": sorted(set(val_sources)) if how == "by_source" else None,
+        "split": how,
+    }
+    meta = registry.save(
+        head,
+        encoder=encoder,
+        threshold=threshold,
+        metrics=metrics,
+        trained_on=trained_on,
+        parent=registry.current(),
+        extra={
+            "promotion": decision,
+            "train_config": asdict(cfg),
+            "history": history,
+            **(extra or {}),
+        },
+    )
+    if decision["promoted"]:
+        registry.promote(meta.version)
+    log.info(
+        "registered %s (held-out AUC %.4f): %s",
+        meta.version,
+        metrics["auc"] or float("nan"),
+        decision["reason"],
+    )
+    return meta
+
+
+def _counts(items: list[str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for it in items:
+        out[it] = out.get(it, 0) + 1
+    return out
