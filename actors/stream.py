@@ -45,6 +45,7 @@ from services.metrics import WorkerStats
 from services.records import DeadLetter, ImageRecord, Source, Verdict, best_effort_id
 from training.detector import Detector
 from training.encoders import Preprocess
+from training.feature_log import FeatureLogWriter
 from training.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,9 @@ class StreamWorker:
         self._running = False
         self.consumer = None
         self.producer = None
+        self.features = (
+            FeatureLogWriter(settings.feature_log, worker_id) if settings.feature_log else None
+        )
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict:
@@ -163,6 +167,8 @@ class StreamWorker:
                 # 7. commit what the broker has acknowledged
                 if now >= next_commit:
                     self._commit()
+                    if self.features is not None:
+                        self.features.flush_if_due()
                     next_commit = now + s.commit_interval_s
                 # 8. hot-swap the head between batches
                 if now >= next_swap_check:
@@ -176,6 +182,8 @@ class StreamWorker:
             with self._lock:
                 self._running = False
             pool.shutdown(wait=True, cancel_futures=True)
+            if self.features is not None:
+                self.features.flush()
             self._close()
 
     def _close(self) -> None:
@@ -253,7 +261,16 @@ class StreamWorker:
         self.stats.observe("stage_seconds", t1 - t0, "embed")
         self.stats.observe("stage_seconds", t2 - t1, "score")
         meta = self.detector.meta
-        for job, score in zip(jobs, scores, strict=False):
+        if self.features is not None:  # what retraining learns from, without recomputing CLIP
+            self.features.append(
+                [j.record.id for j in jobs],
+                [j.record.url for j in jobs],
+                meta.encoder,
+                embeddings,
+                scores,
+                meta.version,
+            )
+        for job, score in zip(jobs, scores, strict=True):
             verdict = Verdict.build(
                 job.record,
                 score=float(score),

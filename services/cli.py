@@ -22,6 +22,7 @@ from services.config import (
     Topics,
     WorkerSettings,
     default_bootstrap,
+    default_feature_log,
     default_registry,
     kafka_extra_from_env,
 )
@@ -92,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         fetch_threads=args.fetch_threads,
         device=args.device,
+        feature_log=None if args.no_feature_log else args.feature_log,
     )
     settings = ServeSettings(
         worker=worker,
@@ -294,7 +296,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.embeddings import embed_samples
     from training.job import train_register
     from training.registry import Registry
-    from training.train import TrainConfig
 
     encoder = _resolve_encoder(args.encoder)
     samples = load_samples(args.data)
@@ -302,14 +303,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         samples, encoder, cache_dir=Path(args.cache) / "embeddings", workers=args.workers
     )
     _print_bad(emb.bad)
-    cfg = TrainConfig(
-        loss=args.loss, gamma=args.gamma, alpha=args.alpha, rho=args.rho, lr=args.lr, epochs=args.epochs,
-        batch_size=args.batch_size, patience=args.patience, seed=args.seed, workers=args.workers,
-        target_fpr=args.target_fpr, use_gpu=args.use_gpu,
-    )  # fmt: skip
+    cfg = _train_config(args)
     meta = train_register(
         emb.X, emb.labels, emb.sources, encoder=encoder, registry=Registry(args.registry), cfg=cfg,
         storage=Path(args.cache) / "ray-train", tolerance=args.tolerance,
+        extra={"data": {"src": str(Path(args.data).resolve())}},
     )  # fmt: skip
     print(json.dumps({"version": meta.version, "promoted": meta.extra["promotion"]["promoted"],
                       "metrics": {k: v for k, v in meta.metrics.items() if k != "per_source"}}))  # fmt: skip
@@ -348,6 +346,37 @@ def cmd_eval(args: argparse.Namespace) -> int:
         }
     print(json.dumps(out))
     return 0
+
+
+def _train_config(args: argparse.Namespace):
+    from training.train import TrainConfig
+
+    return TrainConfig(
+        loss=args.loss, gamma=args.gamma, alpha=args.alpha, rho=args.rho, lr=args.lr, epochs=args.epochs,
+        batch_size=args.batch_size, patience=args.patience, seed=args.seed, workers=args.workers,
+        target_fpr=args.target_fpr, use_gpu=args.use_gpu,
+    )  # fmt: skip
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from training.retrain import RetrainSettings, retrain_once
+
+    settings = RetrainSettings(
+        kafka=_kafka(args), labels_topic=Topics().labels, registry=args.registry, feature_log=args.feature_log,
+        cache=Path(args.cache), min_new_labels=args.min_new_labels, tolerance=args.tolerance,
+        train=_train_config(args),
+    )  # fmt: skip
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    while True:
+        print(json.dumps(retrain_once(settings)), flush=True)
+        if args.once or stop["now"]:
+            return 0
+        deadline = time.monotonic() + args.every
+        while time.monotonic() < deadline and not stop["now"]:
+            time.sleep(0.5)
+        if stop["now"]:
+            return 0
 
 
 def cmd_not_yet(args: argparse.Namespace) -> int:
@@ -443,6 +472,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPUs per worker, fractional allowed (default: 1 where the cluster has GPUs, else 0)",
     )
     sp.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    sp.add_argument("--feature-log", default=default_feature_log(),
+                    help="folder or URI where workers log embeddings for retraining "
+                         "(default: $DMGUARD_FEATURE_LOG or %(default)s)")  # fmt: skip
+    sp.add_argument("--no-feature-log", action="store_true", help="do not log embeddings")
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("produce", help="send records: JSON lines, or one bare URL per line")
@@ -504,6 +537,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.set_defaults(func=cmd_models)
 
+    def training_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--epochs", type=int, default=30)
+        sp.add_argument(
+            "--workers", type=int, default=2, help="Ray Train workers (and embedding actors)"
+        )
+        sp.add_argument("--loss", choices=["robust", "bce"], default="robust")
+        sp.add_argument("--gamma", type=float, default=0.5, help="CVaR weight against the AUC loss")
+        sp.add_argument("--alpha", type=float, default=0.8, help="CVaR tail fraction")
+        sp.add_argument("--rho", type=float, default=0.05, help="SAM radius (0: plain AdamW)")
+        sp.add_argument("--lr", type=float, default=1e-3)
+        sp.add_argument("--batch-size", type=int, default=256)
+        sp.add_argument("--patience", type=int, default=5, help="epochs without held-out AUC gain")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument(
+            "--target-fpr", type=float, default=0.05, help="the threshold meets this FPR held out"
+        )
+        sp.add_argument(
+            "--tolerance", type=float, default=0.0, help="promote if AUC >= current - tolerance"
+        )
+        sp.add_argument("--use-gpu", action="store_true")
+        sp.add_argument("--cache", default=".cache", help="embedding cache and Ray Train storage")
+
     sp = sub.add_parser("train", help="train a head with Ray Train and register it")
     registry_arg(sp)
     sp.add_argument(
@@ -512,27 +567,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--encoder", default=None, help="encoder spec (default: the offline CLIP weights)"
     )
-    sp.add_argument("--epochs", type=int, default=30)
-    sp.add_argument(
-        "--workers", type=int, default=2, help="Ray Train workers (and embedding actors)"
-    )
-    sp.add_argument("--loss", choices=["robust", "bce"], default="robust")
-    sp.add_argument("--gamma", type=float, default=0.5, help="CVaR weight against the AUC loss")
-    sp.add_argument("--alpha", type=float, default=0.8, help="CVaR tail fraction")
-    sp.add_argument("--rho", type=float, default=0.05, help="SAM radius (0: plain AdamW)")
-    sp.add_argument("--lr", type=float, default=1e-3)
-    sp.add_argument("--batch-size", type=int, default=256)
-    sp.add_argument("--patience", type=int, default=5, help="epochs without held-out AUC gain")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument(
-        "--target-fpr", type=float, default=0.05, help="the threshold meets this FPR held out"
-    )
-    sp.add_argument(
-        "--tolerance", type=float, default=0.0, help="promote if AUC >= current - tolerance"
-    )
-    sp.add_argument("--use-gpu", action="store_true")
-    sp.add_argument("--cache", default=".cache", help="embedding cache and Ray Train storage")
+    training_args(sp)
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser(
+        "retrain", help="retrain from dmguard.labels + the feature log; promote if not worse"
+    )
+    kafka_args(sp)
+    registry_arg(sp)
+    when = sp.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", type=float, metavar="SECONDS", help="run a round every SECONDS")
+    when.add_argument("--once", action="store_true", help="run one round and exit")
+    sp.add_argument(
+        "--min-new-labels", type=int, default=50, help="labelled features the head has not seen"
+    )
+    sp.add_argument("--feature-log", default=default_feature_log())
+    training_args(sp)
+    sp.set_defaults(func=cmd_retrain)
 
     sp = sub.add_parser("eval", help="print one JSON object of held-out metrics for a head")
     registry_arg(sp)
@@ -544,12 +595,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache", default=".cache")
     sp.set_defaults(func=cmd_eval)
 
-    for name, text in [
-        ("retrain", "periodic retraining from dmguard.labels + the feature log"),
-        ("demo", "the whole system on this machine, offline, end to end"),
-    ]:
-        sp = sub.add_parser(name, help=f"{text} (not built yet)")
-        sp.set_defaults(func=cmd_not_yet)
+    sp = sub.add_parser(
+        "demo", help="the whole system on this machine, offline, end to end (not built yet)"
+    )
+    sp.set_defaults(func=cmd_not_yet)
     return p
 
 

@@ -75,6 +75,7 @@ class WorkerSettings:
     device: str = "auto"
     threads: int = 1  # CPU threads for the encoder
     partitions: tuple[int, ...] = ()  # input partitions this worker reads (set by the pool)
+    feature_log: str | None = None  # folder or URI for (id, embedding, score, head) rows; None: off
 
     @property
     def in_flight_cap(self) -> int:
@@ -109,3 +110,7 @@ def default_bootstrap() -> str:
 
 def default_registry() -> str:
     return os.environ.get("DMGUARD_REGISTRY", DEFAULT_REGISTRY)
+
+
+def default_feature_log() -> str:
+    return os.environ.get("DMGUARD_FEATURE_LOG", "./feature-log")

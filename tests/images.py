@@ -47,3 +47,19 @@ def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
         + _png_chunk(b"IDAT", idat)
         + _png_chunk(b"IEND", b"")
     )
+
+
+def real_like(seed: int, size: int = 96) -> Image.Image:
+    """Smooth and bluish: the 'real' class of the synthetic training sets."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 120, size=(4, 4, 3)).astype(np.uint8)
+    base[..., 2] += 120
+    return Image.fromarray(base).resize((size, size), Image.BILINEAR)
+
+
+def generated_like(seed: int, size: int = 96) -> Image.Image:
+    """Noisy and reddish: the 'generated' class of the synthetic training sets."""
+    rng = np.random.default_rng(seed + 10_000)
+    arr = rng.integers(0, 255, size=(size, size, 3)).astype(np.uint8)
+    arr[..., 0] = np.maximum(arr[..., 0], 160)
+    return Image.fromarray(arr)

@@ -31,7 +31,12 @@ class Service:
         self, bootstrap: str, registry: Path, log: Path, *extra: str, workers: int = 2
     ) -> None:
         self.port = free_port()
-        env = {**os.environ, "DMGUARD_BOOTSTRAP": bootstrap, "DMGUARD_REGISTRY": str(registry)}
+        env = {
+            **os.environ,
+            "DMGUARD_BOOTSTRAP": bootstrap,
+            "DMGUARD_REGISTRY": str(registry),
+            "DMGUARD_FEATURE_LOG": str(log.parent / "feature-log"),
+        }
         cmd = [
             sys.executable, "-m", "services.cli", "serve", "--workers", str(workers),
             "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),

@@ -15,6 +15,7 @@ from kafka.structs import TopicPartition
 
 from tests.e2e.harness import OutputReader, Service, duplicates, output_key, produce, wait_accounted
 from tests.images import encode, jpeg, photo, png_bomb
+from training.feature_log import read_feature_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 
@@ -162,6 +163,11 @@ def test_every_record_accounted_for_with_the_right_code(
         )
         assert service.get("/healthz")[0] == 200
         assert service.stop() == 0
+        # Each verdict left its embedding in the feature log (flushed at the latest on stop).
+        log = read_feature_log(str(tmp_path / "feature-log"))
+        assert sorted(log.column("id").to_pylist()) == sorted(v["id"] for v in out.verdicts)
+        assert {len(e) for e in log.column("embedding").to_pylist()} == {64}
+        assert set(log.column("head_version").to_pylist()) == {"v1"}
     finally:
         if reader:
             reader.close()

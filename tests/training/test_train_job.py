@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from tests.images import encode
+from tests.images import encode, generated_like, real_like
 from training.data import load_samples
 from training.embeddings import embed_samples
 from training.head import HeadConfig, MLPHead
@@ -18,23 +18,13 @@ from training.registry import Registry
 
 def synthetic_folder(root, per_source: int = 12):
     """Two real sources (smooth, bluish) and two generated ones (noisy, reddish)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
     for label, sources in (("real", ("cam1", "cam2")), ("fake", ("gen1", "gen2"))):
-        for src in sources:
+        for k, src in enumerate(sources):
             folder = root / label / src
             folder.mkdir(parents=True)
             for i in range(per_source):
-                if label == "real":
-                    base = rng.integers(0, 120, size=(4, 4, 3)).astype(np.uint8)
-                    base[..., 2] += 120
-                    img = Image.fromarray(base).resize((96, 96), Image.BILINEAR)
-                else:
-                    arr = rng.integers(0, 255, size=(96, 96, 3)).astype(np.uint8)
-                    arr[..., 0] = np.maximum(arr[..., 0], 160)
-                    img = Image.fromarray(arr)
-                (folder / f"{i}.png").write_bytes(encode(img, "PNG"))
+                make = real_like if label == "real" else generated_like
+                (folder / f"{i}.png").write_bytes(encode(make(k * 1000 + i), "PNG"))
     return root
 
 
