@@ -133,6 +133,13 @@ class StreamWorker:
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event) -> None:
         s = self.settings
+        if not s.partitions:  # more workers than partitions: this one stands by
+            with self._lock:
+                self._running = True
+            stop.wait()
+            with self._lock:
+                self._running = False
+            return
         self.consumer = make_consumer(s.kafka, max_poll_records=s.in_flight_cap)
         self.producer = make_producer(s.kafka)
         assigned = [TopicPartition(s.topics.images, p) for p in s.partitions]

@@ -7,6 +7,7 @@ variables, then defaults) and passed down as frozen objects.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -186,7 +187,7 @@ def _as_text(value: bytes | None) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        return json.dumps({"undecodable_base64": __import__("base64").b64encode(value).decode()})
+        return json.dumps({"undecodable_base64": base64.b64encode(value).decode()})
 
 
 def cmd_score(args: argparse.Namespace) -> int:

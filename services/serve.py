@@ -15,31 +15,12 @@ from services.broker import kafka_answers
 from services.config import ServeSettings
 from services.kafka_io import ensure_topics
 from services.metrics import DriverMetrics, MetricsServer
+from services.ray_cluster import init_ray
 from training.registry import Registry
 
 log = logging.getLogger(__name__)
 
 BROKER_CHECK_S = 5.0
-
-
-def init_ray(*, address: str | None = None, num_cpus: float | None = None) -> None:
-    """Join RAY_ADDRESS (a cluster) when set, else start a small local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    ray.init(
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        object_store_memory=256
-        * 1024
-        * 1024,  # reports and settings are small; the default takes GBs
-        log_to_driver=True,
-    )
 
 
 class Readiness:

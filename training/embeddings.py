@@ -187,7 +187,7 @@ def _embed_with_ray(spec: str, blobs: list[bytes], workers: int, batch_size: int
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    from services.serve import init_ray
+    from services.ray_cluster import init_ray
 
     init_ray()
     cpus = max(1.0, ray.available_resources().get("CPU", 1.0))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -196,7 +197,7 @@ def fit_head(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from services.serve import init_ray
+    from services.ray_cluster import init_ray
 
     init_ray(num_cpus=max(cfg.workers + 1, 2))
     storage.mkdir(parents=True, exist_ok=True)
@@ -206,7 +207,7 @@ def fit_head(
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             storage_path=str(storage.resolve()),
-            name=f"head-{next(tempfile._get_candidate_names())}",
+            name=f"head-{uuid.uuid4().hex[:8]}",
         ),
     )
     result = trainer.fit()

@@ -1,0 +1,27 @@
+"""Joining Ray: one function, used by serve, training and the embedding pool."""
+
+from __future__ import annotations
+
+import os
+
+OBJECT_STORE_BYTES = (
+    256 * 1024 * 1024
+)  # reports, settings and embeddings are small; Ray's default takes GBs
+
+
+def init_ray(*, address: str | None = None, num_cpus: float | None = None) -> None:
+    """Join RAY_ADDRESS (a cluster) when set, else start a small local Ray; no-op when already up."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        object_store_memory=OBJECT_STORE_BYTES,
+        log_to_driver=True,
+    )
