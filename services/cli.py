@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 from services.config import (
@@ -301,14 +302,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     encoder = _resolve_encoder(args.encoder)
     samples = load_samples(args.data)
     emb = embed_samples(
-        samples, encoder, cache_dir=Path(args.cache) / "embeddings", workers=args.workers
+        samples,
+        encoder,
+        cache_dir=Path(args.cache) / "embeddings",
+        workers=args.workers,
+        with_text=not args.no_text,
     )
     _print_bad(emb.bad)
-    cfg = _train_config(args)
+    text_dim = 0 if emb.T is None else emb.T.shape[1]
+    cfg = replace(_train_config(args), text_dim=text_dim)
     meta = train_register(
-        emb.X, emb.labels, emb.sources, encoder=encoder, registry=Registry(args.registry), cfg=cfg,
-        storage=Path(args.cache) / "ray-train", tolerance=args.tolerance,
-        extra={"data": {"src": str(Path(args.data).resolve())}},
+        emb.features(with_text=text_dim > 0), emb.labels, emb.sources, encoder=encoder,
+        registry=Registry(args.registry), cfg=cfg, storage=Path(args.cache) / "ray-train",
+        tolerance=args.tolerance, extra={"data": {"src": str(Path(args.data).resolve())}},
     )  # fmt: skip
     print(json.dumps({"version": meta.version, "promoted": meta.extra["promotion"]["promoted"],
                       "metrics": {k: v for k, v in meta.metrics.items() if k != "per_source"}}))  # fmt: skip
@@ -321,7 +327,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from training.data import load_samples
     from training.embeddings import embed_samples
     from training.evaluate import evaluate
-    from training.job import head_scores
+    from training.job import head_input, head_scores
     from training.perturb import parse_perturbations
     from training.registry import Registry
 
@@ -335,9 +341,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
             cache_dir=Path(args.cache) / "embeddings",
             transform=transform,
             progress=False,
+            with_text=meta.uses_text,
         )
         _print_bad(emb.bad)
-        scores = head_scores(head, emb.X) if len(emb.X) else np.zeros(0)
+        X = head_input(emb.X, emb.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
+        scores = head_scores(head, X) if len(X) else np.zeros(0)
         return evaluate(emb.labels, scores, meta.threshold, emb.sources)
 
     out = {"version": meta.version, "encoder": meta.encoder, **run()}
@@ -355,7 +363,7 @@ def _train_config(args: argparse.Namespace):
     return TrainConfig(
         loss=args.loss, gamma=args.gamma, alpha=args.alpha, rho=args.rho, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, patience=args.patience, seed=args.seed, workers=args.workers,
-        target_fpr=args.target_fpr, use_gpu=args.use_gpu,
+        target_fpr=args.target_fpr, use_gpu=args.use_gpu, modality_dropout=args.modality_dropout,
     )  # fmt: skip
 
 
@@ -558,6 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--tolerance", type=float, default=0.0, help="promote if AUC >= current - tolerance"
         )
         sp.add_argument("--use-gpu", action="store_true")
+        sp.add_argument("--modality-dropout", type=float, default=0.5,
+                        help="fraction of training rows whose caption is hidden (heads with text)")  # fmt: skip
         sp.add_argument("--cache", default=".cache", help="embedding cache and Ray Train storage")
 
     sp = sub.add_parser("train", help="train a head with Ray Train and register it")
@@ -568,6 +578,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--encoder", default=None, help="encoder spec (default: the offline CLIP weights)"
     )
+    sp.add_argument("--no-text", action="store_true", help="ignore captions: an image-only head")
     training_args(sp)
     sp.set_defaults(func=cmd_train)
 

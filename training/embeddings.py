@@ -11,6 +11,7 @@ their reason, not fatal.
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from services.fetch import FetchPolicy, fetch_bytes
 from training.data import Sample
 
 DEFAULT_CACHE = Path(".cache/embeddings")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +37,17 @@ class EmbeddedSet:
     hashes: list[str]
     bad: list[tuple[str, str]] = field(default_factory=list)  # (location, reason)
     computed: int = 0  # images run through the encoder this time (0 when all were cached)
+    T: np.ndarray | None = None  # (N, Dt) caption embeddings, zeros where there is no caption
+
+    def features(self, with_text: bool) -> np.ndarray:
+        """The head's input: image embeddings, plus caption embeddings when asked (zeros if none)."""
+        if not with_text:
+            return self.X
+        if self.T is None:
+            raise ValueError(
+                "no caption embeddings: this encoder has no text tower, or no sample has text"
+            )
+        return np.concatenate([self.X, self.T], axis=1)
 
     @property
     def labels(self) -> np.ndarray:
@@ -55,9 +68,19 @@ def read_image_bytes(location: str, policy: FetchPolicy) -> bytes:
     return fetch_bytes(Path(location).resolve().as_uri(), policy)
 
 
-def load_cache(folder: Path) -> dict[str, np.ndarray]:
+def write_cache(
+    folder: Path, prefix: str, hashes: list[str], embeddings: list[list[float]]
+) -> None:
+    if hashes:
+        table = pa.table(
+            {"hash": hashes, "embedding": pa.array(embeddings, type=pa.list_(pa.float32()))}
+        )
+        pq.write_table(table, folder / f"{prefix}-{uuid.uuid4().hex}.parquet")
+
+
+def load_cache(folder: Path, prefix: str = "part") -> dict[str, np.ndarray]:
     cache: dict[str, np.ndarray] = {}
-    for part in sorted(folder.glob("part-*.parquet")):
+    for part in sorted(folder.glob(f"{prefix}-*.parquet")):
         table = pq.read_table(part)
         for h, e in zip(
             table.column("hash").to_pylist(), table.column("embedding").to_pylist(), strict=True
@@ -73,6 +96,13 @@ class _Embedder:
         from training.encoders import load_encoder
 
         self.encoder = load_encoder(spec, threads=threads)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray | None:
+        if self.encoder.text_dim == 0:
+            return None
+        return np.concatenate(
+            [self.encoder.encode_texts(texts[i : i + 64]) for i in range(0, len(texts), 64)]
+        )
 
     def embed(self, blobs: list[bytes]) -> tuple[list[np.ndarray | None], list[str | None]]:
         from services.images import decode
@@ -101,11 +131,14 @@ def embed_samples(
     progress: bool = True,
     policy: FetchPolicy | None = None,
     transform: Callable[[bytes], bytes] | None = None,
+    with_text: bool = True,
 ) -> EmbeddedSet:
     """Embed `samples` with `encoder_spec`, reading and filling the cache.
 
     `transform` changes each image's bytes before hashing and embedding (the
-    robustness perturbations of `dmguard eval --perturb`).
+    robustness perturbations of `dmguard eval --perturb`). With `with_text`,
+    captions are embedded too (through the encoder's text tower, cached by
+    text hash) into `EmbeddedSet.T`.
     """
     from tqdm import tqdm
 
@@ -152,11 +185,7 @@ def embed_samples(
             cache[hashes[i]] = emb
             rows_h.append(hashes[i])
             rows_e.append(emb.tolist())
-        if rows_h:
-            table = pa.table(
-                {"hash": rows_h, "embedding": pa.array(rows_e, type=pa.list_(pa.float32()))}
-            )
-            pq.write_table(table, folder / f"part-{uuid.uuid4().hex}.parquet")
+        write_cache(folder, "part", rows_h, rows_e)
         errors = {hashes[i]: err for i, (_, err) in zip(missing, new, strict=True) if err}
     else:
         errors = {}
@@ -173,13 +202,46 @@ def embed_samples(
         X.append(cache[h])
         kept_hashes.append(h)
     dim = len(X[0]) if X else 0
+    T = _caption_embeddings(kept, encoder_spec, folder, workers) if with_text else None
     return EmbeddedSet(
         samples=kept,
         X=np.stack(X).astype(np.float32) if X else np.zeros((0, dim), np.float32),
         hashes=kept_hashes,
         bad=bad,
         computed=len(missing),
+        T=T,
     )
+
+
+def _caption_embeddings(
+    samples: list[Sample], spec: str, folder: Path, workers: int
+) -> np.ndarray | None:
+    """Caption embeddings (zeros for samples without one), cached by text hash; None when no
+    sample has a caption or the encoder has no text tower."""
+    texts = sorted({s.text for s in samples if s.text})
+    if not texts:
+        return None
+    cache = load_cache(folder, "text")
+    key = {t: hashlib.sha256(t.encode()).hexdigest() for t in texts}
+    missing = [t for t in texts if key[t] not in cache]
+    if missing:
+        import ray
+
+        from services.ray_cluster import init_ray
+
+        init_ray()
+        actor = ray.remote(num_cpus=1)(_Embedder).remote(spec, max(1, workers))
+        embeddings = ray.get(actor.embed_texts.remote(missing))
+        ray.kill(actor)
+        if embeddings is None:
+            log.warning("encoder %s has no text tower: captions are ignored", spec)
+            return None
+        write_cache(folder, "text", [key[t] for t in missing], [e.tolist() for e in embeddings])
+        cache.update({key[t]: e for t, e in zip(missing, embeddings, strict=True)})
+    dim = len(next(iter(cache.values())))
+    return np.stack(
+        [cache[key[s.text]] if s.text else np.zeros(dim, np.float32) for s in samples]
+    ).astype(np.float32)
 
 
 def _embed_with_ray(spec: str, blobs: list[bytes], workers: int, batch_size: int, progress: bool):

@@ -28,6 +28,18 @@ def head_scores(head: MLPHead, X: np.ndarray) -> np.ndarray:
         return torch.sigmoid(head.eval()(torch.from_numpy(X).float())).numpy()
 
 
+def head_input(
+    X: np.ndarray, T: np.ndarray | None, *, uses_text: bool, input_dim: int
+) -> np.ndarray:
+    """What a head reads: image embeddings, plus caption embeddings for a head that uses text
+    (zeros where there are none, as the workers do for records without `text`)."""
+    if not uses_text:
+        return X
+    if T is None:
+        T = np.zeros((len(X), input_dim - X.shape[1]), np.float32)
+    return np.concatenate([X, T], axis=1)
+
+
 def decide_promotion(
     registry: Registry,
     new_auc: float,
@@ -99,6 +111,7 @@ def train_register(
     meta = registry.save(
         head,
         encoder=encoder,
+        uses_text=cfg.text_dim > 0,
         threshold=threshold,
         metrics=metrics,
         trained_on=trained_on,

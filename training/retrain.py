@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from services.errors import RecordError
 from services.kafka_io import make_consumer
 from services.records import LabelRecord
 from training.feature_log import read_feature_log
-from training.job import train_register
+from training.job import head_input, train_register
 from training.registry import Registry
 from training.train import TrainConfig
 
@@ -99,31 +99,33 @@ def retrain_once(s: RetrainSettings) -> dict:
     new = [i for i in ids if i not in used]
     summary = {"current": current, "labels": len(labels), "bad_labels": bad, "labelled_features": len(ids),
                "new": len(new)}  # fmt: skip
-    if len(new) < s.min_new_labels:
+    if len(new) < max(1, s.min_new_labels):
         return {
             **summary,
             "trained": False,
             "reason": f"{len(new)} new labelled features < {s.min_new_labels}",
         }
-    X, y, sources = X_fb, y_fb, ["feedback"] * len(ids)
+    # The feature log holds no caption embeddings: a head with text sees feedback as caption-less.
+    X = head_input(X_fb, None, uses_text=meta.uses_text, input_dim=meta.input_dim)
+    y, sources = y_fb, ["feedback"] * len(ids)
     data = meta.extra.get("data")
     if data and Path(data["src"]).exists():  # the current head's own training data, from the cache
         from training.data import load_samples
         from training.embeddings import embed_samples
 
         base = embed_samples(
-            load_samples(data["src"]),
-            meta.encoder,
-            cache_dir=s.cache / "embeddings",
-            progress=False,
-        )
+            load_samples(data["src"]), meta.encoder, cache_dir=s.cache / "embeddings", progress=False,
+            with_text=meta.uses_text,
+        )  # fmt: skip
+        X_base = head_input(base.X, base.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
         X, y, sources = (
-            np.concatenate([base.X, X_fb]),
-            np.concatenate([base.labels, y_fb]),
+            np.concatenate([X_base, X]),
+            np.concatenate([base.labels, y]),
             base.sources + sources,
         )
+    cfg = replace(s.train, text_dim=X.shape[1] - X_fb.shape[1])
     new_meta = train_register(
-        X, y, sources, encoder=meta.encoder, registry=registry, cfg=s.train, storage=s.cache / "ray-train",
+        X, y, sources, encoder=meta.encoder, registry=registry, cfg=cfg, storage=s.cache / "ray-train",
         tolerance=s.tolerance, extra={"data": data, "feedback": {"labelled_features": len(ids), "new": len(new)}},
     )  # fmt: skip
     (registry.heads / new_meta.version / "feedback_ids.json").write_text(json.dumps(ids))

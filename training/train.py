@@ -44,6 +44,11 @@ class TrainConfig:
     workers: int = 2  # Ray Train workers
     use_gpu: bool = False
     target_fpr: float = 0.05  # the stored threshold meets this on held-out data
+    # Caption embeddings, when used, are the last `text_dim` columns of X. Modality dropout
+    # zeroes them for this fraction of training rows, so the head also learns to judge the
+    # image alone: records without a caption are served with zeros there.
+    text_dim: int = 0
+    modality_dropout: float = 0.5
 
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         if self.loss == "bce":
@@ -99,6 +104,7 @@ def fit_epochs(
     Xt, yt = torch.from_numpy(X).float(), torch.from_numpy(y).float()
     Xv = torch.from_numpy(X_val).float().to(device)
     stale = 0
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(X))[rank::world]
@@ -108,6 +114,10 @@ def fit_epochs(
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             xb, yb = Xt[idx].to(device), yt[idx].to(device)
+            if cfg.text_dim and cfg.modality_dropout > 0:
+                drop = torch.rand(len(idx), generator=gen) < cfg.modality_dropout  # (B,)
+                xb = xb.clone()
+                xb[drop.to(device), -cfg.text_dim :] = 0.0
             loss = loss_fn(model(xb), yb)
             loss.backward()
             if cfg.rho > 0:
