@@ -111,11 +111,12 @@ def test_every_record_accounted_for_with_the_right_code(
         reader = OutputReader(broker.bootstrap)
         out = wait_accounted(reader, set(expected), timeout=120)
         got = outcomes(out)
-        assert got == expected, {
+        wrong = {
             k: (expected.get(k), got.get(k))
-            for k in set(got) ^ set(expected) or got
+            for k in set(got) | set(expected)
             if got.get(k) != expected.get(k)
         }
+        assert not wrong, f"(expected, got) by id: {wrong}"
         assert duplicates(out) == 0
         assert len(out.verdicts) == 245 and len(out.dead_letters) == 55
         for v in out.verdicts:

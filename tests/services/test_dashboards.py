@@ -64,3 +64,16 @@ def test_prometheus_config_loads_the_rules():
     cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     assert "alerts.yml" in cfg["rule_files"]
     assert cfg["scrape_configs"][0]["metrics_path"] == "/metrics"
+
+
+def test_kubernetes_manifests_parse_and_agree_on_the_metrics_port():
+    docs = [
+        d
+        for f in sorted((DEPLOY / "k8s").glob("*.yaml"))
+        for d in yaml.safe_load_all(f.read_text())
+    ]
+    assert docs and all({"apiVersion", "kind", "metadata"} <= set(d) for d in docs)
+    kinds = {d["kind"] for d in docs}
+    assert {"RayCluster", "CronJob", "KafkaTopic", "Service"} <= kinds
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"]["ports"][0]["port"] == 9464  # `dmguard serve --metrics-port` default
