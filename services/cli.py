@@ -265,7 +265,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     w, h = (int(v) for v in args.size.split("x"))
     result = run_bench(encoder_spec=args.encoder, images=args.images, workers=args.workers,
-                       max_batch=args.max_batch, size=(w, h))  # fmt: skip
+                       max_batch=args.max_batch, size=(w, h), naive_images=args.naive_images,
+                       latency_s=args.latency_seconds)  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:
@@ -533,6 +534,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     sp.add_argument("--max-batch", type=int, default=16)
     sp.add_argument("--size", default="640x480", help="test JPEG size WxH")
+    sp.add_argument(
+        "--naive-images", type=int, default=50, help="images through the one-at-a-time loop"
+    )
+    sp.add_argument(
+        "--latency-seconds", type=float, default=20.0, help="length of the half-load latency run"
+    )
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser(

@@ -40,8 +40,16 @@ class Readiness:
         return True, f"ready: {self.workers_ready} workers, head {self.head}"
 
 
-def run_service(settings: ServeSettings, *, stop: threading.Event | None = None) -> int:
-    """Run until `stop` is set (or a signal arrives); returns the exit code."""
+def run_service(
+    settings: ServeSettings,
+    *,
+    stop: threading.Event | None = None,
+    metrics: DriverMetrics | None = None,
+) -> int:
+    """Run until `stop` is set (or a signal arrives); returns the exit code.
+
+    `metrics` lets a caller in the same process (the benchmark) read the counters directly.
+    """
     import ray
 
     from actors.pool import WorkerPool
@@ -58,7 +66,7 @@ def run_service(settings: ServeSettings, *, stop: threading.Event | None = None)
         # After ray.init, which installs a SIGTERM handler of its own that exits at once.
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    metrics = DriverMetrics()
+    metrics = metrics or DriverMetrics()
     readiness = Readiness(settings.workers)
     pool = WorkerPool(settings)
     server = MetricsServer(
