@@ -115,9 +115,6 @@ class WorkerPool:
         metrics.set_fleet(len(self.statuses), models)
         return answered
 
-    def pids(self) -> list[int]:
-        return ray.get([a.pid.remote() for a in self.actors])
-
     def stop(self, metrics: DriverMetrics, *, timeout_s: float = 60.0) -> bool:
         """Drain every worker; True when all finished their in-flight work."""
         for ref in self._pending.values():  # reports already asked for still count

@@ -142,12 +142,6 @@ class Registry:
         _atomic_write(folder / "meta.json", json.dumps(meta.to_dict(), indent=2).encode())
         return meta
 
-    def update_meta(self, version: str, **fields: Any) -> HeadMeta:
-        d = self.meta(version).to_dict()
-        d.update(fields)
-        _atomic_write(self.heads / version / "meta.json", json.dumps(d, indent=2).encode())
-        return HeadMeta.from_dict(d)
-
     def promote(self, version: str) -> None:
         """Make `version` the serving head (atomic rename of CURRENT)."""
         self.meta(version)  # exists and is readable
