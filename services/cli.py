@@ -147,21 +147,12 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from kafka.structs import TopicPartition
-
-    from services.kafka_io import make_consumer
+    from services.kafka_io import assign_all, make_consumer
 
     consumer = make_consumer(_kafka(args), group=False)
-    partitions = consumer.partitions_for_topic(args.topic) or set()
-    if not partitions:
+    if not assign_all(consumer, args.topic, from_beginning=args.from_beginning):
         print(f"topic {args.topic} does not exist (run `dmguard topics`)", file=sys.stderr)
         return 1
-    tps = [TopicPartition(args.topic, p) for p in sorted(partitions)]
-    consumer.assign(tps)
-    if args.from_beginning:
-        consumer.seek_to_beginning(*tps)
-    else:
-        consumer.seek_to_end(*tps)
     seen, last = 0, time.monotonic()
     try:
         while args.max is None or seen < args.max:
@@ -279,7 +270,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def _resolve_encoder(spec: str | None) -> str:
     if spec:
         return spec
-    default = _default_bench_encoder()
+    default = _offline_encoder_spec()
     if default.startswith("onnx:"):
         return default
     raise DmguardError(
@@ -394,7 +385,7 @@ def cmd_not_yet(args: argparse.Namespace) -> int:
     return 2
 
 
-def _default_bench_encoder() -> str:
+def _offline_encoder_spec() -> str:
     onnx = Path(os.environ.get("DMGUARD_MODELS", ".cache/models")) / "clip-vit-b16-int8.onnx"
     return f"onnx:{onnx.resolve()}" if onnx.exists() else "open_clip:dmguard-tiny"
 
@@ -528,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.add_argument(
-        "--encoder", default=_default_bench_encoder(), help="encoder spec (default: %(default)s)"
+        "--encoder", default=_offline_encoder_spec(), help="encoder spec (default: %(default)s)"
     )
     sp.add_argument("--images", type=int, default=400, help="records sent through the pipeline")
     sp.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))

@@ -8,6 +8,7 @@ import time
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import TopicPartition
 
 from services.config import KafkaSettings, Topics
 from services.errors import BrokerError
@@ -102,3 +103,12 @@ def partition_count(kafka: KafkaSettings, topic: str) -> int:
     if not parts:
         raise BrokerError(f"topic {topic} does not exist (run `dmguard topics`)")
     return len(parts)
+
+
+def assign_all(consumer, topic: str, *, from_beginning: bool = True) -> list[TopicPartition]:
+    """Read `topic` outside any group: assign every partition, seek to its start (or end)."""
+    tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+    if tps:
+        consumer.assign(tps)
+        (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
+    return tps

@@ -12,6 +12,17 @@ from pathlib import Path
 import pytest
 
 TINY = "open_clip:dmguard-tiny"
+# What `dmguard eval` / training.evaluate.evaluate must report (the list).
+EVAL_FIELDS = (
+    "n_generated",
+    "n_real",
+    "auc",
+    "ap",
+    "accuracy",
+    "tpr_at_1fpr",
+    "tpr_at_5fpr",
+    "ece",
+)
 ONNX_WEIGHTS = Path(__file__).resolve().parents[1] / ".cache" / "models" / "clip-vit-b16-int8.onnx"
 
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
-from kafka.structs import TopicPartition
 
 from services.config import KafkaSettings
 from services.errors import RecordError
-from services.kafka_io import make_consumer
+from services.kafka_io import assign_all, make_consumer
 from services.records import LabelRecord
 from training.feature_log import read_feature_log
 from training.job import head_input, train_register
@@ -34,11 +33,9 @@ def read_labels(kafka: KafkaSettings, topic: str) -> tuple[dict[str, int], int]:
     """Every label on the topic ({id: 1 generated / 0 real}, last one wins) and the count of bad ones."""
     consumer = make_consumer(kafka, group=False)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        tps = assign_all(consumer, topic)
         if not tps:
             return {}, 0
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
         end = consumer.end_offsets(tps)
         labels, bad = {}, 0
         while any(consumer.position(tp) < end[tp] for tp in tps):

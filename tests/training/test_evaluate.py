@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
+from tests.conftest import EVAL_FIELDS
 from training.evaluate import (
     average_precision,
     evaluate,
@@ -52,17 +53,7 @@ def test_evaluate_has_every_field_and_per_source():
     y = np.array([1, 1, 0, 0, 1, 0])
     s = np.array([0.9, 0.6, 0.2, 0.4, 0.8, 0.1])
     out = evaluate(y, s, 0.5, sources=["a", "a", "a", "b", "b", "b"])
-    for key in (
-        "n_generated",
-        "n_real",
-        "auc",
-        "ap",
-        "accuracy",
-        "tpr_at_1fpr",
-        "tpr_at_5fpr",
-        "ece",
-        "threshold",
-    ):
+    for key in (*EVAL_FIELDS, "threshold"):
         assert key in out
     assert out["auc"] == 1.0 and out["accuracy"] == 1.0
     assert set(out["per_source"]) == {"a", "b"} and out["per_source"]["a"]["n_generated"] == 2

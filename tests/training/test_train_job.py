@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import EVAL_FIELDS, TINY
 from tests.images import encode, generated_like, real_like
 from training.data import load_samples
 from training.embeddings import embed_samples
@@ -105,17 +105,7 @@ def test_train_with_ray_train_registers_and_eval_reports_every_field(tmp_path, r
                           "--perturb", "jpeg:75,resize:0.5"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads(out.stdout)
-    for key in (
-        "n_generated",
-        "n_real",
-        "auc",
-        "ap",
-        "accuracy",
-        "tpr_at_1fpr",
-        "tpr_at_5fpr",
-        "ece",
-        "per_source",
-    ):
+    for key in (*EVAL_FIELDS, "per_source"):
         assert key in metrics, key
     assert metrics["n_generated"] == 24 and metrics["n_real"] == 24
     assert set(metrics["per_source"]) == {"cam1", "cam2", "gen1", "gen2"}
