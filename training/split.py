@@ -24,12 +24,17 @@ def split_indices(
             names = list(names)
             rng.shuffle(names)
             target = val_fraction * (labels == c).sum()
+            counts = {n: int(((sources_arr == n) & (labels == c)).sum()) for n in names}
             taken = 0
             for name in names[:-1]:  # always leave at least one source of each class for training
                 if taken >= target:
                     break
+                if taken + counts[name] > 1.5 * target:
+                    continue  # one big collection would swamp the held-out side: try a smaller one
                 held.add(name)
-                taken += int(((sources_arr == name) & (labels == c)).sum())
+                taken += counts[name]
+            if not taken:  # every candidate was too big alone: hold out the smallest
+                held.add(min(names[:-1], key=counts.__getitem__))
         val = np.isin(sources_arr, sorted(held))
         return np.flatnonzero(~val), np.flatnonzero(val), "by_source"
     val_idx = []

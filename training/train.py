@@ -101,8 +101,9 @@ def fit_epochs(
         opt.base_optimizer if cfg.rho > 0 else opt, T_max=steps
     )
     loss_fn = cfg.loss_fn()
-    Xt, yt = torch.from_numpy(X).float(), torch.from_numpy(y).float()
-    Xv = torch.from_numpy(X_val).float().to(device)
+    # torch.tensor copies: arrays from Ray's object store are read-only.
+    Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    Xv = torch.tensor(X_val, dtype=torch.float32, device=device)
     stale = 0
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     for epoch in range(start_epoch, cfg.epochs):
