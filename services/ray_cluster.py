@@ -9,19 +9,25 @@ OBJECT_STORE_BYTES = (
 )  # reports, settings and embeddings are small; Ray's default takes GBs
 
 
-def init_ray(*, address: str | None = None, num_cpus: float | None = None) -> None:
-    """Join RAY_ADDRESS (a cluster) when set, else start a small local Ray; no-op when already up."""
+def init_ray(
+    *, address: str | None = None, num_cpus: float | None = None, log_to_driver: bool = True
+) -> None:
+    """Join RAY_ADDRESS (a cluster) when set, else start a small local Ray; no-op when already up.
+
+    `log_to_driver=False` keeps actors' output out of this terminal (the demo's summary
+    would drown in Ray Train's per-epoch lines); errors still reach the caller as exceptions.
+    """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=log_to_driver)
         return
     ray.init(
         num_cpus=num_cpus,
         include_dashboard=False,
         object_store_memory=OBJECT_STORE_BYTES,
-        log_to_driver=True,
+        log_to_driver=log_to_driver,
     )

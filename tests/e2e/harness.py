@@ -10,16 +10,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer
-from kafka.structs import TopicPartition
+from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.broker import free_port
 from services.config import Topics
+from services.outputs import OutputReader, Outputs, duplicates, output_key, wait_accounted  # noqa: F401
 
 TOPICS = Topics()
 
@@ -114,59 +112,3 @@ def produce(bootstrap: str, values: list[bytes], topic: str = TOPICS.images) -> 
         producer.send(topic, value=v, key=key)
     producer.flush()
     producer.close()
-
-
-@dataclass
-class Outputs:
-    verdicts: list[dict] = field(default_factory=list)
-    dead_letters: list[dict] = field(default_factory=list)
-
-
-class OutputReader:
-    """Reads verdicts and dead letters from the beginning, incrementally."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-        tps = [
-            TopicPartition(t, p)
-            for t in (TOPICS.verdicts, TOPICS.dead_letter)
-            for p in (self.consumer.partitions_for_topic(t) or [])
-        ]
-        self.consumer.assign(tps)
-        self.consumer.seek_to_beginning(*tps)
-        self.out = Outputs()
-
-    def read(self, idle_s: float = 0.5) -> Outputs:
-        while True:
-            batch = self.consumer.poll(timeout_ms=int(idle_s * 1000))
-            if not batch:
-                return self.out
-            for tp, messages in batch.items():
-                target = self.out.verdicts if tp.topic == TOPICS.verdicts else self.out.dead_letters
-                target.extend(json.loads(m.value) for m in messages)
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def output_key(record: dict) -> str:
-    """The id of an output, or for a dead letter without one, its original record text."""
-    return record.get("id") or f"raw:{record.get('record')}"
-
-
-def wait_accounted(
-    reader: OutputReader, expected: set[str], timeout: float, on_progress=None
-) -> Outputs:
-    deadline = time.monotonic() + timeout
-    while True:
-        out = reader.read()
-        seen = {output_key(r) for r in out.verdicts + out.dead_letters}
-        if on_progress:
-            on_progress(out)
-        if expected <= seen or time.monotonic() > deadline:
-            return out
-
-
-def duplicates(out: Outputs) -> int:
-    counts = Counter(output_key(r) for r in out.verdicts + out.dead_letters)
-    return sum(n - 1 for n in counts.values() if n > 1)

@@ -1,0 +1,500 @@
+"""`dmguard demo`: the whole system on one machine, on real CLIP weights and real images.
+
+1. the demo set (built and cached on first use: training/demo_data.py);
+2. the embedded broker, a local Ray, and an HTTP server for the images (real URLs);
+3. a head trained with the robust loss on Ray Train on the training split, registered
+   in the default registry (so `dmguard eval`, `score` and `serve` work afterwards);
+4. `serve` with N workers, in this process, writing the feature log;
+5. the held-out images streamed as URL records, with a few bad records mixed in;
+   every record accounted for (a verdict or a dead letter), then a summary table;
+6. labels for part of the held-out stream (group A: whole sources), one retrain,
+   the hot swap seen in the workers' status, and group B streamed again: the new
+   head's verdicts beside the old head's on images neither head was trained on;
+7. the metrics endpoint's key lines.
+
+Exits 1 with a message when a record was lost. `--keep` leaves everything running
+until Ctrl-C so the broker, /metrics and the image server can be poked at.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from services.broker import EmbeddedBroker, free_port
+from services.config import KafkaSettings, ServeSettings, Topics, WorkerSettings
+from services.fetch import FetchPolicy
+from services.outputs import OutputReader, Outputs, duplicates, output_key, wait_accounted
+
+LOOPBACK = ("127.0.0.1/32",)
+KEY_METRICS = (
+    "dmguard_records_total",
+    "dmguard_verdicts_total",
+    "dmguard_dead_letters_total",
+    "dmguard_model_info",
+    "dmguard_workers",
+    "dmguard_end_to_end_seconds_count",
+)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    data: Path = Path(".cache/demo/set")
+    downloads: Path = Path(".cache/demo/downloads")
+    registry: Path = Path("registry")
+    cache: Path = Path(".cache")
+    encoder: str = ""  # empty: the offline CLIP ViT-B/16 weights
+    workers: int = 2
+    train_workers: int = 2
+    epochs: int = 30
+    max_batch: int = 16
+    metrics_port: int = 0  # 0: a free port
+    keep: bool = False
+    seed: int = 0
+    timeout_s: float = 600.0  # for all records of one stream to be accounted for
+    train: dict = field(default_factory=dict)  # TrainConfig overrides
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ the pieces
+class _ImageHandler(SimpleHTTPRequestHandler):
+    """Files of the demo set, plus /bad/truncated.jpg (half a JPEG) for a dead letter."""
+
+    truncated = b""
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/bad/truncated.jpg":
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(self.truncated)))
+            self.end_headers()
+            self.wfile.write(self.truncated)
+            return
+        super().do_GET()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def image_server(root: Path, truncated: bytes):
+    handler = type("Handler", (_ImageHandler,), {"truncated": truncated})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+@contextmanager
+def running_service(settings: ServeSettings):
+    """`serve` in a thread of this process (sharing its Ray); stopped and drained on exit."""
+    from services.metrics import DriverMetrics
+    from services.serve import run_service
+
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=run_service, args=(settings,), kwargs={"stop": stop, "metrics": DriverMetrics()},
+        daemon=True,
+    )  # fmt: skip
+    thread.start()
+    base = f"http://127.0.0.1:{settings.metrics_port}"
+    try:
+        deadline = time.monotonic() + 180
+        while not _get_ok(f"{base}/readyz"):
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("serve did not become ready (see the log above)")
+            time.sleep(0.5)
+        yield base
+    finally:
+        stop.set()
+        thread.join(120)
+
+
+def _get_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def _get_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.read().decode()
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for value in values:
+        producer.send(topic, value=value)
+    producer.flush()
+    producer.close()
+
+
+# ------------------------------------------------------------------ the steps
+def read_split(data: Path, name: str) -> list[dict]:
+    with (data / f"{name}.csv").open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def train_head(s: DemoSettings, encoder: str) -> dict:
+    """Embed the training split (cached) and train + register a head on Ray Train."""
+    from training.data import load_samples
+    from training.embeddings import embed_samples
+    from training.job import train_register
+    from training.registry import Registry
+    from training.train import TrainConfig
+
+    samples = load_samples(s.data / "train.csv")
+    emb = embed_samples(samples, encoder, cache_dir=s.cache / "embeddings", workers=s.train_workers,
+                        with_text=False)  # fmt: skip
+    if emb.bad:
+        say(f"{len(emb.bad)} training images could not be read: {emb.bad[:3]}")
+    cfg = TrainConfig(epochs=s.epochs, workers=s.train_workers, seed=s.seed, **s.train)
+    t0 = time.monotonic()
+    meta = train_register(
+        emb.X, emb.labels, emb.sources, encoder=encoder, registry=Registry(s.registry), cfg=cfg,
+        storage=s.cache / "ray-train", extra={"data": {"src": str((s.data / "train.csv").resolve())}},
+    )  # fmt: skip
+    promotion = meta.extra["promotion"]
+    say(f"trained {meta.version} in {time.monotonic() - t0:.0f} s on {len(samples)} images; "
+        f"promoted: {promotion['promoted']} ({promotion['reason']})")  # fmt: skip
+    return {"version": meta.version, "metrics": meta.metrics, "promotion": promotion,
+            "threshold": meta.threshold}  # fmt: skip
+
+
+def bad_records(base_url: str) -> list[tuple[str, bytes]]:
+    """(expected output key, record value) for records that must become dead letters."""
+    bad = [
+        ("raw:{not json", b"{not json"),
+        ("bad-no-url", json.dumps({"id": "bad-no-url"}).encode()),
+    ]
+    for rid, url in (
+        ("bad-404", f"{base_url}/images/missing.jpg"),
+        ("bad-scheme", "ftp://example.com/a.jpg"),
+        ("bad-not-image", f"{base_url}/summary.json"),
+        ("bad-truncated", f"{base_url}/bad/truncated.jpg"),
+        ("bad-private-address", "http://10.0.0.1/a.jpg"),
+    ):
+        bad.append((rid, json.dumps({"id": rid, "url": url}).encode()))
+    return bad
+
+
+@dataclass
+class StreamResult:
+    sent: int
+    outputs: Outputs
+    expected: set[str]
+    seconds: float
+
+    @property
+    def lost(self) -> set[str]:
+        seen = {output_key(r) for r in self.outputs.verdicts + self.outputs.dead_letters}
+        return self.expected - seen
+
+
+def stream(bootstrap: str, reader: OutputReader, records: list[tuple[str, bytes]],
+           timeout_s: float) -> StreamResult:  # fmt: skip
+    """Send the records, then read until each has an output (or the timeout passes)."""
+    from tqdm import tqdm
+
+    expected = {key for key, _ in records}
+    before = {output_key(r) for r in reader.out.verdicts + reader.out.dead_letters}
+    t0 = time.monotonic()
+    _produce(bootstrap, Topics().images, [value for _, value in records])
+    with tqdm(total=len(expected), desc="verdicts", unit="rec", file=sys.stderr) as bar:
+
+        def progress(out: Outputs) -> None:
+            done = len(expected & {output_key(r) for r in out.verdicts + out.dead_letters})
+            bar.update(done - bar.n)
+
+        out = wait_accounted(reader, expected, timeout_s, on_progress=progress)
+    seconds = time.monotonic() - t0
+    mine = Outputs(
+        [v for v in out.verdicts if output_key(v) in expected and output_key(v) not in before],
+        [d for d in out.dead_letters if output_key(d) in expected and output_key(d) not in before],
+    )
+    return StreamResult(len(records), mine, expected, seconds)
+
+
+def judged(result: StreamResult, truth: dict[str, dict]) -> dict:
+    """Held-out metrics from the verdicts of the records in `truth` (id -> manifest row)."""
+    from training.evaluate import evaluate
+
+    rows = [(v, truth[v["id"]]) for v in result.outputs.verdicts if v["id"] in truth]
+    if not rows:
+        return {}
+    labels = np.array([int(r["label"]) for _, r in rows])
+    scores = np.array([v["score"] for v, _ in rows])
+    out = evaluate(labels, scores, rows[0][0]["threshold"], [r["source"] for _, r in rows])
+    out["head_versions"] = dict(Counter(v["head_version"] for v, _ in rows))
+    return out
+
+
+def split_groups(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
+    """Held-out rows in two groups that share no source (each with both classes when it can):
+    A gets labels and goes into the retrain, B stays unseen by both heads."""
+    rng = np.random.default_rng(seed)
+    a, b = [], []
+    for label in ("0", "1"):
+        mine = [r for r in rows if r["label"] == label]
+        sources = sorted({r["source"] for r in mine})
+        rng.shuffle(sources)
+        if len(sources) >= 2:
+            to_a = set(sources[0::2])
+            a += [r for r in mine if r["source"] in to_a]
+            b += [r for r in mine if r["source"] not in to_a]
+        else:  # one source: split its images instead
+            a += mine[0::2]
+            b += mine[1::2]
+    return a, b
+
+
+def wait_feature_log(feature_log: Path, ids: set[str], timeout_s: float = 60.0) -> int:
+    """Workers flush the feature log every ~10 s: wait until it holds every id in `ids`."""
+    from training.feature_log import read_feature_log
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        table = read_feature_log(str(feature_log))
+        have = ids & set(table.column("id").to_pylist())
+        if have == ids or time.monotonic() > deadline:
+            return len(have)
+        time.sleep(1.0)
+
+
+def wait_for_head(status_url: str, version: str, timeout_s: float = 60.0) -> float | None:
+    """Seconds until every worker reports `version` in /status, or None."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        workers = json.loads(_get_text(status_url)).get("workers", [])
+        if workers and all(w.get("head_version") == version for w in workers):
+            return time.monotonic() - t0
+        time.sleep(0.25)
+    return None
+
+
+# ------------------------------------------------------------------ the report
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and np.isnan(x)):
+        return "n/a"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def stream_table(title: str, result: StreamResult, metrics: dict) -> str:
+    lat = [v["latency_ms"] for v in result.outputs.verdicts]
+    p50, p95, p99 = np.percentile(lat, [50, 95, 99]) if lat else (float("nan"),) * 3
+    codes = Counter(d["error"]["code"] for d in result.outputs.dead_letters)
+    lines = [
+        f"== {title}",
+        f"records in            {result.sent}",
+        f"verdicts out          {len(result.outputs.verdicts)}",
+        f"dead letters out      {len(result.outputs.dead_letters)}  "
+        + ", ".join(f"{c}={n}" for c, n in sorted(codes.items())),
+        f"lost / duplicated     {len(result.lost)} / {duplicates(result.outputs)}",
+        f"throughput            {len(result.outputs.verdicts) / result.seconds:.1f} images/s "
+        f"({result.seconds:.1f} s from first record sent to last output read)",
+        f"latency (ms)          p50 {p50:.0f}  p95 {p95:.0f}  p99 {p99:.0f}",
+    ]
+    if metrics:
+        lines += [
+            f"held-out images       {metrics['n_real']} real, {metrics['n_generated']} generated "
+            f"(head {', '.join(f'{k}: {n}' for k, n in metrics['head_versions'].items())})",
+            f"AUC                   {_fmt(metrics['auc'])}",
+            f"accuracy @ threshold  {_fmt(metrics['accuracy'])} (threshold {metrics['threshold']:.3f})",
+            f"TPR @ 5% FPR          {_fmt(metrics['tpr_at_5fpr'])}",
+        ]
+    return "\n".join(lines)
+
+
+def scrape_when_counted(url: str, records: int, timeout_s: float = 20.0) -> str:
+    """/metrics once the driver has counted `records` records (workers report every second)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = _get_text(url)
+        counted = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "dmguard_records_total"
+        )
+        if counted >= records or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
+
+
+def metrics_lines(text: str) -> str:
+    keep = [line for line in text.splitlines() if line.startswith(KEY_METRICS)]
+    return "\n".join(keep)
+
+
+# ------------------------------------------------------------------ the whole demo
+def run_demo(s: DemoSettings) -> int:
+    from services.ray_cluster import init_ray
+    from training.demo_data import ensure_demo_set
+    from training.retrain import RetrainSettings, retrain_once
+    from training.train import TrainConfig
+
+    t_start = time.monotonic()
+    summary = ensure_demo_set(s.data, s.downloads, seed=s.seed, log=say)
+    say(f"demo set: {summary['images']} images in {s.data} "
+        f"(train {summary['train']['real']} real / {summary['train']['generated']} generated, "
+        f"held out {summary['heldout']['real']} real / {summary['heldout']['generated']} generated, "
+        f"split {summary['split']})")  # fmt: skip
+    encoder = s.encoder or _offline_encoder()
+    held = read_split(s.data, "heldout")
+    feature_log = s.cache / "demo" / "feature-log"
+    shutil.rmtree(feature_log, ignore_errors=True)
+    report: list[str] = []
+    with ExitStack() as stack:
+        broker = stack.enter_context(EmbeddedBroker())
+        say(f"broker on {broker.bootstrap}")
+        init_ray(num_cpus=s.workers + s.train_workers + 2, log_to_driver=False)
+        truncated = (s.data / held[0]["path"]).read_bytes()[:2000]
+        base_url = stack.enter_context(image_server(s.data, truncated))
+        say(f"images served from {base_url}/images/")
+
+        say(
+            f"training a head ({encoder}) with the robust loss on Ray Train, {s.train_workers} workers"
+        )
+        v1 = train_head(s, encoder)
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+        metrics_port = s.metrics_port or free_port()
+        worker = WorkerSettings(kafka=kafka, registry=str(s.registry), fetch=FetchPolicy(allowed_networks=LOOPBACK),
+                                max_batch=s.max_batch, feature_log=str(feature_log))  # fmt: skip
+        serve = ServeSettings(worker=worker, workers=s.workers, metrics_host="127.0.0.1",
+                              metrics_port=metrics_port)  # fmt: skip
+        say(
+            f"starting serve: {s.workers} workers, metrics on http://127.0.0.1:{metrics_port}/metrics"
+        )
+        status_base = stack.enter_context(running_service(serve))
+        reader = OutputReader(broker.bootstrap)
+        stack.callback(reader.close)
+
+        # 1. the held-out split as a live stream, with bad records mixed in
+        truth = {f"held-{i}": row for i, row in enumerate(held)}
+        records = [(rid, json.dumps({"id": rid, "url": f"{base_url}/{row['path']}"}).encode())
+                   for rid, row in truth.items()]  # fmt: skip
+        records[len(records) // 2 : len(records) // 2] = bad_records(base_url)
+        say(
+            f"streaming {len(records)} records ({len(truth)} held-out images, {len(records) - len(truth)} bad)"
+        )
+        first = stream(broker.bootstrap, reader, records, s.timeout_s)
+        report.append(
+            stream_table(
+                f"stream 1: held-out images, head {v1['version']}", first, judged(first, truth)
+            )
+        )
+        print("\n" + report[-1], flush=True)
+        if first.lost:
+            return _lost(first)
+
+        # 2. labels for group A, one retrain, the hot swap
+        group_a, group_b = split_groups(held, s.seed)
+        ids_a = {rid for rid, row in truth.items() if row in group_a}
+        label_values = [json.dumps({"id": rid, "label": "generated" if truth[rid]["label"] == "1" else "real"}).encode()
+                        for rid in sorted(ids_a)]  # fmt: skip
+        _produce(broker.bootstrap, Topics().labels, label_values)
+        t_labels = time.monotonic()
+        say(f"sent {len(label_values)} labels (group A: {len({truth[i]['source'] for i in ids_a})} sources); "
+            "waiting for the feature log")  # fmt: skip
+        logged = wait_feature_log(feature_log, ids_a)
+        say(f"feature log holds {logged}/{len(ids_a)} labelled ids; retraining")
+        retrain = retrain_once(RetrainSettings(
+            kafka=kafka, labels_topic=Topics().labels, registry=str(s.registry), feature_log=str(feature_log),
+            cache=s.cache, min_new_labels=max(1, len(ids_a) // 2),
+            train=TrainConfig(epochs=s.epochs, workers=s.train_workers, seed=s.seed, **s.train),
+        ))  # fmt: skip
+        swap_s = None
+        if retrain.get("trained") and retrain.get("promoted"):
+            waited = wait_for_head(f"{status_base}/status", retrain["version"])
+            swap_s = None if waited is None else time.monotonic() - t_labels
+        report.append(_retrain_lines(retrain, swap_s))
+        print("\n" + report[-1], flush=True)
+
+        # 3. group B again, as new records: the new head beside the old on unseen sources
+        truth_b = {f"again-{i}": row for i, row in enumerate(group_b)}
+        records_b = [(rid, json.dumps({"id": rid, "url": f"{base_url}/{row['path']}"}).encode())
+                     for rid, row in truth_b.items()]  # fmt: skip
+        second = stream(broker.bootstrap, reader, records_b, s.timeout_s)
+        before = judged(first, {rid: row for rid, row in truth.items() if row in group_b})
+        after = judged(second, truth_b)
+        report.append(stream_table("stream 2: group B (no labels) again, after the retrain", second, after)
+                      + f"\n(the same {len(group_b)} images in stream 1: AUC {_fmt(before.get('auc'))}, "
+                      f"head {', '.join(before.get('head_versions', {}))})")  # fmt: skip
+        print("\n" + report[-1], flush=True)
+        if second.lost:
+            return _lost(second)
+
+        text = scrape_when_counted(f"{status_base}/metrics", first.sent + second.sent)
+        report.append("== key lines of /metrics\n" + metrics_lines(text))
+        print("\n" + report[-1], flush=True)
+        print(f"\ndemo finished in {time.monotonic() - t_start:.0f} s; the head stays in {s.registry} "
+              f"(try: dmguard eval --data {s.data / 'heldout.csv'})", flush=True)  # fmt: skip
+        if s.keep:
+            _keep_running(broker.bootstrap, base_url, status_base)
+    return 0
+
+
+def _offline_encoder() -> str:
+    from training.weights import fetch_weights
+
+    return f"onnx:{fetch_weights().resolve()}"
+
+
+def _retrain_lines(retrain: dict, swap_s: float | None) -> str:
+    lines = ["== retrain from labels"]
+    if not retrain.get("trained"):
+        return "\n".join(lines + [f"not trained: {retrain.get('reason')}"])
+    lines += [
+        f"labelled features     {retrain['labelled_features']} (new {retrain['new']})",
+        f"new head              {retrain['version']}: held-out AUC {_fmt(retrain['new_auc'])} "
+        f"vs current {retrain['current_version']} {_fmt(retrain['current_auc'])}",
+        f"promoted              {retrain['promoted']} ({retrain['reason']})",
+    ]
+    if swap_s is not None:
+        lines.append(f"hot swap              every worker on {retrain['version']} {swap_s:.1f} s after "
+                     "the labels were sent (no restart)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _lost(result: StreamResult) -> int:
+    print(f"\nERROR: {len(result.lost)} records were neither judged nor dead-lettered: "
+          f"{sorted(result.lost)[:10]}", file=sys.stderr)  # fmt: skip
+    return 1
+
+
+def _keep_running(bootstrap: str, images: str, status_base: str) -> None:
+    print(
+        f"\n--keep: running until Ctrl-C\n  broker      {bootstrap}\n  metrics     {status_base}/metrics"
+        f"\n  status      {status_base}/status\n  images      {images}/images/\n"
+        f"  try: DMGUARD_BOOTSTRAP={bootstrap} dmguard tail dmguard.verdicts",
+        flush=True,
+    )
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        say("stopping")
