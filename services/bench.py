@@ -240,7 +240,7 @@ def pipeline_run(
 
 def run_bench(
     *, encoder_spec: str, images: int, workers: int, max_batch: int, size: tuple[int, int],
-    naive_images: int = 50, latency_s: float = 20.0,
+    naive_images: int = 50, latency_s: float = 20.0, compare: list[str] = (),
 ) -> dict:  # fmt: skip
     blobs = _test_jpegs(16, size)
     cores = len(os.sched_getaffinity(0))
@@ -249,6 +249,11 @@ def run_bench(
     try:
         detector = _detector(encoder_spec, threads=cores)
         raw = raw_throughput(detector, blobs, [1, 4, 8, 16, 32])
+        others = {}
+        for spec in compare:  # the same measurement, same images, right after (a)
+            other = raw_throughput(_detector(spec, threads=cores), blobs, [1, 4, 8, 16, 32])
+            others[spec] = {"raw_ips": round(other["ips"], 2), "best_batch": other["best_batch"],
+                            "vs_default": round(other["ips"] / raw["ips"], 3)}  # fmt: skip
         naive = naive_throughput(detector, port, naive_images)
         del detector
         pipe = pipeline_run(encoder_spec, port, images, workers, max_batch, latency_s)
@@ -271,4 +276,5 @@ def run_bench(
         "workers": workers,
         "max_batch": max_batch,
         "pipeline_images": images,
+        **({"raw_compared": others} if others else {}),
     }

@@ -235,19 +235,14 @@ def cmd_init_head(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from training.weights import KNOWN, fetch_weights
+    from training.weights import KNOWN, fetch_weights, float32_weights
 
     path = fetch_weights(args.name, Path(args.cache)).resolve()
-    print(
-        json.dumps(
-            {
-                "name": args.name,
-                "encoder": f"onnx:{path}",
-                "sha256": KNOWN[args.name].sha256,
-                "licence": KNOWN[args.name].licence,
-            }
-        )
-    )
+    out = {"name": args.name, "encoder": f"onnx:{path}", "sha256": KNOWN[args.name].sha256,
+           "licence": KNOWN[args.name].licence}  # fmt: skip
+    if args.float32:
+        out["float32_encoder"] = f"onnx:{float32_weights(Path(args.cache)).resolve()}"
+    print(json.dumps(out))
     return 0
 
 
@@ -257,7 +252,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     w, h = (int(v) for v in args.size.split("x"))
     result = run_bench(encoder_spec=args.encoder, images=args.images, workers=args.workers,
                        max_batch=args.max_batch, size=(w, h), naive_images=args.naive_images,
-                       latency_s=args.latency_seconds)  # fmt: skip
+                       latency_s=args.latency_seconds, compare=args.compare_encoder)  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:
@@ -537,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--latency-seconds", type=float, default=20.0, help="length of the half-load latency run"
     )
+    sp.add_argument(
+        "--compare-encoder",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="also measure (a) for this encoder in the same run (repeatable), "
+        "e.g. the float32 copy from `dmguard models --float32`",
+    )
     sp.set_defaults(func=cmd_bench)
 
     sp = sub.add_parser(
@@ -547,6 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--cache", default=os.environ.get("DMGUARD_MODELS", ".cache/models"), help="cache folder"
+    )
+    sp.add_argument(
+        "--float32",
+        action="store_true",
+        help="also write a float32 copy of the INT8 tower (slower here: see README); needs onnx",
     )
     sp.set_defaults(func=cmd_models)
 
