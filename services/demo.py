@@ -315,7 +315,8 @@ def stream_table(title: str, result: StreamResult, metrics: dict) -> str:
         f"lost / duplicated     {len(result.lost)} / {duplicates(result.outputs)}",
         f"throughput            {len(result.outputs.verdicts) / result.seconds:.1f} images/s "
         f"({result.seconds:.1f} s from first record sent to last output read)",
-        f"latency (ms)          p50 {p50:.0f}  p95 {p95:.0f}  p99 {p99:.0f}",
+        f"latency (ms)          p50 {p50:.0f}  p95 {p95:.0f}  p99 {p99:.0f} "
+        "(record timestamp to verdict; all records sent at once, so queueing counts)",
     ]
     if metrics:
         lines += [
