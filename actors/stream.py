@@ -38,8 +38,8 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from actors.batching import Batcher, OffsetTracker
 from services.config import WorkerSettings
 from services.errors import DmguardError, InputError
-from services.fetch import fetch_bytes
-from services.images import decode
+from services.fetch import FetchPolicy, fetch_bytes
+from services.images import DEFAULT_MAX_PIXELS, decode
 from services.kafka_io import make_consumer, make_producer
 from services.metrics import WorkerStats
 from services.records import DeadLetter, ImageRecord, Source, Verdict, best_effort_id
@@ -75,16 +75,26 @@ class Job:
         return Source(self.tp.topic, self.tp.partition, self.offset)
 
 
+def fetch_pixels(
+    url: str, policy: FetchPolicy, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Fetch (guarded), decode at the encoder's scale, preprocess: (pixels, stage seconds).
+    Raises InputError with a dead-letter code. The worker and `dmguard score` share it."""
+    t0 = time.perf_counter()
+    data = fetch_bytes(url, policy)
+    t1 = time.perf_counter()
+    image = decode(data, target_size=preprocess.image_size, max_pixels=max_pixels)
+    pixels = preprocess(image)
+    return pixels, {"fetch": t1 - t0, "decode": time.perf_counter() - t1}
+
+
 def fetch_and_preprocess(job: Job, settings: WorkerSettings, preprocess: Preprocess) -> Job:
     """Runs in a fetch thread. Never raises: failures land in `job.error`."""
     assert job.record is not None
     try:
-        t0 = time.perf_counter()
-        data = fetch_bytes(job.record.url, settings.fetch)
-        t1 = time.perf_counter()
-        image = decode(data, target_size=preprocess.image_size, max_pixels=settings.max_pixels)
-        job.pixels = preprocess(image)
-        job.timings = {"fetch": t1 - t0, "decode": time.perf_counter() - t1}
+        job.pixels, job.timings = fetch_pixels(
+            job.record.url, settings.fetch, preprocess, settings.max_pixels
+        )
     except InputError as exc:
         job.error = exc
     except Exception as exc:  # a bug or a library surprise: dead-letter it, keep going
@@ -249,13 +259,11 @@ class StreamWorker:
         if not jobs:
             return
         pixels = np.stack([j.pixels for j in jobs])  # (B, 3, S, S)
+        timings: dict[str, float] = {}
         try:
-            t0 = time.perf_counter()
-            embeddings = self.detector.encoder.encode_images(pixels)  # (B, D)
-            t1 = time.perf_counter()
-            features = self.detector.features(embeddings, [j.record.text for j in jobs])
-            scores = self.detector.score_features(features)  # (B,)
-            t2 = time.perf_counter()
+            embeddings, scores = self.detector(
+                pixels, [j.record.text for j in jobs], timings=timings
+            )
         except Exception as exc:
             log.exception("model failed on a batch of %d", len(jobs))
             for job in jobs:
@@ -265,8 +273,9 @@ class StreamWorker:
                 self._emit_dead_letter(job)
             return
         self.stats.observe("batch_size", len(jobs))
-        self.stats.observe("stage_seconds", t1 - t0, "embed")
-        self.stats.observe("stage_seconds", t2 - t1, "score")
+        for stage, seconds in timings.items():
+            self.stats.observe("stage_seconds", seconds, stage)
+        t_produce = time.perf_counter()  # the feature-log append counts as produce, as before
         meta = self.detector.meta
         if self.features is not None:  # what retraining learns from, without recomputing CLIP
             self.features.append(
@@ -289,7 +298,7 @@ class StreamWorker:
             self._send(self.settings.topics.verdicts, verdict.to_bytes(), job.record.id, job)
             self.stats.inc("records", "verdict")
             self.stats.inc("verdicts", verdict.verdict)
-        self.stats.observe("stage_seconds", time.perf_counter() - t2, "produce")
+        self.stats.observe("stage_seconds", time.perf_counter() - t_produce, "produce")
 
     def _emit_dead_letter(self, job: Job) -> None:
         err = job.error

@@ -183,9 +183,8 @@ def _as_text(value: bytes | None) -> str:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    from actors.stream import fetch_pixels
     from services.errors import InputError
-    from services.fetch import fetch_bytes
-    from services.images import decode
     from services.records import ImageRecord, Verdict
     from training.detector import Detector
     from training.registry import Registry
@@ -197,10 +196,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         url = target if "://" in target else Path(target).resolve().as_uri()
         start = time.time() * 1000
         try:
-            data = fetch_bytes(url, policy)
-            pixels = detector.encoder.preprocess(
-                decode(data, target_size=detector.encoder.preprocess.image_size)
-            )
+            pixels, _ = fetch_pixels(url, policy, detector.encoder.preprocess)
             _, scores = detector(pixels[None])
         except InputError as exc:
             print(

@@ -7,6 +7,8 @@ when the encoder spec is unchanged.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
@@ -71,11 +73,21 @@ class Detector:
             return torch.sigmoid(self.head(x)).float().cpu().numpy()
 
     def __call__(
-        self, pixels: np.ndarray, texts: list[str | None] | None = None
+        self,
+        pixels: np.ndarray,
+        texts: list[str | None] | None = None,
+        *,
+        timings: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Embed and score a batch: (B,3,S,S) -> (embeddings (B,D), scores (B,))."""
+        """Embed and score a batch: (B,3,S,S) -> (embeddings (B,D), scores (B,)).
+        `timings`, when given, receives the seconds spent in "embed" and "score"."""
+        t0 = time.perf_counter()
         embeddings = self.encoder.encode_images(pixels)
-        return embeddings, self.score_features(self.features(embeddings, texts))
+        t1 = time.perf_counter()
+        scores = self.score_features(self.features(embeddings, texts))
+        if timings is not None:
+            timings.update(embed=t1 - t0, score=time.perf_counter() - t1)
+        return embeddings, scores
 
 
 def register_untrained_head(

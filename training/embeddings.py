@@ -173,48 +173,51 @@ def embed_samples(
             )
         )
 
-    missing = sorted({hashes[i]: i for i in blobs}.values())  # one encoder pass per distinct image
-    if missing:
-        new = _embed_with_ray(
-            encoder_spec, [blobs[i] for i in missing], workers, batch_size, progress
-        )
-        rows_h, rows_e = [], []
-        for i, (emb, _err) in zip(missing, new, strict=True):
-            if emb is None:
-                continue
-            cache[hashes[i]] = emb
-            rows_h.append(hashes[i])
-            rows_e.append(emb.tolist())
-        write_cache(folder, "part", rows_h, rows_e)
-        errors = {hashes[i]: err for i, (_, err) in zip(missing, new, strict=True) if err}
-    else:
-        errors = {}
+    actors = _EncoderActors(encoder_spec, workers)
+    try:
+        # one encoder pass per distinct image
+        missing = sorted({hashes[i]: i for i in blobs}.values())
+        if missing:
+            new = _embed_with_ray(actors, [blobs[i] for i in missing], batch_size, progress)
+            rows_h, rows_e = [], []
+            for i, (emb, _err) in zip(missing, new, strict=True):
+                if emb is None:
+                    continue
+                cache[hashes[i]] = emb
+                rows_h.append(hashes[i])
+                rows_e.append(emb.tolist())
+            write_cache(folder, "part", rows_h, rows_e)
+            errors = {hashes[i]: err for i, (_, err) in zip(missing, new, strict=True) if err}
+        else:
+            errors = {}
 
-    kept, X, kept_hashes = [], [], []
-    for i, sample in enumerate(samples):
-        h = hashes.get(i)
-        if h is None:
-            continue
-        if h not in cache:
-            bad.append((sample.location, errors.get(h, "not embedded")))
-            continue
-        kept.append(sample)
-        X.append(cache[h])
-        kept_hashes.append(h)
-    dim = len(X[0]) if X else 0
-    T = _caption_embeddings(kept, encoder_spec, folder, workers) if with_text else None
-    return EmbeddedSet(
-        samples=kept,
-        X=np.stack(X).astype(np.float32) if X else np.zeros((0, dim), np.float32),
-        hashes=kept_hashes,
-        bad=bad,
-        computed=len(missing),
-        T=T,
-    )
+        kept, X, kept_hashes = [], [], []
+        for i, sample in enumerate(samples):
+            h = hashes.get(i)
+            if h is None:
+                continue
+            if h not in cache:
+                bad.append((sample.location, errors.get(h, "not embedded")))
+                continue
+            kept.append(sample)
+            X.append(cache[h])
+            kept_hashes.append(h)
+        dim = len(X[0]) if X else 0
+        T = _caption_embeddings(kept, actors, folder) if with_text else None
+        return EmbeddedSet(
+            samples=kept,
+            X=np.stack(X).astype(np.float32) if X else np.zeros((0, dim), np.float32),
+            hashes=kept_hashes,
+            bad=bad,
+            computed=len(missing),
+            T=T,
+        )
+    finally:
+        actors.close()
 
 
 def _caption_embeddings(
-    samples: list[Sample], spec: str, folder: Path, workers: int
+    samples: list[Sample], actors: _EncoderActors, folder: Path
 ) -> np.ndarray | None:
     """Caption embeddings (zeros for samples without one), cached by text hash; None when no
     sample has a caption or the encoder has no text tower."""
@@ -227,14 +230,9 @@ def _caption_embeddings(
     if missing:
         import ray
 
-        from services.ray_cluster import init_ray
-
-        init_ray()
-        actor = ray.remote(num_cpus=1)(_Embedder).remote(spec, max(1, workers))
-        embeddings = ray.get(actor.embed_texts.remote(missing))
-        ray.kill(actor)
+        embeddings = ray.get(actors.get()[0].embed_texts.remote(missing))
         if embeddings is None:
-            log.warning("encoder %s has no text tower: captions are ignored", spec)
+            log.warning("encoder %s has no text tower: captions are ignored", actors.spec)
             return None
         write_cache(folder, "text", [key[t] for t in missing], [e.tolist() for e in embeddings])
         cache.update({key[t]: e for t, e in zip(missing, embeddings, strict=True)})
@@ -244,21 +242,43 @@ def _caption_embeddings(
     ).astype(np.float32)
 
 
-def _embed_with_ray(spec: str, blobs: list[bytes], workers: int, batch_size: int, progress: bool):
-    import ray
+class _EncoderActors:
+    """Encoder actors started on first use and shared by the image and caption passes, so
+    the encoder is loaded once per run (not at all when everything is cached)."""
+
+    def __init__(self, spec: str, workers: int) -> None:
+        self.spec, self.workers, self.actors = spec, workers, []
+
+    def get(self) -> list:
+        if not self.actors:
+            import ray
+
+            from services.ray_cluster import init_ray
+
+            init_ray()
+            cpus = max(1.0, ray.available_resources().get("CPU", 1.0))
+            n = max(1, min(self.workers, int(cpus)))
+            self.actors = [ray.remote(num_cpus=1)(_Embedder).remote(self.spec, 1) for _ in range(n)]
+        return self.actors
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+def _embed_with_ray(
+    actors: _EncoderActors, blobs: list[bytes], batch_size: int, progress: bool
+) -> list:
     from ray.util import ActorPool
     from tqdm import tqdm
 
-    from services.ray_cluster import init_ray
-
-    init_ray()
-    cpus = max(1.0, ray.available_resources().get("CPU", 1.0))
-    workers = max(1, min(workers, int(cpus)))
-    actor = ray.remote(num_cpus=1)(_Embedder)
-    pool = ActorPool([actor.remote(spec, 1) for _ in range(workers)])
+    pool = ActorPool(actors.get())
     batches = [blobs[i : i + batch_size] for i in range(0, len(blobs), batch_size)]
     results = []
-    bar = tqdm(total=len(blobs), desc=f"embed ({spec})", disable=not progress)
+    bar = tqdm(total=len(blobs), desc=f"embed ({actors.spec})", disable=not progress)
     for embs, errs in pool.map(lambda a, b: a.embed.remote(b), batches):
         results.extend(zip(embs, errs, strict=True))
         bar.update(len(embs))
