@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -495,7 +496,10 @@ def _keep_running(bootstrap: str, images: str, status_base: str) -> None:
         f"  try: DMGUARD_BOOTSTRAP={bootstrap} dmguard tail dmguard.verdicts",
         flush=True,
     )
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        say("stopping")
+    # Our own handlers: Ray Train's TorchTrainer leaves a SIGINT handler of its own behind
+    # (it aborts a training run, and there is none by now), so Ctrl-C would be swallowed.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    say("stopping")
