@@ -38,6 +38,7 @@ import numpy as np
 from services.broker import EmbeddedBroker, free_port
 from services.config import KafkaSettings, ServeSettings, Topics, WorkerSettings
 from services.fetch import FetchPolicy
+from services.kafka_io import make_producer
 from services.outputs import OutputReader, Outputs, duplicates, output_key, wait_accounted
 
 LOOPBACK = ("127.0.0.1/32",)
@@ -143,10 +144,8 @@ def _get_text(url: str) -> str:
         return r.read().decode()
 
 
-def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+def _produce(kafka: KafkaSettings, topic: str, values: list[bytes]) -> None:
+    producer = make_producer(kafka)
     for value in values:
         producer.send(topic, value=value)
     producer.flush()
@@ -215,15 +214,15 @@ class StreamResult:
         return self.expected - seen
 
 
-def stream(bootstrap: str, reader: OutputReader, records: list[tuple[str, bytes]],
+def stream(kafka: KafkaSettings, reader: OutputReader, records: list[tuple[str, bytes]],
            timeout_s: float) -> StreamResult:  # fmt: skip
-    """Send the records, then read until each has an output (or the timeout passes)."""
+    """Send the records, then read until each has an output (or the timeout passes).
+    Keys are unique per stream, so the outputs for `records` are those with their keys."""
     from tqdm import tqdm
 
     expected = {key for key, _ in records}
-    before = {output_key(r) for r in reader.out.verdicts + reader.out.dead_letters}
     t0 = time.monotonic()
-    _produce(bootstrap, Topics().images, [value for _, value in records])
+    _produce(kafka, Topics().images, [value for _, value in records])
     with tqdm(total=len(expected), desc="verdicts", unit="rec", file=sys.stderr) as bar:
 
         def progress(out: Outputs) -> None:
@@ -233,8 +232,8 @@ def stream(bootstrap: str, reader: OutputReader, records: list[tuple[str, bytes]
         out = wait_accounted(reader, expected, timeout_s, on_progress=progress)
     seconds = time.monotonic() - t0
     mine = Outputs(
-        [v for v in out.verdicts if output_key(v) in expected and output_key(v) not in before],
-        [d for d in out.dead_letters if output_key(d) in expected and output_key(d) not in before],
+        [v for v in out.verdicts if output_key(v) in expected],
+        [d for d in out.dead_letters if output_key(d) in expected],
     )
     return StreamResult(len(records), mine, expected, seconds)
 
@@ -404,7 +403,7 @@ def run_demo(s: DemoSettings) -> int:
         say(
             f"streaming {len(records)} records ({len(truth)} held-out images, {len(records) - len(truth)} bad)"
         )
-        first = stream(broker.bootstrap, reader, records, s.timeout_s)
+        first = stream(kafka, reader, records, s.timeout_s)
         report.append(
             stream_table(
                 f"stream 1: held-out images, head {v1['version']}", first, judged(first, truth)
@@ -419,7 +418,7 @@ def run_demo(s: DemoSettings) -> int:
         ids_a = {rid for rid, row in truth.items() if row in group_a}
         label_values = [json.dumps({"id": rid, "label": "generated" if truth[rid]["label"] == "1" else "real"}).encode()
                         for rid in sorted(ids_a)]  # fmt: skip
-        _produce(broker.bootstrap, Topics().labels, label_values)
+        _produce(kafka, Topics().labels, label_values)
         t_labels = time.monotonic()
         say(f"sent {len(label_values)} labels (group A: {len({truth[i]['source'] for i in ids_a})} sources); "
             "waiting for the feature log")  # fmt: skip
@@ -441,7 +440,7 @@ def run_demo(s: DemoSettings) -> int:
         truth_b = {f"again-{i}": row for i, row in enumerate(group_b)}
         records_b = [(rid, json.dumps({"id": rid, "url": f"{base_url}/{row['path']}"}).encode())
                      for rid, row in truth_b.items()]  # fmt: skip
-        second = stream(broker.bootstrap, reader, records_b, s.timeout_s)
+        second = stream(kafka, reader, records_b, s.timeout_s)
         before = judged(first, {rid: row for rid, row in truth.items() if row in group_b})
         after = judged(second, truth_b)
         report.append(stream_table("stream 2: group B (no labels) again, after the retrain", second, after)
