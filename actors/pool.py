@@ -30,6 +30,7 @@ from actors.worker import DetectorWorker
 from services.config import ServeSettings
 from services.kafka_io import partition_count
 from services.metrics import DriverMetrics
+from training.errors import DeviceError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ def worker_resources(settings: ServeSettings, cluster_gpus: float) -> dict[str, 
     if gpus is None:
         gpus = 1.0 if cluster_gpus >= 1 else 0.0
     if gpus > 0 and cluster_gpus < gpus:
-        raise ValueError(f"each worker asks for {gpus} GPUs but the cluster has {cluster_gpus}")
+        raise DeviceError(
+            f"each worker asks for {gpus} GPUs but the Ray cluster has {cluster_gpus}: "
+            "pass --gpus-per-worker 0 to run on CPUs, or start Ray where the GPUs are"
+        )
     return {"num_cpus": settings.cpus_per_worker, "num_gpus": gpus}
 
 

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from services.config import (
     default_registry,
     kafka_extra_from_env,
 )
-from services.errors import DmguardError
+from services.errors import BrokerError, ConfigError, DmguardError
 from services.fetch import DEFAULT_MAX_BYTES, FetchPolicy
 from services.images import DEFAULT_MAX_PIXELS
 
@@ -269,6 +270,14 @@ def _resolve_encoder(spec: str | None) -> str:
     )
 
 
+def _check_exists(path: str, flag: str) -> None:
+    if not Path(path).exists():
+        raise ConfigError(
+            f"{flag} {path}: no such file or folder "
+            "(give a folder with real/ and fake/, or a CSV/JSONL manifest)"
+        )
+
+
 def _print_bad(bad: list[tuple[str, str]]) -> None:
     if bad:
         print(f"{len(bad)} images skipped:", file=sys.stderr)
@@ -282,6 +291,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.job import train_register
     from training.registry import Registry
 
+    _check_exists(args.data, "--data")
     encoder = _resolve_encoder(args.encoder)
     samples = load_samples(args.data)
     emb = embed_samples(
@@ -314,6 +324,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from training.perturb import parse_perturbations
     from training.registry import Registry
 
+    _check_exists(args.data, "--data")
     head, meta = Registry(args.registry).load(args.version)
     samples = load_samples(args.data)
 
@@ -351,7 +362,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from training.retrain import RetrainSettings, retrain_once
+    from training.retrain import RetrainSettings, retrain_loop, retrain_once
 
     settings = RetrainSettings(
         kafka=_kafka(args), labels_topic=Topics().labels, registry=args.registry, feature_log=args.feature_log,
@@ -359,16 +370,17 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         train=_train_config(args),
     )  # fmt: skip
     stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    while True:
-        print(json.dumps(retrain_once(settings)), flush=True)
-        if args.once or stop["now"]:
-            return 0
-        deadline = time.monotonic() + args.every
-        while time.monotonic() < deadline and not stop["now"]:
-            time.sleep(0.5)
-        if stop["now"]:
-            return 0
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        return retrain_loop(
+            lambda: retrain_once(settings),
+            lambda summary: print(json.dumps(summary), flush=True),
+            every=None if args.once else args.every,
+            fail_on_skip=args.fail_on_skip,
+            stop=lambda: stop["now"],
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -394,6 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect diffusion-model-generated images in a Kafka stream of image URLs.",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on a known failure, show the Python traceback too (not only the one-line message)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def kafka_args(sp: argparse.ArgumentParser) -> None:
@@ -599,6 +616,13 @@ def build_parser() -> argparse.ArgumentParser:
     when.add_argument("--every", type=float, metavar="SECONDS", help="run a round every SECONDS")
     when.add_argument("--once", action="store_true", help="run one round and exit")
     sp.add_argument(
+        "--fail-on-skip",
+        action="store_true",
+        help="with --once, exit 3 when the round trains nothing (too few new labels, a split "
+        "without both classes, a failed training); without it such a round exits 0. Each round "
+        "prints one JSON line; --every goes on after a round that skips or fails",
+    )
+    sp.add_argument(
         "--min-new-labels", type=int, default=50, help="labelled features the head has not seen"
     )
     sp.add_argument("--feature-log", default=default_feature_log())
@@ -642,7 +666,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_USER_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _broker_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` (or the Kafka error under a BrokerError) means no broker answered."""
+    import kafka.errors
+
+    unreachable = (kafka.errors.KafkaTimeoutError, kafka.errors.KafkaConnectionError)
+    if hasattr(kafka.errors, "NoBrokersAvailable"):  # kafka-python 2.x; 3.x times out instead
+        unreachable += (kafka.errors.NoBrokersAvailable,)
+    if isinstance(exc, BrokerError):
+        exc = exc.__cause__
+    return isinstance(exc, unreachable)
+
+
+def describe_failure(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """One line saying what went wrong and what to do, for a known kind of failure; None for a bug."""
+    from kafka.errors import KafkaError
+
+    bootstrap = getattr(args, "bootstrap", None) or "the bootstrap servers"
+    if isinstance(exc, (BrokerError, KafkaError)) and _broker_unreachable(exc):
+        message = (
+            f"no Kafka broker answers at {bootstrap}; start one with `dmguard broker` "
+            "or set --bootstrap/DMGUARD_BOOTSTRAP (-v shows the Kafka client's log)"
+        )
+    elif isinstance(exc, DmguardError):
+        message = str(exc)
+    elif isinstance(exc, KafkaError):
+        message = (
+            f"Kafka error from {bootstrap}: {type(exc).__name__}: {exc}; check that the broker "
+            "is up and the DMGUARD_KAFKA_* settings (security, SASL, TLS) match it"
+        )
+    elif isinstance(exc, _USER_PATH_ERRORS):
+        what = exc.strerror or type(exc).__name__
+        where = f": {exc.filename}" if exc.filename is not None else f": {exc}"
+        message = f"{what}{where} (check the path and its permissions)"
+    else:
+        return None
+    return " ".join(message.split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code.
+
+    A known failure (a DmguardError, an unreachable or failing Kafka broker, a
+    missing or unreadable path) prints one line, `dmguard COMMAND: what is
+    wrong and what to do`, and returns 1 (`--debug` adds the traceback);
+    Ctrl-C returns 130. Anything else is a bug: its traceback is printed, with
+    a line saying how to report it, and main returns 1.
+    """
     args = build_parser().parse_args(argv)
     # Root at WARNING: open_clip and kafka log chatty INFO lines through it.
     logging.basicConfig(
@@ -650,10 +723,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name in ("dmguard", "services", "actors", "training"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # kafka-python logs every failed connection attempt; the error that ends a command says it
+    # in one line. -v (or --debug) shows them.
+    logging.getLogger("kafka.net").setLevel(
+        logging.NOTSET if args.verbose or args.debug else logging.CRITICAL
+    )
+    prefix = f"dmguard {args.command}:"
     try:
         return args.func(args)
-    except DmguardError as exc:
-        print(f"dmguard {args.command}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prefix} interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = describe_failure(exc, args)
+        if message is None:
+            traceback.print_exc()
+            print(
+                f"{prefix} unexpected {type(exc).__name__}: this is a bug in dmguard; please report "
+                "it with the traceback above, the command line and `pip show dmguard`",
+                file=sys.stderr,
+            )
+            return 1
+        if args.debug:
+            traceback.print_exc()
+        print(f"{prefix} {message}", file=sys.stderr)
         return 1
 
 

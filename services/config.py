@@ -9,10 +9,12 @@ and never printed.
 
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.errors import ConfigError
 from services.fetch import FetchPolicy
 from services.images import DEFAULT_MAX_PIXELS
 
@@ -76,6 +78,7 @@ class WorkerSettings:
     threads: int = 1  # CPU threads for the encoder
     partitions: tuple[int, ...] = ()  # input partitions this worker reads (set by the pool)
     feature_log: str | None = None  # folder or URI for (id, embedding, score, head) rows; None: off
+    state_dir: str | None = None  # crash-loop breaker state; None: <registry>/worker-state
 
     @property
     def in_flight_cap(self) -> int:
@@ -93,14 +96,135 @@ class ServeSettings:
     stats_interval_s: float = 1.0
 
 
+_ENV_PREFIX = "DMGUARD_KAFKA_"
+_CLIENTS = ("producer", "consumer", "admin")
+# Settings dmguard sets itself from its own flags: an environment copy would silently win.
+_MANAGED = {"bootstrap_servers": "set --bootstrap or DMGUARD_BOOTSTRAP instead"}
+# Settings whose kafka-python default is None but whose values are not strings.
+_NONE_DEFAULT_KINDS = {
+    "api_version": "version",  # "2.8" -> (2, 8)
+    "receive_buffer_bytes": "int",
+    "send_buffer_bytes": "int",
+    "ssl_context": "object",  # an ssl.SSLContext
+    "sasl_oauth_token_provider": "object",
+}
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _looks_secret(name: str) -> bool:
+    return any(h in name for h in _SECRET_HINTS)
+
+
+def kafka_client_settings() -> dict[str, tuple[str, frozenset[str]]]:
+    """Every kafka-python client setting: name -> (kind, the clients that know it).
+
+    The kind comes from the setting's default in `KafkaProducer.DEFAULT_CONFIG`,
+    `KafkaConsumer.DEFAULT_CONFIG` and `KafkaAdminClient.DEFAULT_CONFIG`: "bool",
+    "int", "float", "str" (a None default counts as "str" unless listed in
+    `_NONE_DEFAULT_KINDS`), "version", or "object" (a list, tuple, class,
+    callable or instance: not expressible as an environment variable).
+    """
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    defaults: dict[str, list[Any]] = {}
+    known: dict[str, set[str]] = {}
+    for client, cls in zip(_CLIENTS, (KafkaProducer, KafkaConsumer, KafkaAdminClient), strict=True):
+        for name, default in cls.DEFAULT_CONFIG.items():
+            defaults.setdefault(name, []).append(default)
+            known.setdefault(name, set()).add(client)
+    out = {}
+    for name, values in defaults.items():
+        given = [v for v in values if v is not None]
+        if name in _NONE_DEFAULT_KINDS:
+            kind = _NONE_DEFAULT_KINDS[name]
+        elif not given:
+            kind = "str"
+        elif isinstance(given[0], bool):
+            kind = "bool"
+        elif isinstance(given[0], int):
+            kind = "int"
+        elif isinstance(given[0], float):
+            kind = "float"
+        elif isinstance(given[0], str):
+            kind = "str"
+        else:
+            kind = "object"
+        out[name] = (kind, frozenset(known[name]))
+    return out
+
+
+def _parse(kind: str, value: str) -> Any:
+    """`value` as a setting of `kind`; ValueError when it is not one."""
+    if kind == "str":
+        return value  # verbatim: a password "123456" stays a string
+    text = value.strip()
+    if kind == "bool":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError("expected true/false, 1/0, yes/no or on/off")
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text)
+    if kind == "version":
+        parts = tuple(int(p) for p in text.split("."))
+        if not 2 <= len(parts) <= 3:
+            raise ValueError("expected a broker version such as 2.8 or 3.6.0")
+        return parts
+    raise ValueError(f"cannot parse a {kind}")
+
+
 def kafka_extra_from_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """`DMGUARD_KAFKA_SASL_MECHANISM=PLAIN` -> {"sasl_mechanism": "PLAIN"}; integers stay integers."""
+    """Extra kafka-python client settings from `DMGUARD_KAFKA_<NAME>` variables.
+
+    `DMGUARD_KAFKA_SASL_MECHANISM=PLAIN` -> {"sasl_mechanism": "PLAIN"}. Each
+    value is typed by the setting it names (see `kafka_client_settings`):
+    booleans accept true/false, 1/0, yes/no, on/off (any case); integers and
+    floats must parse as such; strings are kept verbatim, so a numeric
+    password stays a string; `api_version` is a dotted version ("2.8").
+
+    The settings go to every client (producer, consumer and admin), so a name
+    only some clients know is refused, as are unknown names, settings that
+    take Python objects, settings dmguard sets from its own flags, and values
+    that do not parse. Each refusal is a ConfigError naming the variable; a
+    value whose name looks secret (password, secret, token, key) is never
+    quoted.
+    """
     environ = os.environ if environ is None else environ
+    settings = kafka_client_settings()
     out: dict[str, Any] = {}
-    for key, value in environ.items():
-        if key.startswith("DMGUARD_KAFKA_") and len(key) > len("DMGUARD_KAFKA_"):
-            name = key[len("DMGUARD_KAFKA_") :].lower()
-            out[name] = int(value) if value.isdigit() else value
+    for var in sorted(environ):
+        if not var.startswith(_ENV_PREFIX) or len(var) == len(_ENV_PREFIX):
+            continue
+        name = var[len(_ENV_PREFIX) :].lower()
+        value = environ[var]
+        if name in _MANAGED:
+            raise ConfigError(f"{var}: {_MANAGED[name]}")
+        if name not in settings:
+            close = difflib.get_close_matches(name, settings, n=1)
+            hint = f" (did you mean {_ENV_PREFIX}{close[0].upper()}?)" if close else ""
+            raise ConfigError(f"{var}: kafka-python has no client setting {name!r}{hint}")
+        kind, clients = settings[name]
+        if clients != frozenset(_CLIENTS):
+            only = " and ".join(c for c in _CLIENTS if c in clients)
+            raise ConfigError(
+                f"{var}: {name} is a setting of the Kafka {only} only, and "
+                f"{_ENV_PREFIX}* settings go to every client (producer, consumer and admin)"
+            )
+        if kind == "object":
+            raise ConfigError(
+                f"{var}: {name} takes a Python object; it cannot be set from the environment"
+            )
+        try:
+            out[name] = _parse(kind, value)
+        except ValueError as exc:
+            shown = "its value" if _looks_secret(name) else repr(value)
+            expected = {"int": "an integer", "float": "a number"}.get(kind, kind)
+            detail = str(exc) if kind in ("bool", "version") else f"expected {expected}"
+            raise ConfigError(f"{var}: cannot use {shown} for {name}: {detail}") from None
     return out
 
 

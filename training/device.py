@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from training.errors import DeviceError
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -35,13 +37,18 @@ def choose_placement(
     later: same range as fp32, no overflow in the logits) and fp16 otherwise,
     with channels_last memory format for the conv stem. On CPU it stays fp32:
     CPU autocast gains little for ViTs and changes scores.
+
+    Raises:
+        DeviceError: `prefer` is not a known device, or is "cuda" without CUDA.
     """
     if prefer not in ("auto", "cuda", "cpu"):
-        raise ValueError(f"device must be auto, cuda or cpu, not {prefer!r}")
+        raise DeviceError(f"device must be auto, cuda or cpu, not {prefer!r}")
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
     if prefer == "cuda" and not cuda_available:
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device")
+        raise DeviceError(
+            "device 'cuda' requested but torch sees no CUDA device: use --device cpu or auto"
+        )
     if prefer == "cpu" or not cuda_available:
         return Placement("cpu", None, False)
     if bf16_supported is None:

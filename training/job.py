@@ -8,12 +8,14 @@ decision and both figures go into the new version's meta.json either way.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from training.errors import TrainingDataError
 from training.evaluate import evaluate, roc_auc, threshold_for_fpr
 from training.head import MLPHead
 from training.registry import HeadMeta, Registry
@@ -82,11 +84,22 @@ def train_register(
     storage: Path,
     tolerance: float = 0.0,
     extra: dict | None = None,
+    stratify_sources: Collection[str] = (),
+    min_per_class: int = 1,
 ) -> HeadMeta:
-    """Split, train with Ray Train, evaluate on held-out data, register, maybe promote."""
-    train_idx, val_idx, how = split_indices(y, sources, seed=cfg.seed)
-    if len(set(y[val_idx].tolist())) < 2 or len(set(y[train_idx].tolist())) < 2:
-        raise ValueError("both splits need both classes: add more labelled images")
+    """Split, train with Ray Train, evaluate on held-out data, register, maybe promote.
+
+    Rows of `stratify_sources` are split by label among themselves, not as
+    whole sources (see `split_indices`).
+
+    Raises:
+        TrainingDataError: before training, when either side of the split has
+            fewer than `min_per_class` (at least 1) rows of a class.
+    """
+    train_idx, val_idx, how = split_indices(
+        y, sources, seed=cfg.seed, stratify_sources=stratify_sources
+    )
+    check_split(y, train_idx, val_idx, min_per_class=min_per_class)
     log.info("split %s: %d train, %d held out", how, len(train_idx), len(val_idx))
     head, history = fit_head(
         X[train_idx], y[train_idx], X[val_idx], y[val_idx], cfg, storage=storage
@@ -105,8 +118,11 @@ def train_register(
             "real": int(len(train_idx) - y[train_idx].sum()),
         },
         "per_source": _counts([sources[i] for i in train_idx]),
-        "held_out_sources": sorted(set(val_sources)) if how == "by_source" else None,
+        "held_out_sources": sorted(set(val_sources) - set(stratify_sources))
+        if how == "by_source"
+        else None,
         "split": how,
+        "stratified_sources": sorted(set(stratify_sources) & set(sources)),
     }
     meta = registry.save(
         head,
@@ -132,6 +148,36 @@ def train_register(
         decision["reason"],
     )
     return meta
+
+
+def split_counts(y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray) -> dict:
+    """Rows per class on each side: {"train": {"generated": n, "real": n}, "held_out": {...}}."""
+    y = np.asarray(y)
+    return {
+        side: {"generated": int((y[idx] == 1).sum()), "real": int((y[idx] == 0).sum())}
+        for side, idx in (("train", train_idx), ("held_out", val_idx))
+    }
+
+
+def check_split(
+    y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *, min_per_class: int = 1
+) -> dict:
+    """The split's counts (see `split_counts`); TrainingDataError when a side lacks a class."""
+    counts = split_counts(y, train_idx, val_idx)
+    need = max(1, min_per_class)
+    short = [
+        f"{n} {cls} {'image' if n == 1 else 'images'} {'held out' if side == 'held_out' else 'to train on'}"
+        for side, per_class in counts.items()
+        for cls, n in per_class.items()
+        if n < need
+    ]
+    if short:
+        raise TrainingDataError(
+            f"too few labelled images to split: {', '.join(short)} (each side needs at least "
+            f"{need} of each class): add more labelled real and generated images",
+            counts=counts,
+        )
+    return counts
 
 
 def _counts(items: list[str]) -> dict[str, int]:

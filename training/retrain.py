@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,9 +20,10 @@ import numpy as np
 import pyarrow.compute as pc
 
 from services.config import KafkaSettings
-from services.errors import RecordError
+from services.errors import DmguardError, RecordError
 from services.kafka_io import assign_all, make_consumer
 from services.records import LabelRecord
+from training.errors import RegistryError, TrainingDataError
 from training.feature_log import read_feature_log
 from training.job import head_input, train_register
 from training.registry import Registry
@@ -71,6 +74,10 @@ def labelled_features(
     return ids, X, np.array([labels[i] for i in ids], dtype=np.int64)
 
 
+FEEDBACK = "feedback"  # the source name of every labelled feature-log row
+SKIP_EXIT = 3  # `retrain --once --fail-on-skip`: the round trained nothing
+
+
 @dataclass(frozen=True)
 class RetrainSettings:
     kafka: KafkaSettings
@@ -79,23 +86,47 @@ class RetrainSettings:
     feature_log: str
     cache: Path = Path(".cache")
     min_new_labels: int = 50
+    min_per_class: int = 2  # labelled rows of each class each side of the split needs
     tolerance: float = 0.0
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def retrain_once(s: RetrainSettings) -> dict:
-    """One round; returns a summary (what was found, trained, promoted)."""
+def retrain_once(s: RetrainSettings, *, labels: tuple[dict[str, int], int] | None = None) -> dict:
+    """One round; returns a summary (what was found, trained, promoted).
+
+    `labels` ({id: 1 generated / 0 real}, count of bad label records) stands
+    in for reading the labels topic (tests, callers that hold them already).
+
+    A round that trains nothing says why in `reason`, with `trained` false:
+    too few new labels, a split without enough of each class on each side
+    (with the split's counts), or a failure while training (logged with its
+    traceback). Feedback rows are split stratified by label among themselves;
+    the current head's own data keeps its whole-source split.
+
+    Raises:
+        RegistryError: no registry at `s.registry`, or no current head in it.
+        BrokerError: the labels topic cannot be read.
+    """
     registry = Registry(s.registry)
     current = registry.current()
     if current is None:
-        return {"trained": False, "reason": "no current head: train or register one first"}
+        raise RegistryError(
+            f"no current head in registry {s.registry}: train one with `dmguard train --data SRC` "
+            "(or point --registry / $DMGUARD_REGISTRY at one)"
+        )
     meta = registry.meta(current)
-    labels, bad = read_labels(s.kafka, s.labels_topic)
-    ids, X_fb, y_fb = labelled_features(s.feature_log, labels, meta.encoder)
+    label_map, bad = read_labels(s.kafka, s.labels_topic) if labels is None else labels
+    ids, X_fb, y_fb = labelled_features(s.feature_log, label_map, meta.encoder)
     used = _feedback_ids(registry, current)
     new = [i for i in ids if i not in used]
-    summary = {"current": current, "labels": len(labels), "bad_labels": bad, "labelled_features": len(ids),
-               "new": len(new)}  # fmt: skip
+    summary = {
+        "current": current,
+        "labels": len(label_map),
+        "bad_labels": bad,
+        "labelled_features": len(ids),
+        "new": len(new),
+        "feedback_per_class": {"generated": int((y_fb == 1).sum()), "real": int((y_fb == 0).sum())},
+    }
     if len(new) < max(1, s.min_new_labels):
         return {
             **summary,
@@ -104,7 +135,7 @@ def retrain_once(s: RetrainSettings) -> dict:
         }
     # The feature log holds no caption embeddings: a head with text sees feedback as caption-less.
     X = head_input(X_fb, None, uses_text=meta.uses_text, input_dim=meta.input_dim)
-    y, sources = y_fb, ["feedback"] * len(ids)
+    y, sources = y_fb, [FEEDBACK] * len(ids)
     data = meta.extra.get("data")
     if data and Path(data["src"]).exists():  # the current head's own training data, from the cache
         from training.data import load_samples
@@ -120,14 +151,68 @@ def retrain_once(s: RetrainSettings) -> dict:
             np.concatenate([base.labels, y]),
             base.sources + sources,
         )
+        summary["base"] = len(base.labels)
     cfg = replace(s.train, text_dim=X.shape[1] - X_fb.shape[1])
-    new_meta = train_register(
-        X, y, sources, encoder=meta.encoder, registry=registry, cfg=cfg, storage=s.cache / "ray-train",
-        tolerance=s.tolerance, extra={"data": data, "feedback": {"labelled_features": len(ids), "new": len(new)}},
-    )  # fmt: skip
+    try:
+        new_meta = train_register(
+            X, y, sources, encoder=meta.encoder, registry=registry, cfg=cfg, storage=s.cache / "ray-train",
+            tolerance=s.tolerance, stratify_sources={FEEDBACK}, min_per_class=s.min_per_class,
+            extra={"data": data, "feedback": {"labelled_features": len(ids), "new": len(new)}},
+        )  # fmt: skip
+    except TrainingDataError as exc:
+        return {**summary, "trained": False, "reason": str(exc), "split": exc.counts}
+    except Exception as exc:  # noqa: BLE001 - a failed round is reported; the next may succeed
+        log.exception("retrain: training failed")
+        return {**summary, "trained": False, "reason": f"training failed: {_one_line(exc)}",
+                "error": type(exc).__name__}  # fmt: skip
     (registry.heads / new_meta.version / "feedback_ids.json").write_text(json.dumps(ids))
     promotion = new_meta.extra["promotion"]
     return {**summary, "trained": True, "version": new_meta.version, **promotion}
+
+
+def retrain_loop(
+    round_fn: Callable[[], dict],
+    emit: Callable[[dict], None],
+    *,
+    every: float | None = None,
+    fail_on_skip: bool = False,
+    stop: Callable[[], bool] = lambda: False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Run `round_fn` once (`every` None) or every `every` seconds until `stop()`.
+
+    Each round's summary goes to `emit`. Returns the exit code of `--once`: 0,
+    or SKIP_EXIT when the round trained nothing and `fail_on_skip` is set; an
+    error in a `--once` round propagates. With `every`, a round that raises is
+    reported (a DmguardError by its message; anything else logged with its
+    traceback at ERROR) as {"trained": false, "reason": ..., "error": ...} and
+    the loop goes on to the next round.
+    """
+    if every is None:
+        result = round_fn()
+        emit(result)
+        return SKIP_EXIT if fail_on_skip and not result.get("trained") else 0
+    while True:
+        try:
+            result = round_fn()
+        except DmguardError as exc:
+            log.error("retrain round: %s", exc)
+            result = {"trained": False, "reason": _one_line(exc), "error": type(exc).__name__}
+        except Exception as exc:  # noqa: BLE001 - one bad round must not end the retrainer
+            log.exception("retrain round failed")
+            result = {"trained": False, "reason": f"round failed: {_one_line(exc)}",
+                      "error": type(exc).__name__}  # fmt: skip
+        emit(result)
+        deadline = time.monotonic() + every
+        while not stop() and (left := deadline - time.monotonic()) > 0:
+            sleep(min(0.5, left))
+        if stop():
+            return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if not isinstance(exc, DmguardError) else text
 
 
 def _feedback_ids(registry: Registry, version: str) -> set[str]:

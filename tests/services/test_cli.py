@@ -7,9 +7,11 @@ import sys
 import time
 
 import pytest
+import torch
 
+import services.cli as cli
 from services.broker import EmbeddedBroker, free_port, kafka_answers
-from services.cli import _produce_lines, build_parser
+from services.cli import _produce_lines, build_parser, main
 from tests.conftest import ONNX_WEIGHTS, TINY
 from tests.images import encode, jpeg, photo
 
@@ -116,3 +118,137 @@ def test_score_with_the_real_clip_weights(tmp_path):
     assert done.returncode == 0, done.stderr
     verdict = json.loads(done.stdout)
     assert verdict["encoder"] == f"onnx:{ONNX_WEIGHTS}" and 0 <= verdict["score"] <= 1
+
+
+# ------------------------------------------- known failures: one line, no traceback
+def run_main(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(code: int, err: str, command: str) -> str:
+    assert code != 0
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"dmguard {command}: "), err
+    return lines[0]
+
+
+def test_train_with_a_missing_data_folder(capsys, tmp_path):
+    code, _, err = run_main(capsys, "train", "--data", tmp_path / "nope", "--encoder", TINY,
+                            "--registry", tmp_path / "reg")  # fmt: skip
+    line = assert_one_line(code, err, "train")
+    assert f"--data {tmp_path / 'nope'}: no such file or folder" in line
+
+
+def test_an_unknown_encoder_spec(capsys, tmp_path):
+    code, _, err = run_main(
+        capsys, "init-head", "--registry", tmp_path / "reg", "--encoder", "clip:x"
+    )
+    assert "unknown encoder backend 'clip'" in assert_one_line(code, err, "init-head")
+
+
+def test_serve_with_an_empty_registry(capsys, tmp_path):
+    code, _, err = run_main(capsys, "serve", "--registry", tmp_path / "empty",
+                            "--bootstrap", f"127.0.0.1:{free_port()}")  # fmt: skip
+    assert "dmguard train" in assert_one_line(code, err, "serve")
+
+
+@pytest.mark.parametrize("command", ["tail", "produce", "topics"])
+def test_a_bootstrap_where_nothing_listens(capsys, tmp_path, monkeypatch, command):
+    monkeypatch.setenv("DMGUARD_KAFKA_BOOTSTRAP_TIMEOUT_MS", "1000")  # fail in about a second
+    monkeypatch.setenv("DMGUARD_KAFKA_REQUEST_TIMEOUT_MS", "1000")
+    bootstrap = f"127.0.0.1:{free_port()}"
+    extra = []
+    if command == "produce":
+        (tmp_path / "in.txt").write_text("http://h/1.jpg\n")
+        extra = [tmp_path / "in.txt"]
+    t0 = time.monotonic()
+    code, _, err = run_main(capsys, command, "--bootstrap", bootstrap, *extra)
+    assert time.monotonic() - t0 < 20
+    line = assert_one_line(code, err, command)
+    assert f"no Kafka broker answers at {bootstrap}" in line
+    assert "dmguard broker" in line and "DMGUARD_BOOTSTRAP" in line
+
+
+def test_retrain_once_without_a_registry(capsys, tmp_path):
+    code, out, err = run_main(capsys, "retrain", "--once", "--registry", tmp_path / "none",
+                              "--bootstrap", f"127.0.0.1:{free_port()}")  # fmt: skip
+    assert "no current head" in assert_one_line(code, err, "retrain")
+    assert out == ""
+
+
+def test_a_bad_kafka_variable(capsys, monkeypatch):
+    monkeypatch.setenv("DMGUARD_KAFKA_SSL_CHECK_HOSTNAME", "maybe")
+    code, _, err = run_main(capsys, "tail", "--bootstrap", f"127.0.0.1:{free_port()}")
+    assert "DMGUARD_KAFKA_SSL_CHECK_HOSTNAME" in assert_one_line(code, err, "tail")
+
+
+def test_a_missing_input_file(capsys, tmp_path):
+    code, _, err = run_main(capsys, "produce", tmp_path / "none.txt")
+    line = assert_one_line(code, err, "produce")
+    assert "No such file or directory" in line and str(tmp_path / "none.txt") in line
+
+
+def test_debug_shows_the_traceback(capsys, tmp_path):
+    code, _, err = run_main(capsys, "--debug", "retrain", "--once", "--registry", tmp_path / "none")
+    assert code == 1
+    assert "Traceback" in err and "RegistryError" in err
+    assert err.splitlines()[-1].startswith("dmguard retrain: no current head")
+
+
+def test_ctrl_c_exits_130_without_a_traceback(capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_models", interrupted)
+    code, _, err = run_main(capsys, "models")
+    assert code == 130
+    assert assert_one_line(code, err, "models") == "dmguard models: interrupted"
+
+
+def test_a_bug_shows_its_traceback_and_how_to_report_it(capsys, monkeypatch):
+    def broken(args):
+        return {}["missing"]
+
+    monkeypatch.setattr(cli, "cmd_models", broken)
+    code, _, err = run_main(capsys, "models")
+    assert code == 1
+    assert "Traceback" in err and "KeyError" in err
+    last = err.splitlines()[-1]
+    assert last.startswith("dmguard models: unexpected KeyError") and "report" in last
+
+
+def test_retrain_once_exit_code_follows_fail_on_skip(capsys, monkeypatch, tmp_path):
+    import training.retrain
+
+    monkeypatch.setattr(training.retrain, "retrain_once",
+                        lambda s: {"trained": False, "reason": "3 new labelled features < 50"})  # fmt: skip
+    argv = ["retrain", "--once", "--registry", tmp_path / "r"]
+    code, out, err = run_main(capsys, *argv)
+    assert code == 0 and json.loads(out)["reason"] == "3 new labelled features < 50"
+    code, out, _ = run_main(capsys, *argv, "--fail-on-skip")
+    assert code == 3 and json.loads(out)["trained"] is False
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["retrain", "--help"])
+    assert "--fail-on-skip" in capsys.readouterr().out
+
+
+def test_device_mistakes_are_config_errors(capsys, tmp_path):
+    from actors.pool import worker_resources
+    from services.config import ServeSettings
+    from services.errors import ConfigError
+    from training.device import choose_placement
+
+    with pytest.raises(ConfigError, match="--device cpu"):
+        choose_placement("cuda", cuda_available=False)
+    with pytest.raises(ConfigError, match="--gpus-per-worker 0"):
+        worker_resources(ServeSettings(gpus_per_worker=1.0), 0)
+    if not torch.cuda.is_available():  # as a user meets it
+        assert main(["init-head", "--registry", str(tmp_path / "reg"), "--encoder", TINY]) == 0
+        (tmp_path / "a.jpg").write_bytes(jpeg())
+        capsys.readouterr()
+        code, _, err = run_main(capsys, "score", "--registry", tmp_path / "reg", "--device", "cuda",
+                                tmp_path / "a.jpg")  # fmt: skip
+        assert "no CUDA device" in assert_one_line(code, err, "score")
