@@ -1,14 +1,28 @@
-"""Record schemas of the four topics (DESIGN.md, "Records").
+"""Record schemas of the four topics (docs/architecture.md, "Records").
 
 Input records are parsed with `ImageRecord.from_bytes`, which either returns a
 record or raises `RecordError` with the reason a dead-letter record needs; it
 never raises anything else, whatever the bytes. Output records are built by
 `Verdict` and `DeadLetter` and serialised with `to_bytes`.
+
+Every output must be sendable, whatever the input was, or the worker could
+not move past the record that caused it. So:
+
+* input is strict JSON: `NaN`/`Infinity` (which Python's parser accepts) and
+  strings holding lone surrogates such as `"\ud800"` (valid JSON escapes that
+  no UTF-8 encoder can write back) make the record a `bad_record`;
+* outputs are written with `allow_nan=False`, so a non-finite number can never
+  reach a consumer as a bare `NaN`;
+* a dead letter carries at most `MAX_DEAD_LETTER_RECORD_BYTES` of the original
+  value plus its full size and SHA-256, so it stays far below
+  `MAX_OUTPUT_BYTES` (the producer's request limit) even when every byte of
+  the prefix needs a six-byte JSON escape.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import time
@@ -23,6 +37,11 @@ MAX_ID_CHARS = 256
 MAX_URL_CHARS = 8192
 MAX_TEXT_CHARS = 4096
 MAX_META_BYTES = 16 << 10
+MAX_DEAD_LETTER_RECORD_BYTES = 64 << 10  # prefix of the original value kept in a dead letter
+MAX_MESSAGE_CHARS = 2000
+# Every output value stays below this; the producer's max_request_size is 1 MiB
+# and a record batch adds its own overhead.
+MAX_OUTPUT_BYTES = 900 << 10
 
 
 def utc_now_iso() -> str:
@@ -31,7 +50,33 @@ def utc_now_iso() -> str:
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    """Strict JSON as UTF-8. Raises ValueError for non-finite numbers and
+    UnicodeEncodeError for lone surrogates."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return text.encode("utf-8")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_loads(value: bytes | str) -> Any:
+    """`json.loads` without Python's extensions: NaN, Infinity and -Infinity are errors."""
+    return json.loads(value, parse_constant=_refuse_constant)
+
+
+def _encodable(text: str) -> bool:
+    """False when `text` holds a lone surrogate (it cannot be written as UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable(text: str) -> str:
+    """`text` with anything UTF-8 cannot hold escaped, for messages that quote input."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -55,9 +100,9 @@ class ImageRecord:
         if len(value) > MAX_VALUE_BYTES:
             raise RecordError(f"record is {len(value)} bytes, more than {MAX_VALUE_BYTES}")
         try:
-            obj = json.loads(value)
+            obj = strict_loads(value)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise RecordError(f"not JSON: {str(exc)[:200]}") from exc
+            raise RecordError(f"not JSON: {printable(str(exc))[:200]}") from exc
         if not isinstance(obj, dict):
             raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
         return cls.from_dict(obj)
@@ -69,22 +114,34 @@ class ImageRecord:
             raise RecordError("missing or non-string field 'id'")
         if not 1 <= len(rid) <= MAX_ID_CHARS:
             raise RecordError(f"'id' must have 1..{MAX_ID_CHARS} characters, has {len(rid)}")
+        if not _encodable(rid):
+            raise RecordError("'id' holds a lone surrogate: not valid Unicode text")
         url = obj.get("url")
         if not isinstance(url, str) or not url:
             raise RecordError("missing or non-string field 'url'")
         if len(url) > MAX_URL_CHARS:
             raise RecordError(f"'url' has {len(url)} characters, more than {MAX_URL_CHARS}")
+        if not _encodable(url):
+            raise RecordError("'url' holds a lone surrogate: not valid Unicode text")
         text = obj.get("text")
         if text is not None:
             if not isinstance(text, str):
                 raise RecordError("'text' must be a string")
             if len(text) > MAX_TEXT_CHARS:
                 raise RecordError(f"'text' has {len(text)} characters, more than {MAX_TEXT_CHARS}")
+            if not _encodable(text):
+                raise RecordError("'text' holds a lone surrogate: not valid Unicode text")
         meta = obj.get("meta")
         if meta is not None:
             if not isinstance(meta, dict):
                 raise RecordError("'meta' must be a JSON object")
-            if len(_dumps(meta)) > MAX_META_BYTES:
+            try:
+                size = len(_dumps(meta))
+            except UnicodeEncodeError as exc:
+                raise RecordError("'meta' holds a lone surrogate: not valid Unicode text") from exc
+            except (ValueError, RecursionError) as exc:
+                raise RecordError(f"'meta' cannot be written back as JSON: {exc}") from exc
+            if size > MAX_META_BYTES:
                 raise RecordError(f"'meta' is larger than {MAX_META_BYTES} bytes")
         return cls(id=rid, url=url, text=text, meta=meta)
 
@@ -152,8 +209,11 @@ class Verdict:
 class DeadLetter:
     """A `dmguard.dead-letter` value: the original bytes, the reason and the source.
 
-    The original value is kept as text when it is UTF-8, otherwise base64 with
-    `record_encoding: "base64"` beside it, so nothing is lost either way.
+    The original value (its first `MAX_DEAD_LETTER_RECORD_BYTES`) is kept as
+    text when it is UTF-8, otherwise base64 with `record_encoding: "base64"`
+    beside it. `record_bytes` and `record_sha256` describe the whole value and
+    `record_truncated` says whether `record` holds all of it; the whole value
+    stays in the input topic at `source`.
     """
 
     code: str
@@ -165,17 +225,22 @@ class DeadLetter:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        if self.id is not None:
+        if self.id is not None and _encodable(self.id):
             out["id"] = self.id
-        out["error"] = {"code": self.code, "message": self.message[:2000]}
+        out["error"] = {"code": self.code, "message": printable(self.message[:MAX_MESSAGE_CHARS])}
         if self.value is None:
             out["record"] = None
         else:
-            try:
-                out["record"] = self.value.decode("utf-8")
-            except UnicodeDecodeError:
-                out["record"] = base64.b64encode(self.value).decode("ascii")
+            prefix = self.value[:MAX_DEAD_LETTER_RECORD_BYTES]
+            text = _utf8_prefix(prefix, whole=len(prefix) == len(self.value))
+            if text is not None:
+                out["record"] = text
+            else:
+                out["record"] = base64.b64encode(prefix).decode("ascii")
                 out["record_encoding"] = "base64"
+            out["record_bytes"] = len(self.value)
+            out["record_sha256"] = hashlib.sha256(self.value).hexdigest()
+            out["record_truncated"] = len(prefix) < len(self.value)
         out["source"] = asdict(self.source)
         out["ts"] = self.ts
         return out
@@ -184,16 +249,27 @@ class DeadLetter:
         return _dumps(self.to_dict())
 
 
+def _utf8_prefix(prefix: bytes, *, whole: bool) -> str | None:
+    """`prefix` as text when it is UTF-8, else None. When `prefix` is a cut of a
+    longer value, a last character cut in the middle is dropped."""
+    try:
+        return prefix.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if not whole and exc.reason == "unexpected end of data" and exc.start >= len(prefix) - 3:
+            return _utf8_prefix(prefix[: exc.start], whole=True)
+        return None
+
+
 def best_effort_id(value: bytes | None) -> str | None:
     """The `id` of a record that failed validation, when one can still be read."""
-    if not value:
+    if not value or len(value) > MAX_VALUE_BYTES:
         return None
     try:
         obj = json.loads(value)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     rid = obj.get("id") if isinstance(obj, dict) else None
-    if isinstance(rid, str) and 1 <= len(rid) <= MAX_ID_CHARS:
+    if isinstance(rid, str) and 1 <= len(rid) <= MAX_ID_CHARS and _encodable(rid):
         return rid
     return None
 
@@ -208,11 +284,13 @@ class LabelRecord:
     @classmethod
     def from_bytes(cls, value: bytes | None) -> LabelRecord:
         try:
-            obj = json.loads(value or b"")
+            obj = strict_loads(value or b"")
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise RecordError(f"not JSON: {str(exc)[:200]}") from exc
+            raise RecordError(f"not JSON: {printable(str(exc))[:200]}") from exc
         if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
             raise RecordError("a label needs a string 'id'")
+        if not _encodable(obj["id"]):
+            raise RecordError("the label's 'id' holds a lone surrogate")
         label = obj.get("label")
         if label in (1, "1", "fake", "ai"):
             label = "generated"

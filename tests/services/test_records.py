@@ -1,4 +1,5 @@
 import base64
+import hashlib
 import json
 
 import pytest
@@ -6,7 +7,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.errors import RecordError
-from services.records import DeadLetter, ImageRecord, LabelRecord, Source, Verdict, best_effort_id
+from services.records import (
+    MAX_DEAD_LETTER_RECORD_BYTES,
+    MAX_OUTPUT_BYTES,
+    DeadLetter,
+    ImageRecord,
+    LabelRecord,
+    Source,
+    Verdict,
+    best_effort_id,
+)
 
 
 @pytest.mark.parametrize(
@@ -40,6 +50,18 @@ def test_image_record_round_trip(record):
         (b'{"id": "a", "url": "http://h", "meta": "m"}', "'meta'"),
         (json.dumps({"id": "a", "url": "http://h", "meta": {"k": "v" * 20000}}).encode(), "'meta'"),
         (b"[" * 100000, "not JSON"),
+        # Python's parser accepts these; strict JSON (and every output) does not
+        (b'{"id": "a", "url": "http://h", "meta": {"x": NaN}}', "NaN is not JSON"),
+        (b'{"id": "a", "url": "http://h", "meta": {"x": -Infinity}}', "-Infinity is not JSON"),
+        (b'{"id": "a", "url": "http://h", "n": Infinity}', "Infinity is not JSON"),
+        # lone surrogates: valid JSON escapes that no UTF-8 encoder can write back
+        (b'{"id":"\\ud800","url":5}', "'id' holds a lone surrogate"),
+        (b'{"id": "a\\udfff", "url": "http://h"}', "'id' holds a lone surrogate"),
+        (b'{"id": "a", "url": "http://h/\\ud83d"}', "'url' holds a lone surrogate"),
+        (b'{"id": "a", "url": "http://h", "text": "\\udc00"}', "'text' holds a lone surrogate"),
+        (b'{"id": "a", "url": "http://h", "meta": {"k": "\\ud800"}}', "'meta' holds a lone"),
+        (b'{"id": "a", "url": "http://h", "meta": {"\\ud800": 1}}', "'meta' holds a lone"),
+        (b'{"id": "a", "url": "http://h", "meta": {"k": ["\\udbff"]}}', "'meta' holds a lone"),
     ],
 )
 def test_bad_records_are_refused_with_a_reason(value, reason):
@@ -60,7 +82,13 @@ def test_parser_never_raises_anything_but_record_error_on_bytes(value):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    # NaN, infinities and lone surrogates included: they must come out as bad_record
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=20)
+    | st.sampled_from(["\ud800", "x\udfffy", "\udbff\udbff"]),
     lambda inner: (
         st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
     ),
@@ -71,16 +99,33 @@ json_values = st.recursive(
 @settings(max_examples=400, deadline=None)
 @given(
     st.dictionaries(
-        st.sampled_from(["id", "url", "text", "meta", "other"]), json_values, max_size=5
+        st.sampled_from(["id", "url", "text", "meta", "other", "\udc80"]), json_values, max_size=5
     )
 )
 def test_parser_on_json_objects_returns_a_record_or_bad_record(obj):
+    """Exactly one outcome, and an accepted record always makes a strict-JSON verdict."""
+    value = json.dumps(obj).encode()  # ensure_ascii: surrogates travel as \\udXXX escapes
     try:
-        rec = ImageRecord.from_bytes(json.dumps(obj).encode())
+        rec = ImageRecord.from_bytes(value)
     except RecordError as exc:
         assert exc.code == "bad_record"
+        letter = DeadLetter("bad_record", str(exc), value, Source("t", 0, 0), best_effort_id(value))
+        strict_json(letter.to_bytes())
         return
     assert rec.id == obj["id"] and rec.url == obj["url"]
+    verdict = Verdict.build(
+        rec, score=0.5, threshold=0.5, encoder="e", head_version="v1", record_ts_ms=None
+    )
+    assert strict_json(verdict.to_bytes())["meta"] == obj.get("meta")
+
+
+def strict_json(value: bytes) -> dict:
+    """Parse as a strict consumer would: UTF-8, no NaN/Infinity."""
+
+    def refuse(name):
+        raise AssertionError(f"{name} in an output")
+
+    return json.loads(value.decode("utf-8"), parse_constant=refuse)
 
 
 def test_verdict_fields_and_clamping():
@@ -136,6 +181,38 @@ def test_dead_letter_preserves_the_original_value(value, expect_record, expect_e
     assert d.get("id") == ("x" if value == b'{"id": "x"}' else None)
     if expect_encoding:
         assert base64.b64decode(d["record"]) == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x01" * (2 << 20),  # each byte a six-byte JSON escape
+        b'"' * (2 << 20),
+        bytes(range(256)) * 8192,  # not UTF-8: base64
+        ("é" * (1 << 20)).encode(),  # cut inside a two-byte character
+        b"{" + b"\\ud800" * 300000,
+    ],
+)
+def test_a_dead_letter_always_fits_the_producer_and_names_the_whole_value(value):
+    letter = DeadLetter("too_large", "m" * 10000, value, Source("t", 0, 5), "\ud800")
+    out = letter.to_bytes()
+    assert len(out) <= MAX_OUTPUT_BYTES
+    d = strict_json(out)
+    assert d["record_bytes"] == len(value)
+    assert d["record_sha256"] == hashlib.sha256(value).hexdigest()
+    assert d["record_truncated"] is True
+    kept = base64.b64decode(d["record"]) if d.get("record_encoding") else d["record"].encode()
+    assert value.startswith(kept) and 0 < len(kept) <= MAX_DEAD_LETTER_RECORD_BYTES
+    assert "id" not in d  # a lone surrogate cannot be written: left out, not a crash
+    assert len(d["error"]["message"]) == 2000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000), st.text(max_size=300))
+def test_dead_letters_are_strict_json_whatever_the_value_and_message(value, message):
+    d = strict_json(DeadLetter("internal", message, value, Source("t", 1, 2)).to_bytes())
+    kept = base64.b64decode(d["record"]) if d.get("record_encoding") else d["record"].encode()
+    assert kept == value and d["record_truncated"] is False
 
 
 @pytest.mark.parametrize(
