@@ -75,6 +75,11 @@ class OffsetTracker:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def polled_until(self) -> int | None:
+        """The offset after the highest one seen."""
+        return self._next
+
     def committable(self) -> int | None:
         """The offset to commit now, or None when it would not move forward."""
         if self._next is None:

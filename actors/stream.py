@@ -15,6 +15,18 @@ One iteration of `StreamWorker.run`:
                lowest offset still pending (at-least-once)
   8. swap      between batches, load a newer head if the registry's CURRENT moved
 
+Whatever a record holds, it gets exactly one output and the loop goes on:
+a record that breaks parsing, fetching, decoding or output building becomes
+a dead letter; a batch on which the model fails is split in halves and
+retried, so only the records that fail alone are dead-lettered; a
+non-finite score is a dead letter, never a verdict. A record that kills the
+whole process is caught by the crash-loop breaker (`actors.crash_guard`): after
+an unclean death the records the dead worker had polled are processed one at a
+time, and one that kills the worker twice while alone is dead-lettered. A
+registry that cannot be read never stops the loop: the worker keeps its head
+(or, at start, the newest promoted head that loads) and says so in /status,
+/readyz and the metrics.
+
 Each worker reads the partitions the pool gave it (`settings.partitions`)
 and commits under the shared group id, so a worker that Ray restarts after a
 crash resumes exactly where the last commit left its partitions. On stop: no
@@ -30,27 +42,38 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from actors.batching import Batcher, OffsetTracker
+from actors.crash_guard import CrashGuard, StateStore
 from services.config import WorkerSettings
 from services.errors import DmguardError, InputError
 from services.fetch import FetchPolicy, fetch_bytes
 from services.images import DEFAULT_MAX_PIXELS, decode
 from services.kafka_io import make_consumer, make_producer
 from services.metrics import WorkerStats
-from services.records import DeadLetter, ImageRecord, Source, Verdict, best_effort_id
+from services.records import (
+    MAX_OUTPUT_BYTES,
+    DeadLetter,
+    ImageRecord,
+    Source,
+    Verdict,
+    best_effort_id,
+)
 from training.detector import Detector
 from training.encoders import Preprocess
+from training.errors import RegistryError
 from training.feature_log import FeatureLogWriter
 from training.registry import Registry
 
 log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 2.0
+REGISTRY_RETRY_S = 30.0  # a head that failed to load is tried again after this long
 
 
 class ProduceError(DmguardError):
@@ -111,21 +134,41 @@ class StreamWorker:
         self.worker_id = worker_id
         self.stats = stats or WorkerStats()
         self.registry = Registry(settings.registry)
-        self.detector = Detector.from_registry(
-            self.registry, device=settings.device, threads=settings.threads
-        )
+        self._lock = threading.Lock()  # guards the status fields read from other threads
+        self._registry_problem: str | None = None
+        self._failed_head: tuple[str, float] | None = None  # (version, when it failed to load)
+        self.detector = self._load_first_head()
         self._trackers: dict[TopicPartition, OffsetTracker] = {}
         self._done: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._in_flight = 0
         self._batcher: Batcher[Job] = Batcher(settings.max_batch, settings.max_wait_ms / 1000)
         self._produce_error: BaseException | None = None
-        self._lock = threading.Lock()  # guards the status fields read from other threads
         self._running = False
         self.consumer = None
         self.producer = None
+        self.guard: CrashGuard | None = None
         self.features = (
             FeatureLogWriter(settings.feature_log, worker_id) if settings.feature_log else None
         )
+
+    def _load_first_head(self) -> Detector:
+        """The head CURRENT names or, when it cannot be read or loaded, the newest
+        promoted head that loads (said in the log, /status and /readyz)."""
+        s = self.settings
+        try:
+            return Detector.from_registry(self.registry, device=s.device, threads=s.threads)
+        except (RegistryError, ValueError) as exc:  # ValueError: head and encoder disagree
+            found = self.registry.last_good()
+            if found is None:
+                raise
+            _, meta = found
+            detector = Detector.from_registry(
+                self.registry, meta.version, device=s.device, threads=s.threads
+            )
+            self._set_registry_problem(
+                f"{exc}; serving the newest promoted head that loads, {meta.version}"
+            )
+            return detector
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict:
@@ -138,6 +181,8 @@ class StreamWorker:
                 "encoder": self.detector.encoder.spec,
                 "partitions": list(self.settings.partitions),
                 "in_flight": self._in_flight,
+                "isolating": self.guard is not None and self.guard.isolating(),
+                "registry_problem": self._registry_problem,
             }
 
     # ------------------------------------------------------------------ loop
@@ -155,34 +200,44 @@ class StreamWorker:
         assigned = [TopicPartition(s.topics.images, p) for p in s.partitions]
         self._trackers = {tp: OffsetTracker() for tp in assigned}
         self.consumer.assign(assigned)  # positions start at the group's committed offsets
+        self.guard = CrashGuard(
+            StateStore(s.state_dir or Path(s.registry) / "worker-state", s.kafka.group_id),
+            s.topics.images,
+            margin=2 * s.in_flight_cap,
+        )
+        for tp in assigned:
+            self.guard.start(tp.partition, self.consumer.position(tp))
         pool = ThreadPoolExecutor(s.fetch_threads, thread_name_prefix=f"fetch-{self.worker_id}")
         next_commit = next_swap_check = next_lag = time.monotonic()
         with self._lock:
             self._running = True
+        clean = False
         try:
             while True:
                 stopping = stop.is_set()
-                if stopping and self._in_flight == 0 and len(self._batcher) == 0:
+                idle = self._in_flight == 0 and len(self._batcher) == 0
+                if stopping and idle:
                     break
+                # After an unclean death, one record at a time (see actors.crash_guard).
+                serial = self.guard.isolating()
                 # 1-3. poll, parse, hand good records to the fetch pool
-                room = s.in_flight_cap - self._in_flight
+                room = (1 if idle else 0) if serial else s.in_flight_cap - self._in_flight
                 if not stopping and room > 0:
-                    busy = self._in_flight > 0 or len(self._batcher) > 0
-                    polled = self.consumer.poll(timeout_ms=0 if busy else 100, max_records=room)
+                    polled = self.consumer.poll(timeout_ms=0 if not idle else 100, max_records=room)
                     for messages in polled.values():
                         for m in messages:
-                            self._accept(m, pool)
+                            self._accept(m, pool, serial=serial)
                 # 4. collect finished fetches into the batch
                 self._collect(block=self._in_flight > 0)
                 # 5-6. score and produce a batch when it is due
                 now = time.monotonic()
                 if self._batcher.ready(now) or (
-                    stopping and self._in_flight == 0 and len(self._batcher)
+                    (stopping or serial) and self._in_flight == 0 and len(self._batcher)
                 ):
                     self._run_batch(self._batcher.take(now), pool)
                 now = time.monotonic()
-                # 7. commit what the broker has acknowledged
-                if now >= next_commit:
+                # 7. commit what the broker has acknowledged (in isolation: every record)
+                if now >= next_commit or (serial and self._in_flight == 0):
                     self._commit()
                     if self.features is not None:
                         self.features.flush_if_due()
@@ -195,12 +250,15 @@ class StreamWorker:
                     self._report_lag()
                     next_lag = now + LAG_INTERVAL_S
             self._commit()
+            clean = True
         finally:
             with self._lock:
                 self._running = False
             pool.shutdown(wait=True, cancel_futures=True)
             if self.features is not None:
                 self.features.flush()
+            if clean:
+                self.guard.clean()
             self._close()
 
     def _close(self) -> None:
@@ -212,10 +270,18 @@ class StreamWorker:
                 self.consumer.close(autocommit=False)
 
     # --------------------------------------------------------------- steps
-    def _accept(self, m, pool: ThreadPoolExecutor) -> None:
+    def _accept(self, m, pool: ThreadPoolExecutor, *, serial: bool = False) -> None:
         tp = TopicPartition(m.topic, m.partition)
         self._trackers[tp].add(m.offset)
         job = Job(tp, m.offset, m.timestamp, m.value)
+        poison = self.guard.poison_reason(m.partition, m.offset) if self.guard else None
+        if poison is not None:
+            job.error = InputError(poison, code="internal")
+            self._emit_dead_letter(job)
+            return
+        if serial:
+            self.guard.before_dispatch(m.partition, m.offset)
+            self.stats.inc("isolated")
         try:
             job.record = ImageRecord.from_bytes(m.value)
         except InputError as exc:
@@ -258,35 +324,21 @@ class StreamWorker:
         jobs = [j for j in jobs if j.pixels.shape[-1] == size]
         if not jobs:
             return
-        pixels = np.stack([j.pixels for j in jobs])  # (B, 3, S, S)
-        timings: dict[str, float] = {}
-        try:
-            embeddings, scores = self.detector(
-                pixels, [j.record.text for j in jobs], timings=timings
-            )
-        except Exception as exc:
-            log.exception("model failed on a batch of %d", len(jobs))
-            for job in jobs:
-                job.error = InputError(
-                    f"model failed: {type(exc).__name__}: {exc}", code="internal"
-                )
-                self._emit_dead_letter(job)
+        scored, embeddings, scores = self._score(jobs)
+        if not scored:
             return
-        self.stats.observe("batch_size", len(jobs))
-        for stage, seconds in timings.items():
-            self.stats.observe("stage_seconds", seconds, stage)
         t_produce = time.perf_counter()  # the feature-log append counts as produce, as before
         meta = self.detector.meta
         if self.features is not None:  # what retraining learns from, without recomputing CLIP
             self.features.append(
-                [j.record.id for j in jobs],
-                [j.record.url for j in jobs],
+                [j.record.id for j in scored],
+                [j.record.url for j in scored],
                 meta.encoder,
                 embeddings,
                 scores,
                 meta.version,
             )
-        for job, score in zip(jobs, scores, strict=True):
+        for job, score in zip(scored, scores, strict=True):
             verdict = Verdict.build(
                 job.record,
                 score=float(score),
@@ -295,10 +347,62 @@ class StreamWorker:
                 head_version=meta.version,
                 record_ts_ms=job.timestamp_ms,
             )
-            self._send(self.settings.topics.verdicts, verdict.to_bytes(), job.record.id, job)
+            try:
+                value = verdict.to_bytes()
+            except ValueError as exc:  # UnicodeEncodeError included; the parser should stop these
+                job.error = InputError(f"the verdict cannot be written as JSON: {exc}")
+                self._emit_dead_letter(job)
+                continue
+            if len(value) > MAX_OUTPUT_BYTES:
+                job.error = InputError(f"the verdict would be {len(value)} bytes")
+                self._emit_dead_letter(job)
+                continue
+            self._send(self.settings.topics.verdicts, value, job.record.id, job)
             self.stats.inc("records", "verdict")
             self.stats.inc("verdicts", verdict.verdict)
         self.stats.observe("stage_seconds", time.perf_counter() - t_produce, "produce")
+
+    def _score(self, jobs: list[Job]) -> tuple[list[Job], np.ndarray, np.ndarray]:
+        """Embed and score `jobs`: (the jobs scored, their embeddings, their scores).
+
+        A batch on which the model raises is split in halves and each half tried
+        again, down to single records, so one record that breaks the model costs
+        only itself; it and any record with a non-finite embedding or score become
+        `internal` dead letters.
+        """
+        timings: dict[str, float] = {}
+        try:
+            embeddings, scores = self.detector(
+                np.stack([j.pixels for j in jobs]), [j.record.text for j in jobs], timings=timings
+            )
+        except Exception as exc:
+            if len(jobs) == 1:
+                log.exception("model failed on record %s", jobs[0].record.id)
+                jobs[0].error = InputError(f"model failed: {type(exc).__name__}: {exc}")
+                self._emit_dead_letter(jobs[0])
+                return [], np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
+            log.warning("model failed on a batch of %d (%s); retrying its halves", len(jobs), exc)
+            mid = len(jobs) // 2
+            parts = [self._score(jobs[:mid]), self._score(jobs[mid:])]
+            parts = [p for p in parts if p[0]]
+            if not parts:
+                return [], np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
+            return (
+                [j for p in parts for j in p[0]],
+                np.concatenate([p[1] for p in parts]),
+                np.concatenate([p[2] for p in parts]),
+            )
+        self.stats.observe("batch_size", len(jobs))
+        for stage, seconds in timings.items():
+            self.stats.observe("stage_seconds", seconds, stage)
+        finite = np.isfinite(scores) & np.isfinite(embeddings).all(axis=1)
+        for job in (j for j, ok in zip(jobs, finite, strict=True) if not ok):
+            job.error = InputError("the model produced a non-finite embedding or score")
+            self._emit_dead_letter(job)
+        if finite.all():
+            return jobs, embeddings, scores
+        kept = [j for j, ok in zip(jobs, finite, strict=True) if ok]
+        return kept, embeddings[finite], scores[finite]
 
     def _emit_dead_letter(self, job: Job) -> None:
         err = job.error
@@ -307,7 +411,8 @@ class StreamWorker:
         letter = DeadLetter(
             code=err.code, message=str(err), value=job.value, source=job.source, id=rid
         )
-        self._send(self.settings.topics.dead_letter, letter.to_bytes(), rid, job)
+        value = letter.to_bytes()  # bounded and strict by construction (services.records)
+        self._send(self.settings.topics.dead_letter, value, rid, job)
         self.stats.inc("records", "dead_letter")
         self.stats.inc("dead_letters", err.code)
 
@@ -337,17 +442,39 @@ class StreamWorker:
             raise ProduceError(f"the broker refused an output record: {self._produce_error}")
         try:
             self.consumer.commit(offsets)
-        except (
-            KafkaError
-        ) as exc:  # e.g. a rebalance in progress: the records come back, duplicates allowed
+        except KafkaError as exc:  # the records come back: duplicates allowed, never losses
             log.warning("commit failed (%s); uncommitted records will be redelivered", exc)
             return
         for tp, om in offsets.items():
-            self._trackers[tp].mark_committed(om.offset)
+            tracker = self._trackers[tp]
+            tracker.mark_committed(om.offset)
+            self.guard.committed(tp.partition, om.offset, polled=tracker.polled_until or 0)
+
+    # ------------------------------------------------------------- registry
+    def _set_registry_problem(self, problem: str | None) -> None:
+        if problem is not None and problem != self._registry_problem:
+            log.error("registry: %s", problem)
+            self.stats.inc("registry_errors")
+        elif problem is None and self._registry_problem is not None:
+            log.info("registry readable again; serving %s", self.detector.version)
+        with self._lock:
+            self._registry_problem = problem
 
     def _maybe_swap_head(self) -> None:
-        current = self.registry.current()
-        if current is None or current == self.detector.version:
+        serving = self.detector.version
+        try:
+            current = self.registry.current()
+        except RegistryError as exc:  # keep serving what is loaded rather than stop
+            self._set_registry_problem(f"{exc}; still serving {serving}")
+            return
+        if current is None:
+            self._set_registry_problem(f"nothing is promoted any more; still serving {serving}")
+            return
+        if current == serving:
+            self._set_registry_problem(None)
+            return
+        failed = self._failed_head
+        if failed and failed[0] == current and time.monotonic() - failed[1] < REGISTRY_RETRY_S:
             return
         try:
             detector = Detector.from_registry(
@@ -358,10 +485,15 @@ class StreamWorker:
                 reuse=self.detector,
             )
         except Exception as exc:  # keep serving the old head rather than stop
-            log.error("cannot load head %s, keeping %s: %s", current, self.detector.version, exc)
+            self._failed_head = (current, time.monotonic())
+            self._set_registry_problem(
+                f"cannot load head {current}: {exc}; still serving {serving}"
+            )
             return
+        self._failed_head = None
         with self._lock:
             self.detector = detector
+        self._set_registry_problem(None)
         self.stats.inc("head_swaps")
         log.info("worker %s now serves head %s", self.worker_id, current)
 

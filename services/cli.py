@@ -97,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         fetch_threads=args.fetch_threads,
         device=args.device,
         feature_log=None if args.no_feature_log else args.feature_log,
+        state_dir=args.state_dir,
     )
     settings = ServeSettings(
         worker=worker,
@@ -491,6 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="folder or URI where workers log embeddings for retraining "
                          "(default: $DMGUARD_FEATURE_LOG or %(default)s)")  # fmt: skip
     sp.add_argument("--no-feature-log", action="store_true", help="do not log embeddings")
+    sp.add_argument("--state-dir", default=os.environ.get("DMGUARD_STATE_DIR"),
+                    help="where workers note what they were processing, so that a record "
+                         "that crashes its worker twice is dead-lettered instead of crashing "
+                         "it for ever; every node must see it (default: $DMGUARD_STATE_DIR or "
+                         "REGISTRY/worker-state)")  # fmt: skip
     sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("produce", help="send records: JSON lines, or one bare URL per line")

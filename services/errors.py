@@ -18,7 +18,7 @@ class BrokerError(DmguardError):
 class InputError(DmguardError):
     """One input record cannot be turned into a verdict.
 
-    `code` is one of DESIGN.md's dead-letter codes; the record goes to the
+    `code` is one of the dead-letter codes (docs/architecture.md); the record goes to the
     dead-letter topic with it and the worker keeps going.
     """
 

@@ -16,8 +16,12 @@ from services.errors import BrokerError
 log = logging.getLogger(__name__)
 
 
+MAX_REQUEST_SIZE = 1 << 20  # kafka-python's default, stated: outputs are built to fit under it
+
+
 def make_producer(kafka: KafkaSettings, **overrides) -> KafkaProducer:
     cfg = {
+        "max_request_size": MAX_REQUEST_SIZE,
         **kafka.common(),
         "acks": kafka.acks,
         "linger_ms": kafka.linger_ms,

@@ -89,6 +89,16 @@ class DriverMetrics:
         self.head_swaps = PromCounter(
             "dmguard_head_swaps_total", "Heads loaded by running workers", registry=r
         )
+        self.registry_errors = PromCounter(
+            "dmguard_registry_errors_total",
+            "Times a worker found the registry unreadable or a head it could not load",
+            registry=r,
+        )
+        self.isolated = PromCounter(
+            "dmguard_isolated_records_total",
+            "Records processed one at a time after a worker died uncleanly (crash-loop breaker)",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "dmguard_batch_size", "Images per model batch", buckets=BATCH_BUCKETS, registry=r
         )
@@ -159,6 +169,8 @@ class DriverMetrics:
             "verdicts": self.verdicts,
             "dead_letters": self.dead_letters,
             "head_swaps": self.head_swaps,
+            "registry_errors": self.registry_errors,
+            "isolated": self.isolated,
         }[name]
 
     def _histogram(self, name: str) -> Histogram:

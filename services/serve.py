@@ -24,19 +24,24 @@ BROKER_CHECK_S = 5.0
 
 
 class Readiness:
-    """/readyz: workers up with a head loaded, and the broker answering."""
+    """/readyz: workers up with a head loaded, the broker answering, and the
+    registry readable (a worker that cannot read it keeps serving its last good
+    head, but operators must hear of it)."""
 
     def __init__(self, expected_workers: int) -> None:
         self.expected = expected_workers
         self.workers_ready = 0
         self.broker_ok = False
         self.head = ""
+        self.problems: list[str] = []
 
     def __call__(self) -> tuple[bool, str]:
         if not self.broker_ok:
             return False, "broker does not answer"
         if self.workers_ready < self.expected:
             return False, f"{self.workers_ready}/{self.expected} workers ready"
+        if self.problems:
+            return False, "; ".join(self.problems)
         return True, f"ready: {self.workers_ready} workers, head {self.head}"
 
 
@@ -97,6 +102,11 @@ def run_service(
                 next_broker_check = time.monotonic() + BROKER_CHECK_S
             readiness.workers_ready = sum(1 for s in pool.statuses.values() if s.get("running"))
             readiness.head = ",".join(sorted({s["head_version"] for s in pool.statuses.values()}))
+            readiness.problems = [
+                f"worker {s['worker_id']}: {s['registry_problem']}"
+                for s in pool.statuses.values()
+                if s.get("registry_problem")
+            ]
             stop.wait(settings.stats_interval_s)
         print("stopping: draining in-flight work", file=sys.stderr, flush=True)
         drained = pool.stop(metrics)

@@ -1,4 +1,4 @@
-"""Labelled image sources for training and evaluation (DESIGN.md, `SRC`).
+"""Labelled image sources for training and evaluation (docs/architecture.md, "Data sources").
 
 * a folder with `real/` and `fake/` subfolders, or GenImage's `nature/` and
   `ai/`, at any depth: `GEN/train/ai/x.png` is generated, source `GEN`;
