@@ -58,8 +58,14 @@ class EmbeddedSet:
         return [s.source for s in self.samples]
 
 
+# Bumped whenever decoding or preprocessing changes what an image's pixels are
+# (2: 16-bit greyscale keeps its high byte; images beyond 4:1 are centre-cropped),
+# so that cached embeddings never mix two pipelines.
+PIXELS_VERSION = 2
+
+
 def encoder_key(spec: str) -> str:
-    return hashlib.sha256(spec.encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{spec}|pixels-v{PIXELS_VERSION}".encode()).hexdigest()[:16]
 
 
 def read_image_bytes(location: str, policy: FetchPolicy) -> bytes:

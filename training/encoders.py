@@ -1,6 +1,6 @@
 """CLIP image (and text) encoders behind one small interface.
 
-Spec strings (DESIGN.md, "Encoders"):
+Spec strings (docs/architecture.md, "Encoders"):
 
     open_clip:ARCH/PRETRAINED   e.g. open_clip:ViT-L-14/openai, downloaded by open_clip
     open_clip:ARCH@/path.pt     local weights
@@ -21,7 +21,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 from PIL import Image
@@ -42,6 +42,25 @@ class Preprocess:
     Written with PIL and numpy (not torchvision) so it runs in fetch threads
     for any backend; it matches open_clip's `image_transform(is_train=False)`
     for resize_mode "shortest" (see tests/training/test_encoders.py).
+
+    Elongated images. Resizing the shortest side first makes the resized image
+    as elongated as the input: a 1 x 16384 strip would become 224 x 3,670,016
+    pixels (over 2 GB) for the centre crop to keep 224 x 224 of them. So an
+    image more elongated than `MAX_ASPECT`:1 is first centre-cropped to
+    `MAX_ASPECT`:1 (its long side cut to `MAX_ASPECT` times its short side),
+    then transformed as usual: the resized image never exceeds
+    `MAX_ASPECT * image_size**2` pixels. A panorama is cropped, not refused, and
+    the model sees the same content as without the crop (the final centre crop
+    keeps only the central square); the pixels themselves may differ from the
+    uncropped transform's by a sub-pixel shift (the crop re-centres by at most
+    half a source pixel; the resize scale loses the rounding of `int(s * w / h)`).
+    Within `MAX_ASPECT`:1 nothing changes, bit for bit.
+
+    The crop lives here rather than in `services.images.decode` because this is
+    where the memory goes and where the geometry is defined: training
+    (training/embeddings.py) and serving (actors/stream.py, `dmguard score`) both
+    run the encoder's own `Preprocess`, and so does any caller that hands it a
+    PIL image that did not come through `decode`.
     """
 
     image_size: int = 224
@@ -49,8 +68,19 @@ class Preprocess:
     std: tuple[float, float, float] = CLIP_STD
     interpolation: str = "bicubic"
 
+    # 4:1 keeps every camera and screen format (32:9 = 3.6:1 included) on the
+    # plain transform, and bounds its resized image to 4 * 224 * 224 pixels (under 1 MB).
+    MAX_ASPECT: ClassVar[int] = 4
+
     def __call__(self, img: Image.Image) -> np.ndarray:  # -> (3, S, S) float32
         s = self.image_size
+        w, h = img.size
+        if w > self.MAX_ASPECT * h:
+            keep = self.MAX_ASPECT * h
+            img = img.crop(((w - keep) // 2, 0, (w - keep) // 2 + keep, h))
+        elif h > self.MAX_ASPECT * w:
+            keep = self.MAX_ASPECT * w
+            img = img.crop((0, (h - keep) // 2, w, (h - keep) // 2 + keep))
         w, h = img.size
         if w <= h:
             new_w, new_h = s, int(s * h / w)
