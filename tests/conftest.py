@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import pytest
 
@@ -29,12 +30,26 @@ ONNX_WEIGHTS = Path(__file__).resolve().parents[1] / ".cache" / "models" / "clip
 class ImageServer:
     """Serves `routes[path] = bytes` on 127.0.0.1. Special paths:
     /redirect?to=URL (302), /slow/<path> (delay before the body), /chunked/<path>
-    (no Content-Length), /drip (sends a byte every 0.2 s, forever)."""
+    (no Content-Length), /drip (sends a byte every 0.2 s, forever).
+
+    Hostile ones, for the fetcher's tests (`drip_s` is their pace):
+    /slow-status (drips the status line, then the headers, a byte at a time),
+    /slow-headers (a prompt status line, then endless headers, a byte at a time),
+    /short-body (Content-Length 100, 10 bytes, close), /cut-chunked (a chunk cut
+    off mid-way, close), /garbage-status (not HTTP), /hangup (closes without
+    answering), /status?code=N (an empty response with that status),
+    /redirect-chain?n=K (K redirects, then `routes["/chain-end"]`, default
+    b"chain-end"), /redirect-raw?to=PCT (302 whose Location is the
+    percent-decoded bytes of PCT, verbatim: UTF-8, control characters...),
+    /redirect-nolocation (302 without Location) and /raw/<name> (writes
+    `raw[name]` verbatim, then closes)."""
 
     def __init__(self) -> None:
         self.routes: dict[str, bytes] = {}
         self.delay_s = 0.0
         self.hits: list[str] = []
+        self.raw: dict[str, bytes] = {}
+        self.drip_s = 0.25
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -43,6 +58,8 @@ class ImageServer:
             def do_GET(self) -> None:  # noqa: N802
                 outer.hits.append(self.path)
                 path, _, query = self.path.partition("?")
+                if self._hostile(path, query):
+                    return
                 if path == "/redirect":
                     self.send_response(302)
                     self.send_header("Location", query.removeprefix("to="))
@@ -93,6 +110,77 @@ class ImageServer:
                         self.wfile.write(body)
                     except OSError:
                         pass
+
+            def _raw(self, data: bytes) -> None:
+                self.close_connection = True
+                try:
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                except OSError:
+                    pass
+
+            def _drip(self, data: bytes) -> bool:
+                """Sends `data` a byte at a time; False once the client is gone."""
+                self.close_connection = True
+                for i in range(len(data)):
+                    try:
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        return False
+                    time.sleep(outer.drip_s)
+                return True
+
+            def _hostile(self, path: str, query: str) -> bool:
+                args = dict(parse_qsl(query, keep_blank_values=True))
+                if path == "/slow-status":
+                    self._drip(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+                elif path == "/slow-headers":
+                    self._raw(b"HTTP/1.1 200 OK\r\n")
+                    for i in range(100):
+                        if not self._drip(f"X-Slow-{i}: 1\r\n".encode()):
+                            break
+                elif path == "/short-body":
+                    self._raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
+                elif path == "/cut-chunked":
+                    self._raw(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"a\r\n0123456789\r\n64\r\n" + b"y" * 10
+                    )
+                elif path == "/garbage-status":
+                    self._raw(b"SPAM AND EGGS\r\n\r\nhello")
+                elif path == "/hangup":
+                    self.close_connection = True
+                elif path == "/status":
+                    code = int(args.get("code", "500"))
+                    self._raw(f"HTTP/1.1 {code} Whatever\r\nContent-Length: 0\r\n\r\n".encode())
+                elif path == "/redirect-chain":
+                    n = int(args.get("n", "0"))
+                    if n > 0:
+                        location = f"/redirect-chain?n={n - 1}".encode()
+                        self._raw(
+                            b"HTTP/1.1 302 Found\r\nLocation: "
+                            + location
+                            + b"\r\nContent-Length: 0\r\n\r\n"
+                        )
+                    else:
+                        body = outer.routes.get("/chain-end", b"chain-end")
+                        head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n"
+                        self._raw(head.encode() + body)
+                elif path == "/redirect-raw":
+                    location = unquote_to_bytes(query.removeprefix("to="))
+                    self._raw(
+                        b"HTTP/1.1 302 Found\r\nLocation: "
+                        + location
+                        + b"\r\nContent-Length: 0\r\n\r\n"
+                    )
+                elif path == "/redirect-nolocation":
+                    self._raw(b"HTTP/1.1 302 Found\r\nContent-Length: 0\r\n\r\n")
+                elif path.startswith("/raw/") and path.removeprefix("/raw/") in outer.raw:
+                    self._raw(outer.raw[path.removeprefix("/raw/")])
+                else:
+                    return False
+                return True
 
             def log_message(self, *args) -> None:
                 pass
