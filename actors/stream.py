@@ -417,7 +417,10 @@ class StreamWorker:
         self.stats.inc("dead_letters", err.code)
 
     def _send(self, topic: str, value: bytes, key: str | None, job: Job) -> None:
-        future = self.producer.send(topic, value=value, key=key.encode() if key else None)
+        # Keys come from validated ids; backslashreplace only makes sure an encoding
+        # error can never take the worker down on the way out.
+        key_bytes = key.encode("utf-8", "backslashreplace") if key else None
+        future = self.producer.send(topic, value=value, key=key_bytes)
         future.add_errback(self._on_produce_error)
         self._trackers[job.tp].done(job.offset)
         if job.timestamp_ms is not None and job.timestamp_ms > 0:

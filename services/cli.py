@@ -86,6 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         allowed_networks=tuple(args.allow_network or ()),
         allow_file=args.allow_file_urls,
         max_bytes=args.max_bytes,
+        total_timeout_s=args.fetch_timeout,
+        connect_timeout_s=min(FetchPolicy.connect_timeout_s, args.fetch_timeout),
     )
     worker = WorkerSettings(
         kafka=_kafka(args, group_id=args.group_id),
@@ -478,6 +480,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest decoded image"
+    )
+    sp.add_argument(
+        "--fetch-timeout",
+        type=float,
+        default=FetchPolicy.total_timeout_s,
+        help="seconds one fetch may take in all: DNS, connect, headers and body "
+        "(default %(default)s)",
     )
     sp.add_argument("--group-id", default="dmguard", help="Kafka consumer group of the workers")
     sp.add_argument("--cpus-per-worker", type=float, default=1.0)
