@@ -16,7 +16,8 @@ from services.config import ServeSettings
 from services.kafka_io import ensure_topics
 from services.metrics import DriverMetrics, MetricsServer
 from services.ray_cluster import init_ray
-from training.registry import Registry
+from training.errors import RegistryError
+from training.registry import HeadMeta, Registry
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,23 @@ class Readiness:
         return True, f"ready: {self.workers_ready} workers, head {self.head}"
 
 
+def _head_to_start_with(registry: Registry) -> HeadMeta:
+    """The head CURRENT names or, when CURRENT or that head cannot be read, the
+    newest promoted head that loads (the workers make the same choice and /readyz
+    reports the problem). Refuses to start without any head; the RegistryError
+    says how to get one."""
+    try:
+        return registry.load()[1]
+    except RegistryError as exc:
+        found = registry.last_good()
+        if found is None:
+            raise
+        log.error(
+            "%s; starting with the newest promoted head that loads, %s", exc, found[1].version
+        )
+        return found[1]
+
+
 def run_service(
     settings: ServeSettings,
     *,
@@ -59,9 +77,7 @@ def run_service(
 
     from actors.pool import WorkerPool
 
-    registry = Registry(settings.worker.registry)
-    # Refuse to start without a head; the RegistryError says how to get one.
-    _, meta = registry.load()
+    meta = _head_to_start_with(Registry(settings.worker.registry))
     kafka, topics = settings.worker.kafka, settings.worker.topics
     ensure_topics(kafka, topics)
     needed_cpus = max(os.cpu_count() or 1, settings.workers * settings.cpus_per_worker + 1)
