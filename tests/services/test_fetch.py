@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services import fetch
+from services import addresses, fetch
+from services.addresses import is_public_address
 from services.errors import (
     BadUrlError,
     BlockedUrlError,
@@ -16,14 +17,8 @@ from services.errors import (
     InputError,
     TooLargeError,
 )
-from services.fetch import (
-    FetchPolicy,
-    check_host,
-    fetch_bytes,
-    is_public_address,
-    parse_url,
-    system_resolver,
-)
+from services.fetch import FetchPolicy, check_host, fetch_bytes, system_resolver
+from services.urls import parse_url
 from tests.conftest import ImageServer
 from tests.images import jpeg
 
@@ -116,7 +111,7 @@ def test_ipv6_forms_are_never_more_public_than_the_ipv4_they_embed(ip4):
         ipaddress.IPv6Address((0x0064FF9B0001 << 80) | n),  # local-use NAT64
     ]
     assert not any(is_public_address(form) for form in always_refused)
-    for net in fetch.IPV4_SPECIAL:
+    for net in addresses.IPV4_SPECIAL:
         if ip4 in net:
             assert not is_public_address(ip4)
 
