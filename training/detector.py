@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from training.encoders import Encoder, load_encoder
-from training.head import HeadConfig, MLPHead
+from training.head import HeadConfig, MLPHead, head_input, score
 from training.registry import HeadMeta, Registry
 
 
@@ -56,21 +56,18 @@ class Detector:
     def threshold(self) -> float:
         return self.meta.threshold
 
-    def features(self, embeddings: np.ndarray, texts: list[str | None] | None = None) -> np.ndarray:
-        """The head's input: image embeddings, plus caption embeddings when the head uses text
-        (zeros for records without a caption)."""
+    def caption_embeddings(self, texts: list[str | None] | None, n: int) -> np.ndarray | None:
+        """Caption embeddings of a batch of `n` records, zeros in the rows without a caption;
+        None when the head does not use text or no record has a caption. Only non-empty
+        captions go through the text tower."""
         if not self.meta.uses_text:
-            return embeddings
-        text_emb = np.zeros((len(embeddings), self.encoder.text_dim), np.float32)
+            return None
         idx = [i for i, t in enumerate(texts or []) if t]
-        if idx:
-            text_emb[idx] = self.encoder.encode_texts([texts[i] for i in idx])  # type: ignore[index]
-        return np.concatenate([embeddings, text_emb], axis=1)
-
-    def score_features(self, features: np.ndarray) -> np.ndarray:  # (B, D) -> (B,) in [0, 1]
-        with torch.inference_mode():
-            x = torch.from_numpy(features.astype(np.float32)).to(self.encoder.placement.device)
-            return torch.sigmoid(self.head(x)).float().cpu().numpy()
+        if not idx:
+            return None
+        text_emb = np.zeros((n, self.encoder.text_dim), np.float32)
+        text_emb[idx] = self.encoder.encode_texts([texts[i] for i in idx])  # type: ignore[index]
+        return text_emb
 
     def __call__(
         self,
@@ -80,11 +77,19 @@ class Detector:
         timings: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Embed and score a batch: (B,3,S,S) -> (embeddings (B,D), scores (B,)).
+        `texts[i]` is record i's caption (None or "" for none), read by a head that uses text.
         `timings`, when given, receives the seconds spent in "embed" and "score"."""
         t0 = time.perf_counter()
         embeddings = self.encoder.encode_images(pixels)
         t1 = time.perf_counter()
-        scores = self.score_features(self.features(embeddings, texts))
+        features = head_input(
+            embeddings,
+            self.caption_embeddings(texts, len(embeddings)),
+            uses_text=self.meta.uses_text,
+            text_dim=self.encoder.text_dim,
+            input_dim=self.head.config.input_dim,
+        )
+        scores = score(self.head, features, device=self.encoder.placement.device)
         if timings is not None:
             timings.update(embed=t1 - t0, score=time.perf_counter() - t1)
         return embeddings, scores

@@ -2,12 +2,16 @@
 
 x (B, D) ─► 3 × [Linear(D, D) → BatchNorm1d → LeakyReLU(0.01) → Dropout(0.335)]
           ─► Linear(D, 1) ─► logit (B,)        label 1 = generated
+
+`head_input` builds x from image (and caption) embeddings and `score` turns x into
+P(generated); every path that feeds or scores a head goes through these two.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,3 +48,98 @@ class MLPHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B,)
         return self.net(x).squeeze(-1)
+
+
+# The one assembly of a head's input and the one scoring of it, shared by serving
+# (training.detector), training and its held-out evaluation (training.train,
+# training.job), `dmguard eval` and retraining (training.retrain): what a head was
+# trained on and what it is served can only differ if these two change.
+
+SCORE_BATCH = 8192  # rows per forward pass in `score`
+
+
+def head_input(
+    image_emb: np.ndarray,
+    text_emb: np.ndarray | None = None,
+    *,
+    uses_text: bool,
+    text_dim: int | None = None,
+    input_dim: int | None = None,
+) -> np.ndarray:
+    """What a head reads, (N, D) float32: the image embeddings, followed for a head
+    that uses text by the caption embeddings.
+
+    `text_emb` (N, Dt) holds zeros in the rows of records without a caption; None
+    means no record has one, and the caption part is all zeros, `text_dim` wide
+    (or `input_dim` minus the image width). A head without text ignores `text_emb`.
+    `input_dim`, when given, is checked against the result (for a non-empty batch).
+
+    Raises:
+        ValueError: the widths or row counts do not fit together, or a head that
+            uses text gets no caption embeddings and no width for them.
+    """
+    X = np.asarray(image_emb, dtype=np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"image embeddings must be (N, D), got shape {X.shape}")
+    if uses_text:
+        if text_emb is None:
+            width = text_dim
+            if width is None and input_dim is not None:
+                width = input_dim - X.shape[1]
+            if width is None or width < 0:
+                raise ValueError(
+                    "no caption embeddings, and no text_dim or input_dim to size the zeros"
+                )
+            T = np.zeros((len(X), width), np.float32)
+        else:
+            T = np.asarray(text_emb, dtype=np.float32)
+            if T.ndim != 2 or len(T) != len(X):
+                raise ValueError(
+                    f"caption embeddings {T.shape} do not match image embeddings {X.shape}"
+                )
+            if text_dim is not None and T.shape[1] != text_dim:
+                raise ValueError(f"caption embeddings are {T.shape[1]} wide, not {text_dim}")
+        X = np.concatenate([X, T], axis=1)
+    if input_dim is not None and len(X) and X.shape[1] != input_dim:
+        raise ValueError(f"head input is {X.shape[1]} wide, the head reads {input_dim}")
+    return X
+
+
+def score(
+    head: MLPHead,
+    features: np.ndarray,
+    *,
+    device: str | torch.device | None = None,
+    batch_size: int = SCORE_BATCH,
+) -> np.ndarray:
+    """P(generated) for each row of `features` (see `head_input`): the sigmoid of the
+    head's logit, (N,) float32.
+
+    Always in eval mode (BatchNorm's running statistics, no dropout) under
+    `torch.inference_mode`, `batch_size` rows at a time; the head's own mode is
+    restored afterwards. `device` is where the rows go, by default where the head's
+    parameters are (the head is not moved).
+    """
+    X = np.asarray(features, dtype=np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"features must be (N, D), got shape {X.shape}")
+    if len(X) == 0:
+        return np.zeros(0, np.float32)
+    if X.shape[1] != head.config.input_dim:
+        raise ValueError(f"features are {X.shape[1]} wide, the head reads {head.config.input_dim}")
+    if device is None:
+        device = next(head.parameters()).device
+    was_training = head.training
+    head.eval()
+    try:
+        with torch.inference_mode():
+            out = [
+                torch.sigmoid(head(torch.from_numpy(X[i : i + batch_size]).to(device)))
+                .float()
+                .cpu()
+                .numpy()
+                for i in range(0, len(X), batch_size)
+            ]
+    finally:
+        head.train(was_training)
+    return np.concatenate(out).astype(np.float32, copy=False)

@@ -13,33 +13,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from training.errors import TrainingDataError
 from training.evaluate import evaluate, roc_auc, threshold_for_fpr
-from training.head import MLPHead
+from training.head import score
 from training.registry import HeadMeta, Registry
 from training.split import split_indices
 from training.train import TrainConfig, fit_head
 
 log = logging.getLogger(__name__)
-
-
-def head_scores(head: MLPHead, X: np.ndarray) -> np.ndarray:
-    with torch.inference_mode():
-        return torch.sigmoid(head.eval()(torch.from_numpy(X).float())).numpy()
-
-
-def head_input(
-    X: np.ndarray, T: np.ndarray | None, *, uses_text: bool, input_dim: int
-) -> np.ndarray:
-    """What a head reads: image embeddings, plus caption embeddings for a head that uses text
-    (zeros where there are none, as the workers do for records without `text`)."""
-    if not uses_text:
-        return X
-    if T is None:
-        T = np.zeros((len(X), input_dim - X.shape[1]), np.float32)
-    return np.concatenate([X, T], axis=1)
 
 
 def decide_promotion(
@@ -67,7 +49,7 @@ def decide_promotion(
             "promoted": True,
             "reason": f"current head uses another encoder ({meta.encoder})",
         }
-    current_auc = roc_auc(y_val, head_scores(head, X_val))
+    current_auc = roc_auc(y_val, score(head, X_val))
     promoted = new_auc >= current_auc - tolerance
     reason = "not worse than current" if promoted else "worse than current"
     return {**decision, "current_auc": current_auc, "promoted": promoted, "reason": reason}
@@ -104,7 +86,7 @@ def train_register(
     head, history = fit_head(
         X[train_idx], y[train_idx], X[val_idx], y[val_idx], cfg, storage=storage
     )
-    val_scores = head_scores(head, X[val_idx])
+    val_scores = score(head, X[val_idx])
     threshold = threshold_for_fpr(y[val_idx], val_scores, cfg.target_fpr)
     val_sources = [sources[i] for i in val_idx]
     metrics = evaluate(y[val_idx], val_scores, threshold, val_sources)
