@@ -53,16 +53,19 @@ def test_labels_retrain_promote_and_hot_swap(
             time.sleep(0.5)
         assert len(read_feature_log(str(tmp_path / "feature-log"))) >= 80
 
-        # 3. a steady stream keeps flowing while retraining runs and the head swaps
-        stream_ids = [f"s{i}" for i in range(120)]
+        # 3. a steady stream keeps flowing while retraining runs and the head swaps; it
+        # runs until v2 has been seen (a retrain slowed by a busy machine must not
+        # find the stream already over), at most 1000 records
+        stream_ids: list[str] = []
 
         def trickle() -> None:
             producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
-            for i, rid in enumerate(stream_ids):
-                kind = "real" if i % 2 else "gen"
+            for i in range(1000):
+                rid, kind = f"s{i}", "real" if i % 2 else "gen"
                 url = image_server.url(f"/{kind}/{i % 40}.png?{rid}")
                 producer.send("dmguard.images", json.dumps({"id": rid, "url": url}).encode())
                 producer.flush(timeout=10)
+                stream_ids.append(rid)
                 if stop_stream.wait(0.4):
                     break
             producer.close()
@@ -91,7 +94,9 @@ def test_labels_retrain_promote_and_hot_swap(
             out = reader.read(idle_s=0.2)
             if any(v["head_version"] == "v2" for v in out.verdicts):
                 first_v2 = time.monotonic()
-        assert first_v2 is not None, "no verdict from v2"
+        assert first_v2 is not None, f"no verdict from v2\n{service.tail()}"
+        time.sleep(2)  # a few more records after the swap, then the stream ends
+        stop_stream.set()
         record_property("label_to_v2_verdict_s", round(first_v2 - labels_sent, 1))
         print(
             f"\nlabels sent -> first v2 verdict: {first_v2 - labels_sent:.1f} s (retrain included)"
