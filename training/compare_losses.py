@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.evaluate import roc_auc
-from training.job import head_scores
+from training.head import score
 from training.train import TrainConfig, fit_epochs
 
 
@@ -62,7 +62,7 @@ def compare(cfg: TrainConfig, positive: float, seed: int, data: Synthetic = Synt
     Xe, ye_given, _, _ = data.sample(data.n, positive, seed + 500, noisy=True)
     Xt, yt, _, gt = data.sample(4000, positive, seed + 1000, noisy=False)
     head, _ = fit_epochs(X, y_given, Xe, ye_given, cfg)
-    s = head_scores(head, Xt)
+    s = score(head, Xt)
     pred = s >= 0.5
     rare = (gt == 1) | (yt == 0)
     return {

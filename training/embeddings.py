@@ -40,14 +40,11 @@ class EmbeddedSet:
     T: np.ndarray | None = None  # (N, Dt) caption embeddings, zeros where there is no caption
 
     def features(self, with_text: bool) -> np.ndarray:
-        """The head's input: image embeddings, plus caption embeddings when asked (zeros if none)."""
-        if not with_text:
-            return self.X
-        if self.T is None:
-            raise ValueError(
-                "no caption embeddings: this encoder has no text tower, or no sample has text"
-            )
-        return np.concatenate([self.X, self.T], axis=1)
+        """Transitional, for services/cli/train.py's `train` (drop once it calls this directly):
+        `training.head.head_input(self.X, self.T, uses_text=with_text)`."""
+        from training.head import head_input
+
+        return head_input(self.X, self.T, uses_text=with_text)
 
     @property
     def labels(self) -> np.ndarray:

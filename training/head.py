@@ -127,6 +127,8 @@ def score(
         return np.zeros(0, np.float32)
     if X.shape[1] != head.config.input_dim:
         raise ValueError(f"features are {X.shape[1]} wide, the head reads {head.config.input_dim}")
+    if not X.flags.writeable:  # e.g. from Ray's object store; torch wants writable memory
+        X = X.copy()
     if device is None:
         device = next(head.parameters()).device
     was_training = head.training

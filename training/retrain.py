@@ -25,8 +25,9 @@ from services.kafka_io import assign_all, make_consumer
 from services.records import LabelRecord
 from training.errors import RegistryError, TrainingDataError
 from training.feature_log import read_feature_log
-from training.job import head_input, train_register
-from training.registry import Registry
+from training.head import head_input
+from training.job import train_register
+from training.registry import HeadMeta, Registry
 from training.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,35 @@ def labelled_features(
 
 FEEDBACK = "feedback"  # the source name of every labelled feature-log row
 SKIP_EXIT = 3  # `retrain --once --fail-on-skip`: the round trained nothing
+
+
+def round_features(
+    meta: HeadMeta, X_fb: np.ndarray, y_fb: np.ndarray, cache: Path
+) -> tuple[np.ndarray, np.ndarray, list[str], int | None]:
+    """A round's rows as the head reads them (`training.head.head_input`), with labels and
+    sources: the current head's own training data from the embedding cache (captions
+    included, for a head that uses text), then the labelled feature-log rows `X_fb`,
+    caption-less (the feature log holds no caption embeddings). The last item is the
+    number of base rows, None when the head records no training data that still exists."""
+    X = head_input(X_fb, None, uses_text=meta.uses_text, input_dim=meta.input_dim)
+    y, sources = y_fb, [FEEDBACK] * len(X_fb)
+    data = meta.extra.get("data")
+    if not (data and Path(data["src"]).exists()):
+        return X, y, sources, None
+    from training.data import load_samples
+    from training.embeddings import embed_samples
+
+    base = embed_samples(
+        load_samples(data["src"]), meta.encoder, cache_dir=cache / "embeddings", progress=False,
+        with_text=meta.uses_text,
+    )  # fmt: skip
+    X_base = head_input(base.X, base.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
+    return (
+        np.concatenate([X_base, X]),
+        np.concatenate([base.labels, y]),
+        base.sources + sources,
+        len(base.labels),
+    )
 
 
 @dataclass(frozen=True)
@@ -133,25 +163,10 @@ def retrain_once(s: RetrainSettings, *, labels: tuple[dict[str, int], int] | Non
             "trained": False,
             "reason": f"{len(new)} new labelled features < {s.min_new_labels}",
         }
-    # The feature log holds no caption embeddings: a head with text sees feedback as caption-less.
-    X = head_input(X_fb, None, uses_text=meta.uses_text, input_dim=meta.input_dim)
-    y, sources = y_fb, [FEEDBACK] * len(ids)
+    X, y, sources, n_base = round_features(meta, X_fb, y_fb, s.cache)
+    if n_base is not None:
+        summary["base"] = n_base
     data = meta.extra.get("data")
-    if data and Path(data["src"]).exists():  # the current head's own training data, from the cache
-        from training.data import load_samples
-        from training.embeddings import embed_samples
-
-        base = embed_samples(
-            load_samples(data["src"]), meta.encoder, cache_dir=s.cache / "embeddings", progress=False,
-            with_text=meta.uses_text,
-        )  # fmt: skip
-        X_base = head_input(base.X, base.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
-        X, y, sources = (
-            np.concatenate([X_base, X]),
-            np.concatenate([base.labels, y]),
-            base.sources + sources,
-        )
-        summary["base"] = len(base.labels)
     cfg = replace(s.train, text_dim=X.shape[1] - X_fb.shape[1])
     try:
         new_meta = train_register(

@@ -71,6 +71,15 @@ class SAM(torch.optim.Optimizer):
             closure()
         self.second_step()
 
+    def state_dict(self) -> dict:  # type: ignore[override]
+        """The base optimiser's state (AdamW's moments, step counts, learning rates): all there
+        is between steps, since ε lives only from first_step to second_step."""
+        return self.base_optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:  # type: ignore[override]
+        self.base_optimizer.load_state_dict(state_dict)
+        self.param_groups = self.base_optimizer.param_groups  # loading replaced the groups
+
     def _grad_norm(self) -> torch.Tensor:
         norms = [
             p.grad.norm(p=2) for g in self.param_groups for p in g["params"] if p.grad is not None

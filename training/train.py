@@ -4,13 +4,16 @@ early stopping on held-out AUC, run by Ray Train's TorchTrainer.
 `fit_epochs` is the whole training loop as a plain function (used by the
 Ray Train workers, and directly by tests that compare losses over many
 seeds). `fit_head` runs it on N Ray Train workers with DDP: each worker
-trains on its shard, rank 0 checkpoints through `ray.train.report` on every
-improvement, and a restarted run resumes from `ray.train.get_checkpoint()`.
+trains on its shard, rank 0 checkpoints the whole training state through
+`ray.train.report` after every epoch, and when a worker fails Ray Train
+restarts the group (up to `TrainConfig.max_failures` times), which resumes
+from `ray.train.get_checkpoint()`.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 
 from training.evaluate import roc_auc
-from training.head import HeadConfig, MLPHead
+from training.head import HeadConfig, MLPHead, score
 from training.losses import bce_loss, robust_loss
 from training.sam import SAM, frozen_bn_stats
 
@@ -49,6 +52,8 @@ class TrainConfig:
     # image alone: records without a caption are served with zeros there.
     text_dim: int = 0
     modality_dropout: float = 0.5
+    # Ray Train restarts a failed worker group this many times, from its latest checkpoint.
+    max_failures: int = 2
 
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         if self.loss == "bce":
@@ -70,12 +75,22 @@ def fit_epochs(
     rank: int = 0,
     world: int = 1,
     wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
-    on_epoch: Callable[[dict, MLPHead, bool], None] | None = None,
+    on_epoch: Callable[[dict, Callable[[], dict]], None] | None = None,
     resume: dict | None = None,
     device: str = "cpu",
     agree: Callable[[float], float] = lambda auc: auc,
 ) -> tuple[MLPHead, list[dict]]:
     """Train; returns the head with the best held-out AUC and the per-epoch history.
+
+    After each epoch, `on_epoch(record, state)` gets the epoch's history record
+    (epoch, loss, val_auc, plus best_auc) and `state()`, which builds the whole
+    training state: the head's current and best weights, the optimiser's (with
+    SAM, its base optimiser's) and the learning-rate schedule's state, the epoch,
+    the best AUC, the early-stopping count and the history. `resume` takes such a
+    state and carries on from the epoch after it, exactly where an uninterrupted
+    run would be (an epoch's batches, Dropout and modality-dropout masks depend
+    only on the seed, the rank and the epoch). The first record after a resume has
+    `"resumed": True`.
 
     `agree` makes every worker use rank 0's held-out AUC, so all stop at the
     same epoch (a worker that stopped alone would leave the others hanging in
@@ -83,11 +98,8 @@ def fit_epochs(
     """
     torch.manual_seed(cfg.seed)
     head = MLPHead(HeadConfig(input_dim=X.shape[1]))
-    start_epoch, best_auc, history = 0, -1.0, []
     if resume:
-        head.load_state_dict(resume["state_dict"])
-        start_epoch, best_auc, history = resume["epoch"] + 1, resume["best_auc"], resume["history"]
-    best_state = copy.deepcopy(head.state_dict())
+        head.load_state_dict(resume["head"])
     model = wrap(head.to(device))
     base = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     opt = (
@@ -100,15 +112,34 @@ def fit_epochs(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(
         opt.base_optimizer if cfg.rho > 0 else opt, T_max=steps
     )
+    start_epoch, best_auc, stale, history = 0, -1.0, 0, []
+    best_state = copy.deepcopy(head.state_dict())
+    if resume:
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        best_state = resume["best"]
+        start_epoch, best_auc = resume["epoch"] + 1, resume["best_auc"]
+        stale, history = resume["stale"], list(resume["history"])
+    epoch = start_epoch
+
+    def state() -> dict:  # the training state after `epoch`, for a checkpoint
+        return {
+            "epoch": epoch, "head": head.state_dict(), "best": best_state, "best_auc": best_auc,
+            "stale": stale, "history": history, "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+        }  # fmt: skip
+
     loss_fn = cfg.loss_fn()
     # torch.tensor copies: arrays from Ray's object store are read-only.
     Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
-    Xv = torch.tensor(X_val, dtype=torch.float32, device=device)
-    stale = 0
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     for epoch in range(start_epoch, cfg.epochs):
+        if stale >= cfg.patience:  # a run resumed from the epoch that stopped it
+            break
         model.train()
         order = np.random.default_rng(cfg.seed + epoch).permutation(len(X))[rank::world]
+        dropout_seed, modality_seed = _epoch_seeds(cfg.seed, rank, epoch)
+        torch.manual_seed(dropout_seed)  # the head's Dropout layers
+        gen = torch.Generator().manual_seed(modality_seed)
         losses = []
         for i in range(0, len(order) - 1, per_worker):
             idx = order[i : i + per_worker]
@@ -131,12 +162,8 @@ def fit_epochs(
                 opt.zero_grad()
             sched.step()
             losses.append(float(loss.detach()))
-        model.eval()
-        with torch.inference_mode():
-            val_scores = torch.sigmoid(head(Xv)).cpu().numpy()
-        auc = agree(roc_auc(y_val, val_scores))
-        improved = auc > best_auc + 1e-6
-        if improved:
+        auc = agree(roc_auc(y_val, score(head, X_val, device=device)))
+        if auc > best_auc + 1e-6:
             best_auc, best_state, stale = auc, copy.deepcopy(head.state_dict()), 0
         else:
             stale += 1
@@ -145,17 +172,28 @@ def fit_epochs(
             "loss": float(np.mean(losses)) if losses else None,
             "val_auc": auc,
         }
+        if resume and epoch == start_epoch:
+            record["resumed"] = True
         history.append(record)
         if on_epoch:
-            on_epoch({**record, "best_auc": best_auc, "history": history}, head, improved)
-        if stale >= cfg.patience:
-            break
+            on_epoch({**record, "best_auc": best_auc}, state)
     head.load_state_dict(best_state)
     return head.cpu().eval(), history
 
 
+def _epoch_seeds(seed: int, rank: int, epoch: int) -> tuple[int, int]:
+    """The seeds of one worker's epoch (Dropout, modality dropout): a resumed run draws
+    what an uninterrupted one would have."""
+    a, b = np.random.SeedSequence([seed, rank, epoch]).generate_state(2)
+    return int(a), int(b)
+
+
+FAIL_MARKER = "injected-failure"  # in the run's folder, once `fail_at_epoch` has fired
+
+
 def _train_loop_per_worker(config: dict) -> None:
-    """Ray Train worker: trains its shard; rank 0 checkpoints each improvement."""
+    """Ray Train worker: trains its shard; rank 0 checkpoints the whole training state
+    after every epoch, and a restarted worker group resumes from the latest checkpoint."""
     import ray.train
     import ray.train.torch
 
@@ -167,16 +205,19 @@ def _train_loop_per_worker(config: dict) -> None:
     if checkpoint:
         with checkpoint.as_directory() as d:
             resume = torch.load(Path(d) / "state.pt", weights_only=False)
+    fail_at, marker = config.get("fail_at_epoch"), Path(config["run_dir"]) / FAIL_MARKER
 
-    def on_epoch(record: dict, head: MLPHead, improved: bool) -> None:
-        metrics = {k: v for k, v in record.items() if k != "history"}
-        if improved and rank == 0:
+    def on_epoch(record: dict, state: Callable[[], dict]) -> None:
+        if rank == 0 and record["epoch"] == fail_at and not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(record["epoch"]))
+            os._exit(1)  # the injected failure: this epoch is lost, not reported
+        if rank == 0:
             with tempfile.TemporaryDirectory() as d:
-                torch.save({"state_dict": head.state_dict(), "epoch": record["epoch"],
-                            "best_auc": record["best_auc"], "history": record["history"]}, Path(d) / "state.pt")  # fmt: skip
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+                torch.save(state(), Path(d) / "state.pt")
+                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
-            ray.train.report(metrics)
+            ray.train.report(record)
 
     def agree(auc: float) -> float:
         if world == 1:
@@ -203,29 +244,50 @@ def fit_head(
     cfg: TrainConfig,
     *,
     storage: Path,
+    fail_at_epoch: int | None = None,
 ) -> tuple[MLPHead, list[dict]]:
-    """Train with Ray Train (TorchTrainer, `cfg.workers` workers); returns the best head."""
-    from ray.train import RunConfig, ScalingConfig
+    """Train with Ray Train (TorchTrainer, `cfg.workers` workers); returns the best head
+    and the per-epoch history.
+
+    A worker group that fails is restarted up to `cfg.max_failures` times, each time
+    resuming from the latest checkpoint (see `fit_epochs`). `fail_at_epoch` is a test
+    hook: rank 0 exits at the end of that epoch, before reporting it, the first time
+    only (a marker file in the run's folder remembers it).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from services.ray_cluster import init_ray
 
     init_ray(num_cpus=max(cfg.workers + 1, 2))
     storage.mkdir(parents=True, exist_ok=True)
+    name = f"head-{uuid.uuid4().hex[:8]}"
     trainer = TorchTrainer(
         _train_loop_per_worker,
-        train_loop_config={"cfg": asdict(cfg), "X": X, "y": y, "X_val": X_val, "y_val": y_val},
+        train_loop_config={
+            "cfg": asdict(cfg),
+            "X": X,
+            "y": y,
+            "X_val": X_val,
+            "y_val": y_val,
+            "fail_at_epoch": fail_at_epoch,
+            "run_dir": str(storage.resolve() / name),
+        },
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(
             storage_path=str(storage.resolve()),
-            name=f"head-{uuid.uuid4().hex[:8]}",
+            name=name,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError("training reported no checkpoint (held-out AUC never defined?)")
+        raise RuntimeError("training reported no checkpoint")
     with result.checkpoint.as_directory() as d:
         state = torch.load(Path(d) / "state.pt", weights_only=False)
+    if state["best_auc"] < 0:
+        raise RuntimeError("held-out AUC was never defined (one class held out?)")
     head = MLPHead(HeadConfig(input_dim=X.shape[1]))
-    head.load_state_dict(state["state_dict"])
+    head.load_state_dict(state["best"])
     return head.eval(), state["history"]

@@ -9,7 +9,7 @@ from tests.conftest import TINY
 from tests.images import encode, generated_like, real_like
 from training.detector import Detector
 from training.evaluate import roc_auc
-from training.job import head_scores
+from training.head import score
 from training.registry import Registry
 from training.train import TrainConfig, fit_epochs
 
@@ -33,12 +33,8 @@ def test_modality_dropout_keeps_the_head_useful_without_captions():
         for p in without_caption:
             cfg = TrainConfig(epochs=15, seed=seed, text_dim=16, modality_dropout=p, patience=100)
             head, _ = fit_epochs(np.c_[img, txt], y, np.c_[img_v, txt_v], y_v, cfg)
-            assert (
-                roc_auc(y_v, head_scores(head, np.c_[img_v, txt_v])) > 0.95
-            )  # captions still used
-            without_caption[p].append(
-                roc_auc(y_v, head_scores(head, np.c_[img_v, np.zeros_like(txt_v)]))
-            )
+            assert roc_auc(y_v, score(head, np.c_[img_v, txt_v])) > 0.95  # captions still used
+            without_caption[p].append(roc_auc(y_v, score(head, np.c_[img_v, np.zeros_like(txt_v)])))
     print(
         f"\nheld-out AUC without captions: p=0 {np.round(without_caption[0.0], 3)}, p=0.5 {np.round(without_caption[0.5], 3)}"
     )
