@@ -25,6 +25,7 @@ $(MODELS): $(STAMP) training/weights.py
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: $(STAMP) $(MODELS) lint
 	$(BIN)/pytest

@@ -1,3 +1,4 @@
-"""What dmguard's actors talk to and what users run: Kafka I/O and record
-schemas, URL fetching and image decoding, the embedded broker, metrics,
-configuration and the CLI."""
+"""The plumbing every layer uses (errors, settings, records, URL fetching, image
+decoding, Kafka clients, metrics, HTTP, polling, the embedded broker, reading
+outputs), in the top-level modules; and, in `services.cli`, the programs on top
+of everything. Imports go one way: docs/architecture.md, "Layout"."""

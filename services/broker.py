@@ -13,9 +13,11 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from services.errors import BrokerError
+from services.poll import WaitTimeout, wait_until
 
 
 def tansu_binary() -> Path:
@@ -91,22 +93,26 @@ class EmbeddedBroker:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                err = (
-                    self.process.stderr.read().decode(errors="replace")[-2000:]
-                    if self.process.stderr
-                    else ""
-                )
-                raise BrokerError(f"tansu exited with {self.process.returncode}: {err}")
-            if _port_open(self.host, self.port) and kafka_answers(self.bootstrap):
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise BrokerError(
-            f"tansu did not answer on {self.bootstrap} within {self.startup_timeout_s}s"
-        )
+        try:
+            wait_until(self._answers, self.startup_timeout_s, interval_s=0.1, what="tansu")
+        except WaitTimeout:
+            self.stop()
+            raise BrokerError(
+                f"tansu did not answer on {self.bootstrap} within {self.startup_timeout_s}s"
+            ) from None
+        return self
+
+    def _answers(self) -> bool:
+        """Whether Tansu answers Kafka requests yet; BrokerError when it has exited."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            err = (
+                self.process.stderr.read().decode(errors="replace")[-2000:]
+                if self.process.stderr
+                else ""
+            )
+            raise BrokerError(f"tansu exited with {self.process.returncode}: {err}")
+        return _port_open(self.host, self.port) and kafka_answers(self.bootstrap)
 
     def stop(self) -> None:
         proc, self.process = self.process, None
@@ -122,6 +128,19 @@ class EmbeddedBroker:
     def wait(self) -> int:
         assert self.process is not None
         return self.process.wait()
+
+    def run_until(self, stop: Callable[[], bool], poll_s: float = 0.2) -> int | None:
+        """Keep the started broker running until `stop()` is true or Tansu exits, then stop
+        it. Returns Tansu's exit code when it exited on its own, else None."""
+        proc = self.process
+        assert proc is not None
+        try:
+            while not stop() and proc.poll() is None:
+                time.sleep(poll_s)
+        finally:
+            code = proc.poll()
+            self.stop()
+        return None if code is None or stop() else code
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -1,4 +1,9 @@
-"""One frozen settings object for the service, built in one place (the CLI).
+"""Frozen settings objects for the service, and the one place they are built.
+
+`kafka_settings`, `fetch_policy` and `serve_settings` turn flag values (the
+CLI's, or the demo's and the bench's own) into settings; what a caller leaves
+out comes from `DMGUARD_*` environment variables, then from the defaults
+below. Nothing else reads those variables.
 
 Kafka client settings keep Kafka's names (`bootstrap_servers`, `group_id`,
 `session_timeout_ms`, ...). Extra client settings for real clusters (TLS,
@@ -10,12 +15,13 @@ and never printed.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from services.errors import ConfigError
-from services.fetch import FetchPolicy
+from services.fetch import DEFAULT_MAX_BYTES, FetchPolicy
 from services.images import DEFAULT_MAX_PIXELS
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -238,3 +244,76 @@ def default_registry() -> str:
 
 def default_feature_log() -> str:
     return os.environ.get("DMGUARD_FEATURE_LOG", "./feature-log")
+
+
+def default_state_dir() -> str | None:
+    """None: the workers use REGISTRY/worker-state."""
+    return os.environ.get("DMGUARD_STATE_DIR")
+
+
+def default_models_dir() -> str:
+    return os.environ.get("DMGUARD_MODELS", ".cache/models")
+
+
+# ----------------------------------------------------------------- building settings
+def kafka_settings(
+    bootstrap: str | None = None, *, client_extra: dict[str, Any] | None = None, **overrides
+) -> KafkaSettings:
+    """Kafka settings for `bootstrap` (None: $DMGUARD_BOOTSTRAP or the default), with the
+    extra client settings of the `DMGUARD_KAFKA_*` variables unless `client_extra` is
+    given (an embedded broker takes `{}`); `overrides` are KafkaSettings fields."""
+    return KafkaSettings(
+        bootstrap_servers=bootstrap or default_bootstrap(),
+        client_extra=kafka_extra_from_env() if client_extra is None else client_extra,
+        **overrides,
+    )
+
+
+def fetch_policy(
+    *,
+    allow_private_urls: bool = False,
+    allow_network: tuple[str, ...] | list[str] | None = (),
+    allow_file_urls: bool = False,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    fetch_timeout: float = FetchPolicy.total_timeout_s,
+) -> FetchPolicy:
+    """The fetch policy of `serve`'s flags of the same names (`--allow-network` repeatable)."""
+    return FetchPolicy(
+        allow_private=allow_private_urls,
+        allowed_networks=tuple(allow_network or ()),
+        allow_file=allow_file_urls,
+        max_bytes=max_bytes,
+        total_timeout_s=fetch_timeout,
+        connect_timeout_s=min(FetchPolicy.connect_timeout_s, fetch_timeout),
+    )
+
+
+def serve_settings(
+    *,
+    bootstrap: str | None = None,
+    client_extra: dict[str, Any] | None = None,
+    group_id: str = KafkaSettings.group_id,
+    registry: str | None = None,
+    **flags: Any,
+) -> ServeSettings:
+    """Everything `serve` runs with, from its flags' values; the keywords are the flags'
+    names (`max_batch` is `--max-batch`). Besides the four above: the fields of
+    ServeSettings (`workers`, `metrics_port`, ...), the keywords of `fetch_policy`, and
+    the other fields of WorkerSettings (`max_batch`, `feature_log`, `state_dir`, ...);
+    anything else is a TypeError. Left out: the bootstrap servers and registry from
+    `DMGUARD_BOOTSTRAP` / `DMGUARD_REGISTRY`, Kafka client extras from `DMGUARD_KAFKA_*`,
+    the rest from the dataclasses' defaults (`feature_log=None` logs no features,
+    `state_dir=None` keeps the crash-loop state in REGISTRY/worker-state)."""
+    fetch = {k: flags.pop(k) for k in _FETCH_FLAGS & flags.keys()}
+    serve = {k: flags.pop(k) for k in _SERVE_FIELDS & flags.keys()}
+    worker = WorkerSettings(
+        kafka=kafka_settings(bootstrap, client_extra=client_extra, group_id=group_id),
+        registry=registry or default_registry(),
+        fetch=fetch_policy(**fetch),
+        **flags,
+    )
+    return ServeSettings(worker=worker, **serve)
+
+
+_FETCH_FLAGS = set(inspect.signature(fetch_policy).parameters)
+_SERVE_FIELDS = {f.name for f in fields(ServeSettings)} - {"worker"}

@@ -1,9 +1,11 @@
-"""Kafka clients built from KafkaSettings, and topic creation."""
+"""Every Kafka client dmguard makes, built from KafkaSettings; topic creation;
+sending a batch of messages and reading a topic's values outside any group."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -12,6 +14,7 @@ from kafka.structs import TopicPartition
 
 from services.config import KafkaSettings, Topics
 from services.errors import BrokerError
+from services.poll import wait_until
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +93,12 @@ def ensure_topics(
 def _wait_for_metadata(
     admin: KafkaAdminClient, names: tuple[str, ...], timeout_s: float = 10.0
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if set(names) <= set(admin.list_topics()):
-            return
-        time.sleep(0.1)
-    raise BrokerError(f"topics {names} did not appear within {timeout_s}s")
+    wait_until(
+        lambda: set(names) <= set(admin.list_topics()),
+        timeout_s,
+        interval_s=0.1,
+        what=f"topics {', '.join(names)} to appear in the broker's metadata",
+    )
 
 
 def partition_count(kafka: KafkaSettings, topic: str) -> int:
@@ -116,3 +119,43 @@ def assign_all(consumer, topic: str, *, from_beginning: bool = True) -> list[Top
         consumer.assign(tps)
         (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*tps)
     return tps
+
+
+def produce(
+    kafka: KafkaSettings,
+    topic: str,
+    messages: Iterable[tuple[bytes | None, bytes | None]],
+    **overrides,
+) -> int:
+    """Send (key, value) messages to `topic`, wait until the broker has them all; returns
+    how many were sent. `overrides` are producer settings (see `make_producer`)."""
+    producer = make_producer(kafka, **overrides)
+    sent = 0
+    for key, value in messages:
+        producer.send(topic, value=value, key=key)
+        sent += 1
+    producer.flush()
+    producer.close()
+    return sent
+
+
+def read_values(
+    consumer: KafkaConsumer,
+    *,
+    max_records: int | None = None,
+    idle_timeout_s: float | None = None,
+    poll_ms: int = 200,
+) -> Iterator[bytes | None]:
+    """The values of an assigned consumer's records as they arrive, until `max_records`
+    have come or none has for `idle_timeout_s` (None: no limit)."""
+    seen, last = 0, time.monotonic()
+    while max_records is None or seen < max_records:
+        for messages in consumer.poll(timeout_ms=poll_ms).values():
+            for m in messages:
+                yield m.value
+                seen += 1
+                last = time.monotonic()
+                if max_records is not None and seen >= max_records:
+                    return
+        if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
+            return

@@ -14,7 +14,6 @@ import json
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import (
@@ -28,6 +27,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from services.errors import DEAD_LETTER_CODES
+from services.http import HttpServer, Response
 
 STAGES = ("fetch", "decode", "embed", "score", "produce")
 OUTCOMES = ("verdict", "dead_letter")
@@ -163,6 +163,15 @@ class DriverMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def records_counted(self) -> float:
+        """Input records finished so far, verdicts and dead letters together."""
+        return sum(
+            s.value
+            for family in self.records.collect()
+            for s in family.samples
+            if s.name == "dmguard_records_total"
+        )
+
     def _counter(self, name: str) -> PromCounter:
         return {
             "records": self.records,
@@ -194,45 +203,27 @@ class MetricsServer:
         port: int,
         status: Callable[[], Any] = dict,
     ) -> None:
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, outer.metrics.render(), CONTENT_TYPE_LATEST)
-                elif path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain")
-                elif path == "/readyz":
-                    ok, why = outer.ready()
-                    self._send(200 if ok else 503, (why + "\n").encode(), "text/plain")
-                elif path == "/status":
-                    self._send(200, json.dumps(outer.status()).encode(), "application/json")
-                else:
-                    self._send(404, b"not found\n", "text/plain")
-
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:  # scrapes every few seconds: keep logs quiet
-                pass
-
         self.metrics, self.ready, self.status = metrics, ready, status
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics-http", daemon=True
+        self._http = HttpServer(
+            {
+                "/metrics": lambda: (200, self.metrics.render(), CONTENT_TYPE_LATEST),
+                "/healthz": lambda: (200, b"ok\n", "text/plain"),
+                "/readyz": self._readyz,
+                "/status": lambda: (200, json.dumps(self.status()).encode(), "application/json"),
+            },
+            host=host,
+            port=port,
+            name="metrics-http",
         )
+        self.port = self._http.port
+
+    def _readyz(self) -> Response:
+        ok, why = self.ready()
+        return 200 if ok else 503, (why + "\n").encode(), "text/plain"
 
     def start(self) -> MetricsServer:
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._http.stop()

@@ -5,15 +5,12 @@ and by the end-to-end tests for the same purpose."""
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from kafka import KafkaConsumer
-from kafka.structs import TopicPartition
-
-from services.config import Topics
+from services.config import KafkaSettings, Topics
+from services.poll import WaitTimeout, wait_until
 
 
 @dataclass
@@ -26,10 +23,14 @@ class OutputReader:
     """Reads verdicts and dead letters from the beginning, incrementally."""
 
     def __init__(self, bootstrap: str, topics: Topics | None = None, **client) -> None:
+        """`client`: extra Kafka client settings (TLS, SASL), as in KafkaSettings.client_extra."""
+        from kafka.structs import TopicPartition
+
+        from services.kafka_io import make_consumer
+
         self.topics = topics = topics or Topics()
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, **client
-        )
+        kafka = KafkaSettings(bootstrap_servers=bootstrap, client_extra=client)
+        self.consumer = make_consumer(kafka, group=False)
         tps = [
             TopicPartition(t, p)
             for t in (topics.verdicts, topics.dead_letter)
@@ -65,15 +66,22 @@ def wait_accounted(
     timeout: float,
     on_progress: Callable[[Outputs], None] | None = None,
 ) -> Outputs:
-    """Read until every key in `expected` has a verdict or a dead letter, or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """Read until every key in `expected` has a verdict or a dead letter, or `timeout` passes;
+    returns all read either way (the caller compares)."""
+
+    def read() -> Outputs:
         out = reader.read()
-        seen = {output_key(r) for r in out.verdicts + out.dead_letters}
         if on_progress:
             on_progress(out)
-        if expected <= seen or time.monotonic() > deadline:
-            return out
+        return out
+
+    def accounted(out: Outputs) -> bool:
+        return expected <= {output_key(r) for r in out.verdicts + out.dead_letters}
+
+    try:
+        return wait_until(read, timeout, interval_s=0, done=accounted, what="every output")
+    except WaitTimeout as exc:
+        return exc.last
 
 
 def duplicates(out: Outputs) -> int:

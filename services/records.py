@@ -274,6 +274,18 @@ def best_effort_id(value: bytes | None) -> str | None:
     return None
 
 
+def message_key(value: bytes | str) -> bytes | None:
+    """The Kafka key a producer gives a record: its `id`, when the value is a JSON object
+    with a string id (so that one id always lands on one partition); else None."""
+    try:
+        obj = json.loads(value)
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            return obj["id"].encode()
+    except (ValueError, RecursionError):  # UnicodeDecodeError and UnicodeEncodeError too
+        pass
+    return None
+
+
 @dataclass(frozen=True)
 class LabelRecord:
     """A `dmguard.labels` value: ground truth for one image id."""

@@ -39,13 +39,6 @@ class EmbeddedSet:
     computed: int = 0  # images run through the encoder this time (0 when all were cached)
     T: np.ndarray | None = None  # (N, Dt) caption embeddings, zeros where there is no caption
 
-    def features(self, with_text: bool) -> np.ndarray:
-        """Transitional, for services/cli/train.py's `train` (drop once it calls this directly):
-        `training.head.head_input(self.X, self.T, uses_text=with_text)`."""
-        from training.head import head_input
-
-        return head_input(self.X, self.T, uses_text=with_text)
-
     @property
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.samples], dtype=np.int64)

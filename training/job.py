@@ -16,17 +16,12 @@ import numpy as np
 
 from training.errors import TrainingDataError
 from training.evaluate import evaluate, roc_auc, threshold_for_fpr
-from training.head import head_input, score  # noqa: F401 - head_input: see head_scores
+from training.head import score
 from training.registry import HeadMeta, Registry
 from training.split import split_indices
 from training.train import TrainConfig, fit_head
 
 log = logging.getLogger(__name__)
-
-# Transitional: services/cli/train.py's `eval` imports `head_input` and `head_scores` from
-# here. They are training.head's `head_input` and `score`, not copies; drop this line and
-# the head_input import once it imports those two from training.head.
-head_scores = score
 
 
 def decide_promotion(

@@ -8,16 +8,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
-from kafka import KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.broker import free_port
-from services.config import Topics
+from services.config import KafkaSettings, Topics
+from services.kafka_io import produce as send_messages
 from services.outputs import OutputReader, Outputs, duplicates, output_key, wait_accounted  # noqa: F401
+from services.poll import WaitTimeout, wait_until
+from services.records import message_key
 
 TOPICS = Topics()
 
@@ -54,17 +55,18 @@ class Service:
             return exc.code, exc.read()
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.tail()}")
             try:
-                if self.get("/readyz")[0] == 200:
-                    return
+                return self.get("/readyz")[0] == 200
             except OSError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"serve not ready in {timeout}s:\n{self.tail()}")
+                return False
+
+        try:
+            wait_until(ready, timeout, what="serve to be ready")
+        except WaitTimeout:
+            raise AssertionError(f"serve not ready in {timeout}s:\n{self.tail()}") from None
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
         """{(sample name, sorted label items): value} from /metrics."""
@@ -97,18 +99,6 @@ class Service:
 
 
 def produce(bootstrap: str, values: list[bytes], topic: str = TOPICS.images) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    for v in values:
-        key = None
-        try:
-            obj = json.loads(v)
-            key = (
-                obj["id"].encode()
-                if isinstance(obj, dict) and isinstance(obj.get("id"), str)
-                else None
-            )
-        except (ValueError, UnicodeDecodeError):
-            pass
-        producer.send(topic, value=v, key=key)
-    producer.flush()
-    producer.close()
+    """Send `values`, each keyed by its id where it has one, as `dmguard produce` does."""
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    send_messages(kafka, topic, [(message_key(v), v) for v in values])

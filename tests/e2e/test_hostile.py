@@ -7,13 +7,21 @@ partition. Each of these records once stopped its partition or hung a fetch."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-from kafka import KafkaProducer
 
+from services.config import KafkaSettings
+from services.kafka_io import make_producer
+from services.poll import WaitTimeout, wait_until
 from services.records import MAX_DEAD_LETTER_RECORD_BYTES
-from tests.e2e.harness import OutputReader, Service, duplicates, output_key, wait_accounted
+from tests.e2e.harness import (
+    TOPICS,
+    OutputReader,
+    Service,
+    duplicates,
+    output_key,
+    wait_accounted,
+)
 from tests.images import encode, jpeg, photo
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
@@ -65,23 +73,20 @@ def hostile_records(server) -> tuple[list[bytes | None], dict[str, str]]:
 
 
 def produce_raw(bootstrap: str, values: list[bytes | None], partition: int | None = None) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=2 << 20)
+    producer = make_producer(KafkaSettings(bootstrap_servers=bootstrap), max_request_size=2 << 20)
     for i, v in enumerate(values):
         p = partition if partition is not None else i % PARTITIONS
         key = b"tombstone" if v is None else None  # Kafka needs a key or a value
-        producer.send("dmguard.images", key=key, value=v, partition=p)
+        producer.send(TOPICS.images, key=key, value=v, partition=p)
     producer.flush()
     producer.close()
 
 
 def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    try:
+        return wait_until(predicate, timeout, what=what)
+    except WaitTimeout as exc:
+        raise AssertionError(f"timed out waiting for {what}") from exc
 
 
 def test_hostile_records_get_one_output_each_and_the_workers_survive(

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-import services.cli as cli
 from services.broker import EmbeddedBroker, free_port, kafka_answers
-from services.cli import _produce_lines, build_parser, main
+from services.cli import build_parser, heads, main
+from services.cli.stream_io import messages_from_lines
 from tests.conftest import ONNX_WEIGHTS, TINY
 from tests.images import encode, jpeg, photo
 
@@ -34,7 +34,7 @@ def test_every_command_has_help(command):
 
 def test_produce_turns_bare_urls_into_records_and_passes_json_through():
     lines = ["http://a/x.jpg\n", "\n", '{"id": "k", "url": "http://b"}\n', "{broken\n"]
-    out = _produce_lines(lines, "t")
+    out = messages_from_lines(lines)
     assert len(out) == 3
     key, value = out[0]
     rec = json.loads(value)
@@ -202,7 +202,7 @@ def test_ctrl_c_exits_130_without_a_traceback(capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "cmd_models", interrupted)
+    monkeypatch.setattr(heads, "run_models", interrupted)
     code, _, err = run_main(capsys, "models")
     assert code == 130
     assert assert_one_line(code, err, "models") == "dmguard models: interrupted"
@@ -212,7 +212,7 @@ def test_a_bug_shows_its_traceback_and_how_to_report_it(capsys, monkeypatch):
     def broken(args):
         return {}["missing"]
 
-    monkeypatch.setattr(cli, "cmd_models", broken)
+    monkeypatch.setattr(heads, "run_models", broken)
     code, _, err = run_main(capsys, "models")
     assert code == 1
     assert "Traceback" in err and "KeyError" in err

@@ -138,3 +138,27 @@ def test_repr_of_kafka_settings_hides_secrets():
     assert "123456" not in text and "pem-pass" not in text
     assert "SASL_SSL" in text and "svc-dmguard" in text
     assert text.count("***") == 2
+
+
+def test_serve_settings_from_flags_and_the_environment(monkeypatch):
+    monkeypatch.setenv("DMGUARD_BOOTSTRAP", "kafka:9093")
+    monkeypatch.setenv("DMGUARD_REGISTRY", "/models")
+    monkeypatch.setenv("DMGUARD_KAFKA_SECURITY_PROTOCOL", "SSL")
+    s = config.serve_settings(workers=3, max_batch=8, allow_network=["127.0.0.1/32"],
+                              fetch_timeout=2.0, feature_log="/log")  # fmt: skip
+    assert s.workers == 3 and s.worker.max_batch == 8 and s.worker.feature_log == "/log"
+    assert s.worker.registry == "/models" and s.worker.state_dir is None
+    assert s.worker.kafka.bootstrap_servers == "kafka:9093"
+    assert s.worker.kafka.client_extra == {"security_protocol": "SSL"}
+    fetch = s.worker.fetch
+    assert fetch.allowed_networks == ("127.0.0.1/32",) and not fetch.allow_private
+    assert fetch.total_timeout_s == 2.0 and fetch.connect_timeout_s == 2.0
+    # an embedded broker: given bootstrap servers, no client extras from the environment
+    local = config.serve_settings(bootstrap="127.0.0.1:1", client_extra={}, registry="r")
+    assert local.worker.kafka.bootstrap_servers == "127.0.0.1:1"
+    assert local.worker.kafka.client_extra == {} and local.worker.registry == "r"
+    assert local == config.ServeSettings(
+        worker=config.WorkerSettings(
+            kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"), registry="r"
+        )
+    )

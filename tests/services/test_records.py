@@ -116,7 +116,7 @@ def test_parser_on_json_objects_returns_a_record_or_bad_record(obj):
     verdict = Verdict.build(
         rec, score=0.5, threshold=0.5, encoder="e", head_version="v1", record_ts_ms=None
     )
-    assert strict_json(verdict.to_bytes())["meta"] == obj.get("meta")
+    assert strict_json(verdict.to_bytes()).get("meta") == obj.get("meta")  # "meta"?: optional
 
 
 def strict_json(value: bytes) -> dict:
@@ -222,3 +222,19 @@ def test_label_records(raw, label):
     assert LabelRecord.from_bytes(json.dumps({"id": "a", "label": raw}).encode()).label == label
     with pytest.raises(RecordError):
         LabelRecord.from_bytes(b'{"id": "a", "label": "maybe"}')
+
+
+def test_message_key_is_the_id_of_a_json_object_else_none():
+    from services.records import message_key
+
+    assert message_key(b'{"id": "a1", "url": "u"}') == b"a1"
+    assert message_key('{"id": "a1"}') == b"a1"
+    for value in (
+        b"{not json",
+        b'["id"]',
+        b'{"id": 7}',
+        b"\xff\xfe",
+        '{"id": "\\ud800"}',
+        b"[" * 100_000,
+    ):
+        assert message_key(value) is None

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.serve import Readiness, _head_to_start_with
+from services.cli.serve import Readiness, head_to_start_with
 from tests.conftest import TINY
 from training.detector import register_untrained_head
 from training.errors import RegistryError
@@ -12,14 +12,14 @@ from training.registry import Registry
 def test_a_corrupt_current_starts_with_the_newest_promoted_head_that_loads(tiny_registry):
     v2 = register_untrained_head(tiny_registry, TINY, seed=2)
     (tiny_registry.root / "CURRENT").write_bytes(b"\xff garbage")
-    assert _head_to_start_with(tiny_registry).version == v2.version
+    assert head_to_start_with(tiny_registry).version == v2.version
     (tiny_registry.heads / v2.version / "head.pt").write_bytes(b"")
-    assert _head_to_start_with(tiny_registry).version == "v1"
+    assert head_to_start_with(tiny_registry).version == "v1"
 
 
 def test_no_head_at_all_refuses_to_start_and_says_how_to_get_one(tmp_path):
     with pytest.raises(RegistryError, match="dmguard train"):
-        _head_to_start_with(Registry(tmp_path / "empty"))
+        head_to_start_with(Registry(tmp_path / "empty"))
 
 
 def test_readyz_names_each_reason():

