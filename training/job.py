@@ -1,8 +1,8 @@
 """Train-evaluate-register-promote: what `dmguard train` and `retrain` run.
 
-A new head is promoted only when its held-out AUC is not worse than the
-current head's on the *same* held-out embeddings (within `tolerance`); the
-decision and both figures go into the new version's meta.json either way.
+Split, train with Ray Train, evaluate on the held-out side, register the new
+version, and promote it when `training.promotion` says so; the decision and
+both figures go into the new version's meta.json either way.
 """
 
 from __future__ import annotations
@@ -15,44 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from training.errors import TrainingDataError
-from training.evaluate import evaluate, roc_auc, threshold_for_fpr
+from training.evaluate import evaluate, threshold_for_fpr
 from training.head import score
+from training.promotion import decide_promotion
 from training.registry import HeadMeta, Registry
 from training.split import split_indices
 from training.train import TrainConfig, fit_head
 
 log = logging.getLogger(__name__)
-
-
-def decide_promotion(
-    registry: Registry,
-    new_auc: float,
-    encoder: str,
-    X_val: np.ndarray,
-    y_val: np.ndarray,
-    tolerance: float,
-) -> dict:
-    """Compare with the current head on the same held-out set."""
-    current = registry.current()
-    decision = {
-        "tolerance": tolerance,
-        "new_auc": new_auc,
-        "current_version": current,
-        "current_auc": None,
-    }
-    if current is None:
-        return {**decision, "promoted": True, "reason": "no current head"}
-    head, meta = registry.load(current)
-    if meta.encoder != encoder or meta.input_dim != X_val.shape[1]:
-        return {
-            **decision,
-            "promoted": True,
-            "reason": f"current head uses another encoder ({meta.encoder})",
-        }
-    current_auc = roc_auc(y_val, score(head, X_val))
-    promoted = new_auc >= current_auc - tolerance
-    reason = "not worse than current" if promoted else "worse than current"
-    return {**decision, "current_auc": current_auc, "promoted": promoted, "reason": reason}
 
 
 def train_register(

@@ -12,7 +12,7 @@ from tests.images import encode, generated_like, real_like
 from training.data import load_samples
 from training.embeddings import embed_samples
 from training.head import HeadConfig, MLPHead
-from training.job import decide_promotion
+from training.promotion import decide_promotion
 from training.registry import Registry
 
 
