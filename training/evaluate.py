@@ -28,14 +28,21 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the precision-recall curve as the mean precision at each positive."""
+    """Area under the precision-recall curve, as sum over thresholds of
+    (recall step) x precision. Tied scores form one threshold, so the result
+    does not depend on the order of the rows (the same definition as
+    scikit-learn's `average_precision_score`)."""
     labels = np.asarray(labels).astype(bool)
     if labels.sum() == 0:
         return float("nan")
-    order = np.argsort(-np.asarray(scores), kind="mergesort")
-    hits = labels[order]
-    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision_at[hits].mean())
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="mergesort")
+    hits, ranked = labels[order], scores[order]
+    last_of_tie = np.r_[ranked[1:] != ranked[:-1], True]  # the end of each group of equal scores
+    tp = np.cumsum(hits)[last_of_tie]
+    seen = np.flatnonzero(last_of_tie) + 1
+    recall_step = np.diff(np.r_[0, tp]) / labels.sum()
+    return float(np.sum(recall_step * tp / seen))
 
 
 def threshold_for_fpr(labels: np.ndarray, scores: np.ndarray, target_fpr: float) -> float:

@@ -39,7 +39,11 @@ def parse_perturbations(spec: str) -> dict[str, Callable[[bytes], bytes]]:
         kind, _, value = item.partition(":")
         if kind not in KINDS or not value:
             raise ConfigError(f"perturbation {item!r}: use jpeg:Q, resize:F or blur:R")
-        change = KINDS[kind](float(value))
+        try:
+            amount = float(value)
+        except ValueError:
+            raise ConfigError(f"perturbation {item!r}: {value!r} is not a number") from None
+        change = KINDS[kind](amount)
 
         def apply(data: bytes, change=change) -> bytes:
             img = Image.open(io.BytesIO(data)).convert("RGB")

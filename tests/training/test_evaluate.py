@@ -64,3 +64,120 @@ def test_float32_scores_respect_a_threshold_one_ulp_above_a_negative():
     s = np.array([0.7, 0.3, 0.9], dtype=np.float32)
     t = threshold_for_fpr(y, s, 0.0)
     assert evaluate(y, s, t)["fpr_at_threshold"] == 0.0
+
+
+# ---------------------------------------- every field against an independent computation
+def overlapping(seed: int, n_pos: int = 300, n_neg: int = 300):
+    """Two overlapping Gaussians squashed into (0, 1), with ties; scores never sit on an
+    ECE bin edge (k/15), so bin membership is unambiguous."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n_pos), np.zeros(n_neg)].astype(np.int64)
+    logits = np.r_[rng.normal(0.8, 1.0, n_pos), rng.normal(0.0, 1.0, n_neg)]
+    s = np.clip(np.round(1 / (1 + np.exp(-logits)), 2) + 0.003, 0.003, 0.993)
+    perm = rng.permutation(len(y))
+    return y[perm], s[perm]
+
+
+def reference_tpr_at_fpr(y, s, target: float) -> float:
+    """The highest TPR of any ROC point (score >= t) whose FPR is <= target."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return float(tpr[fpr <= target + 1e-12].max())
+
+
+def reference_ece(y, s, bins: int = 15) -> float:
+    total = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        in_bin = (s >= lo) & ((s < hi) if b < bins - 1 else (s <= 1.0))
+        if in_bin.any():
+            total += in_bin.sum() / len(s) * abs(s[in_bin].mean() - y[in_bin].mean())
+    return total
+
+
+def reference_metrics(y, s, threshold: float) -> dict:
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y, s = np.asarray(y), np.asarray(s, np.float64)
+    both = 0 < y.sum() < len(y)
+    if both:
+        tpr1, tpr5 = reference_tpr_at_fpr(y, s, 0.01), reference_tpr_at_fpr(y, s, 0.05)
+    elif y.any():  # no negatives: evaluate falls back to a 0.5 threshold (threshold_for_fpr)
+        tpr1 = tpr5 = float(np.mean(s >= 0.5))
+    else:
+        tpr1 = tpr5 = None
+    return {
+        "n_generated": int(y.sum()),
+        "n_real": int((1 - y).sum()),
+        "auc": float(roc_auc_score(y, s)) if both else None,
+        "ap": float(average_precision_score(y, s)) if both else (1.0 if y.any() else None),
+        "accuracy": float(np.mean((s >= threshold).astype(int) == y)),
+        "tpr_at_1fpr": tpr1,
+        "tpr_at_5fpr": tpr5,
+        "fpr_at_threshold": float(np.mean(s[y == 0] >= threshold)) if (y == 0).any() else None,
+        "ece": reference_ece(y, s),
+    }
+
+
+def assert_matches(out: dict, ref: dict, tolerance: dict | None = None) -> None:
+    for key, want in ref.items():
+        if want is None:
+            assert out[key] is None, key
+        else:
+            assert out[key] == pytest.approx(want, abs=(tolerance or {}).get(key, 1e-9)), key
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_field_matches_an_independent_computation_on_overlapping_scores(seed):
+    y, s = overlapping(seed)
+    auc = roc_auc(y, s)
+    assert 0.6 < auc < 0.85  # really overlapping: AUC 1.0 would check nothing
+    ref = reference_metrics(y, s, 0.55)
+    # the rates at 1% and 5% FPR differ here, so a swapped or wrong target shows
+    assert 0 < ref["tpr_at_1fpr"] < ref["tpr_at_5fpr"] < 1
+    assert 0.01 < ref["ece"] and 0 < ref["accuracy"] < 1
+    out = evaluate(y, s, 0.55)
+    assert_matches(out, ref)
+    assert out["threshold"] == 0.55
+
+
+def test_average_precision_matches_scikit_learn_without_ties():
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(5)
+    y = np.r_[np.ones(200), np.zeros(300)].astype(np.int64)
+    logits = np.r_[rng.normal(0.7, 1, 200), rng.normal(0, 1, 300)]
+    s = 1 / (1 + np.exp(-logits))  # continuous: no ties
+    assert len(np.unique(s)) == len(s)
+    out = evaluate(y, s, 0.5)
+    assert 0.5 < out["ap"] < 0.95
+    assert out["ap"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    assert_matches(out, reference_metrics(y, s, 0.5))  # exact AP too, without ties
+
+
+def test_average_precision_with_ties_does_not_depend_on_row_order():
+    from sklearn.metrics import average_precision_score
+
+    y = np.array([0, 1, 0, 1, 1, 0])
+    s = np.array([0.5, 0.5, 0.9, 0.2, 0.5, 0.1])
+    ref = average_precision_score(y, s)
+    flipped = np.r_[[1, 0], [2, 3, 4, 5]]  # swap the first tied pair
+    assert average_precision(y, s) == pytest.approx(ref)
+    assert average_precision(y[flipped], s[flipped]) == pytest.approx(ref)
+
+
+def test_per_source_metrics_match_an_independent_computation():
+    y, s = overlapping(11, n_pos=240, n_neg=240)
+    rng = np.random.default_rng(3)
+    sources = np.array(["cam", "gen", "mixed"])[rng.integers(0, 3, len(y))]
+    sources[(sources != "mixed") & (y == 1)] = "gen"  # cam: real only, gen: generated only
+    sources[(sources == "gen") & (y == 0)] = "cam"
+    out = evaluate(y, s, 0.45, sources=sources.tolist())
+    assert set(out["per_source"]) == {"cam", "gen", "mixed"}
+    assert_matches(out, reference_metrics(y, s, 0.45))
+    for name, got in out["per_source"].items():
+        mask = sources == name
+        assert_matches(got, reference_metrics(y[mask], s[mask], 0.45))
+    assert out["per_source"]["cam"]["auc"] is None and out["per_source"]["gen"]["n_real"] == 0
+    assert out["per_source"]["mixed"]["auc"] is not None

@@ -59,3 +59,58 @@ def test_read_labels_last_one_wins_and_bad_ones_counted(broker):
     producer.flush()
     labels, bad = read_labels(kafka, "dmguard.labels")
     assert labels == {"a": 1, "b": 1} and bad == 1
+
+
+def test_a_pyarrow_uri_root_works_like_a_folder(tmp_path):
+    root = (tmp_path / "uri-log").as_uri()  # file:///...: pyarrow's filesystem from the URI
+    assert root.startswith("file://")
+    w = FeatureLogWriter(root, "7", roll_rows=2, roll_s=3600)
+    w.append(["a", "b", "c"], ["u"] * 3, "enc", np.eye(3, dtype=np.float32), np.zeros(3), "v1")
+    parts = list((tmp_path / "uri-log" / "worker=7").glob("part-*.parquet"))
+    assert len(parts) == 1  # written on the local disk the URI names
+    assert sorted(read_feature_log(root).column("id").to_pylist()) == ["a", "b", "c"]
+    assert sorted(read_feature_log(str(tmp_path / "uri-log")).column("id").to_pylist()) == [
+        "a", "b", "c",
+    ]  # fmt: skip
+    assert len(read_feature_log((tmp_path / "nothing-here").as_uri())) == 0
+
+
+class FakeClock:
+    """Stands in for the `time` module inside training.feature_log."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def time(self):
+        return 1_700_000_000.0 + self.now
+
+
+def test_rows_are_flushed_once_the_interval_has_passed_not_before(tmp_path, monkeypatch):
+    import training.feature_log as feature_log
+
+    clock = FakeClock()
+    monkeypatch.setattr(feature_log, "time", clock)
+    root = str(tmp_path / "log")
+    w = FeatureLogWriter(root, "0", roll_rows=1000, roll_s=10.0)
+    emb = np.ones((1, 2), np.float32)
+    w.append(["a"], ["u"], "enc", emb, np.zeros(1), "v1")
+    clock.now += 9.5
+    w.append(["b"], ["u"], "enc", emb, np.zeros(1), "v1")
+    w.flush_if_due()
+    assert len(read_feature_log(root)) == 0  # 9.5 s < 10 s: still buffered
+    clock.now += 0.5
+    w.flush_if_due()  # the loop's call, without a new row
+    assert sorted(read_feature_log(root).column("id").to_pylist()) == ["a", "b"]
+    # the interval restarts at the flush
+    clock.now += 5
+    w.append(["c"], ["u"], "enc", emb, np.zeros(1), "v1")
+    assert len(read_feature_log(root)) == 2  # 5 s after the last flush
+    clock.now += 5
+    w.append(["d"], ["u"], "enc", emb, np.zeros(1), "v1")
+    assert len(read_feature_log(root)) == 4
+    clock.now += 60
+    w.flush_if_due()  # an empty buffer writes nothing
+    assert len(list((tmp_path / "log" / "worker=0").glob("part-*.parquet"))) == 2

@@ -300,3 +300,33 @@ def test_forty_labels_on_a_24_image_head_really_train(tmp_path):
     assert result["trained"] is True, result
     assert result["base"] == 24 and result["version"] == "v2"
     assert registry.meta("v2").trained_on["stratified_sources"] == ["feedback"]
+
+
+# ------------------------------------------- labels the current head already learnt from
+def test_labels_the_current_head_was_trained_on_are_not_new(tmp_path, monkeypatch):
+    fit = StandInFit()
+    monkeypatch.setattr(training.job, "fit_head", fit)
+    registry = make_registry(tmp_path / "registry")
+    labels = labels_of(20, 20)
+    log_features(tmp_path / "feature-log", labels)
+    s = settings(tmp_path, tolerance=1.0)  # v2 is promoted whatever its AUC
+    first = retrain_once(s, labels=(labels, 0))
+    assert first["trained"] is True and first["version"] == "v2" and first["new"] == 40
+    assert registry.current() == "v2"
+    # the same labels again: v2 learnt from every one of them
+    monkeypatch.setattr(training.job, "fit_head", no_training)
+    again = retrain_once(s, labels=(labels, 0))
+    assert again["trained"] is False and again["new"] == 0 and again["labelled_features"] == 40
+    assert again["reason"] == "0 new labelled features < 1"
+    # one more label: new to v2, so a round trains again (on all 41)
+    more = {**labels, "g_extra": 1}
+    log_features(tmp_path / "feature-log", {"g_extra": 1}, seed=5)
+    monkeypatch.setattr(training.job, "fit_head", fit)
+    third = retrain_once(s, labels=(more, 0))
+    assert third["trained"] is True and third["new"] == 1 and third["version"] == "v3"
+    assert len(fit.calls) == 2 and sum(map(len, fit.calls[1])) == 41
+    # but not enough new ones when more are asked for
+    refused = retrain_once(
+        settings(tmp_path, tolerance=1.0, min_new_labels=2), labels=({**more, "r_extra": 0}, 0)
+    )
+    assert refused["trained"] is False and refused["new"] == 0  # r_extra was never logged

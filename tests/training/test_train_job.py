@@ -1,3 +1,4 @@
+import copy
 import json
 import subprocess
 import sys
@@ -110,3 +111,103 @@ def test_train_with_ray_train_registers_and_eval_reports_every_field(tmp_path, r
     assert metrics["n_generated"] == 24 and metrics["n_real"] == 24
     assert set(metrics["per_source"]) == {"cam1", "cam2", "gen1", "gen2"}
     assert set(metrics["perturbations"]) == {"jpeg:75", "resize:0.5"}
+
+
+# ------------------------------------------------------------------ early stopping
+def small_problem(seed: int = 0, n: int = 64, dim: int = 8):
+    rng = np.random.default_rng(seed)
+    y = (np.arange(n) % 2).astype(np.int64)
+    X = rng.normal(0, 1, (n, dim)).astype(np.float32)
+    X[:, 0] += y * 1.5
+    return X, y
+
+
+def scripted_auc(values):
+    """An `agree` hook that replaces epoch k's held-out AUC by values[k]."""
+    played = iter(values)
+    return lambda auc: next(played)
+
+
+@pytest.mark.parametrize(
+    ("aucs", "patience", "best_epoch"),
+    [
+        ([0.6, 0.7, 0.65, 0.7, 0.69] + [0.5] * 20, 3, 1),  # equal to the best is no gain
+        ([0.6, 0.7, 0.65, 0.8, 0.79, 0.8, 0.5] + [0.5] * 20, 3, 3),  # a late gain resets it
+        ([0.9] + [0.5] * 20, 1, 0),
+        ([0.5, 0.6, 0.7, 0.7 + 5e-7, 0.7, 0.7, 0.99] + [0.5] * 20, 3, 2),  # <= 1e-6 is no gain
+    ],
+)
+def test_training_stops_exactly_patience_epochs_after_the_best(aucs, patience, best_epoch):
+    from training.train import TrainConfig, fit_epochs
+
+    X, y = small_problem()
+    cfg = TrainConfig(epochs=20, patience=patience, batch_size=16, rho=0.0)
+    states = {}
+
+    def on_epoch(record, state):
+        states[record["epoch"]] = copy.deepcopy(state()["head"])
+
+    head, history = fit_epochs(X, y, X, y, cfg, agree=scripted_auc(aucs), on_epoch=on_epoch)
+    assert [r["epoch"] for r in history] == list(range(best_epoch + patience + 1))
+    assert [r["val_auc"] for r in history] == aucs[: best_epoch + patience + 1]
+    # and the head returned is the best epoch's, not the last one's
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, states[best_epoch][key]), key
+
+
+def test_training_that_keeps_improving_runs_every_epoch():
+    from training.train import TrainConfig, fit_epochs
+
+    X, y = small_problem()
+    cfg = TrainConfig(epochs=7, patience=1, batch_size=16, rho=0.0)
+    aucs = [0.5 + 0.01 * k for k in range(7)]
+    head, history = fit_epochs(X, y, X, y, cfg, agree=scripted_auc(aucs))
+    assert [r["epoch"] for r in history] == list(range(7))
+
+
+def test_a_held_out_side_with_nothing_to_learn_stops_after_patience_epochs():
+    """No scripted AUC: held-out images that are all the same score the same, so their
+    AUC is 0.5 every epoch and never improves on the first."""
+    from training.train import TrainConfig, fit_epochs
+
+    X, y = small_problem()
+    X_val = np.repeat(X[:1], 20, axis=0)
+    y_val = (np.arange(20) % 2).astype(np.int64)
+    cfg = TrainConfig(epochs=15, patience=2, batch_size=16, rho=0.0)
+    _, history = fit_epochs(X, y, X_val, y_val, cfg)
+    assert [r["val_auc"] for r in history] == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_ray_train_stops_early_too(tmp_path):
+    from training.train import TrainConfig, fit_head
+
+    X, y = small_problem()
+    X_val = np.repeat(X[:1], 20, axis=0)
+    y_val = (np.arange(20) % 2).astype(np.int64)
+    cfg = TrainConfig(epochs=12, patience=2, batch_size=16, workers=2, rho=0.0)
+    _, history = fit_head(X, y, X_val, y_val, cfg, storage=tmp_path / "ray")
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+
+
+# ------------------------------------------------------- split determinism for --seed
+@pytest.mark.parametrize("by_source", [True, False])
+def test_the_split_is_a_function_of_the_seed(by_source):
+    from training.split import split_indices
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 120)
+    if by_source:
+        sources = [f"{'gen' if y else 'cam'}{rng.integers(0, 6)}" for y in labels]
+    else:
+        sources = ["gen" if y else "cam" for y in labels]  # one source per class: stratified
+    splits = {}
+    for seed in range(30):
+        train, val, how = split_indices(labels, sources, seed=seed)
+        assert how == ("by_source" if by_source else "stratified")
+        again = split_indices(labels, sources, seed=seed)
+        assert np.array_equal(train, again[0]) and np.array_equal(val, again[1])
+        splits[seed] = tuple(val.tolist())
+    # different seeds give different splits: not one fixed split for every seed
+    assert len(set(splits.values())) >= (10 if by_source else 29)
