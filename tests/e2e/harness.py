@@ -21,6 +21,7 @@ from services.poll import WaitTimeout, wait_until
 from services.records import message_key
 
 TOPICS = Topics()
+MAX_BYTES = 2_000_000  # --max-bytes of the services that get the too-large images
 
 
 class Service:
@@ -102,3 +103,26 @@ def produce(bootstrap: str, values: list[bytes], topic: str = TOPICS.images) -> 
     """Send `values`, each keyed by its id where it has one, as `dmguard produce` does."""
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
     send_messages(kafka, topic, [(message_key(v), v) for v in values])
+
+
+def only(out: Outputs, keys: set[str]) -> Outputs:
+    """The outputs whose key (`output_key`) is in `keys`: one test's records on a shared topic."""
+    return Outputs(
+        [v for v in out.verdicts if output_key(v) in keys],
+        [d for d in out.dead_letters if output_key(d) in keys],
+    )
+
+
+def read_verdicts(
+    reader: OutputReader, n: int, timeout: float, keys: set[str] | None = None
+) -> Outputs:
+    """Read until at least `n` verdicts (of `keys`, when given) are in; WaitTimeout after `timeout`."""
+
+    def count(out: Outputs) -> int:
+        return len(only(out, keys).verdicts if keys is not None else out.verdicts)
+
+    # A short idle window: read() returns at the first quiet 50 ms, so the count is checked often.
+    return wait_until(
+        lambda: reader.read(idle_s=0.05), timeout, interval_s=0, what=f"{n} verdicts",
+        done=lambda out: count(out) >= n,
+    )  # fmt: skip
