@@ -3,6 +3,7 @@ a registry with a tiny random-init head."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,26 @@ EVAL_FIELDS = (
     "ece",
 )
 ONNX_WEIGHTS = Path(__file__).resolve().parents[1] / ".cache" / "models" / "clip-vit-b16-int8.onnx"
+
+
+def require_onnx_weights() -> Path:
+    """ONNX_WEIGHTS, for a test that needs the offline CLIP weights.
+
+    `make test` fetches them first (`make models`), so under CI (the CI environment
+    variable set, as CI services do) a missing file fails the test rather than
+    letting it skip quietly; elsewhere the test is skipped, saying how to fetch them."""
+    if ONNX_WEIGHTS.is_file():
+        return ONNX_WEIGHTS
+    message = f"offline CLIP weights missing at {ONNX_WEIGHTS}: run `make models`"
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"{message} (CI is set: a missing weights file is a failure, not a skip)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def onnx_weights() -> Path:
+    """The offline CLIP weights (see require_onnx_weights: fails under CI when missing)."""
+    return require_onnx_weights()
 
 
 class ImageServer:

@@ -8,15 +8,15 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tests.conftest import ONNX_WEIGHTS
+from services.cli import demo
+from services.outputs import Outputs
 from tests.images import encode, generated_like, real_like
 from training.demo_data import RawImage, build_demo_set
 from training.registry import Registry
-
-pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray, pytest.mark.weights]
 
 
 def _small_set() -> list[RawImage]:
@@ -28,10 +28,11 @@ def _small_set() -> list[RawImage]:
     return items
 
 
-@pytest.mark.skipif(
-    not ONNX_WEIGHTS.exists(), reason="offline CLIP weights not fetched (make models)"
-)
-def test_demo_runs_to_its_summary_and_leaves_a_head(tmp_path):
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.ray
+@pytest.mark.weights
+def test_demo_runs_to_its_summary_and_leaves_a_head(tmp_path, onnx_weights):
     data = tmp_path / "set"
     summary = build_demo_set(_small_set(), data, seed=0)
     held = summary["heldout"]["real"] + summary["heldout"]["generated"]
@@ -68,3 +69,52 @@ def test_demo_runs_to_its_summary_and_leaves_a_head(tmp_path):
     assert json.loads((registry.heads / "v1" / "meta.json").read_text())["encoder"].startswith(
         "onnx:"
     )
+
+
+# ------------------------------------------------ the exit code when a record is lost
+class _Reader:
+    """Stands in for OutputReader: the outputs the workers wrote, all at once."""
+
+    def __init__(self, out: Outputs) -> None:
+        self.out, self.reads = out, 0
+
+    def read(self, idle_s: float = 0.5) -> Outputs:
+        self.reads += 1
+        return self.out
+
+
+def _streamed(monkeypatch, out: Outputs, keys: list[str]) -> demo.StreamResult:
+    """demo.stream on records with `keys` (the produce call faked), reading `out`."""
+    import services.kafka_io
+
+    sent = []
+    monkeypatch.setattr(services.kafka_io, "produce", lambda kafka, topic, msgs: sent.extend(msgs))
+    records = [(key, json.dumps({"id": key, "url": "http://h/x.jpg"}).encode()) for key in keys]
+    t0 = time.monotonic()
+    result = demo.stream(None, _Reader(out), records, timeout_s=1.0)
+    assert time.monotonic() - t0 < 10  # gave up at its deadline
+    assert [value for _, value in sent] == [value for _, value in records]
+    return result
+
+
+def test_a_lost_record_makes_the_demo_exit_1_naming_it(monkeypatch, capsys):
+    keys = ["held-0", "held-1", "held-2", "raw:{not json"]
+    out = Outputs(
+        verdicts=[{"id": "held-0", "score": 0.1}, {"id": "held-2", "score": 0.9},
+                  {"id": "other-stream", "score": 0.5}],
+        dead_letters=[{"record": "{not json", "error": {"code": "bad_record"}}],
+    )  # fmt: skip
+    result = _streamed(monkeypatch, out, keys)
+    assert result.lost == {"held-1"}  # the dead letter without an id counts, by its record
+    assert result.sent == 4 and len(result.outputs.verdicts) == 2  # not the other stream's
+
+    assert demo._lost(result) == 1
+    err = capsys.readouterr().err
+    assert "1 records were neither judged nor dead-lettered" in err and "'held-1'" in err
+    assert "held-0" not in err and "held-2" not in err
+
+
+def test_nothing_lost_when_every_record_has_an_output(monkeypatch):
+    out = Outputs(verdicts=[{"id": "held-0"}], dead_letters=[{"id": "bad-404"}])
+    result = _streamed(monkeypatch, out, ["held-0", "bad-404"])
+    assert result.lost == set()

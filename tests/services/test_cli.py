@@ -12,7 +12,8 @@ import torch
 from services.broker import EmbeddedBroker, free_port, kafka_answers
 from services.cli import build_parser, heads, main
 from services.cli.stream_io import messages_from_lines
-from tests.conftest import ONNX_WEIGHTS, TINY
+from services.poll import wait_until
+from tests.conftest import TINY
 from tests.images import encode, jpeg, photo
 
 COMMANDS = ["broker", "topics", "serve", "produce", "tail", "score", "init-head", "models",
@@ -54,8 +55,9 @@ def test_broker_command_prints_ready_and_stops_on_sigterm():
         assert kafka_answers(f"127.0.0.1:{port}")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
-        time.sleep(0.5)
-        assert not kafka_answers(f"127.0.0.1:{port}", timeout_s=1)  # the Tansu child went too
+        # the Tansu child went too: within a deadline, not after a guessed pause
+        wait_until(lambda: not kafka_answers(f"127.0.0.1:{port}", timeout_s=1), 15,
+                   interval_s=0.2, what="the broker's Tansu child to stop answering")  # fmt: skip
     finally:
         proc.kill()
 
@@ -104,20 +106,17 @@ def test_score_files_with_a_registered_head(tmp_path):
 
 
 @pytest.mark.weights
-@pytest.mark.skipif(
-    not ONNX_WEIGHTS.exists(), reason="offline CLIP weights not fetched (make models)"
-)
-def test_score_with_the_real_clip_weights(tmp_path):
+def test_score_with_the_real_clip_weights(tmp_path, onnx_weights):
     reg = tmp_path / "reg"
     assert (
-        dmguard("init-head", "--registry", str(reg), "--encoder", f"onnx:{ONNX_WEIGHTS}").returncode
+        dmguard("init-head", "--registry", str(reg), "--encoder", f"onnx:{onnx_weights}").returncode
         == 0
     )
     (tmp_path / "a.jpg").write_bytes(jpeg(640, 480))
     done = dmguard("score", "--registry", str(reg), str(tmp_path / "a.jpg"))
     assert done.returncode == 0, done.stderr
     verdict = json.loads(done.stdout)
-    assert verdict["encoder"] == f"onnx:{ONNX_WEIGHTS}" and 0 <= verdict["score"] <= 1
+    assert verdict["encoder"] == f"onnx:{onnx_weights}" and 0 <= verdict["score"] <= 1
 
 
 # ------------------------------------------- known failures: one line, no traceback

@@ -8,10 +8,10 @@ import io
 import struct
 import zlib
 
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from tests.images import encode, generated_like, jpeg, real_like
-from training.demo_data import JPEG_QUALITY, SIDE, RawImage, build_demo_set, generator_family
+from training.demo_data import SIDE, RawImage, build_demo_set, generator_family
 from training.qt_resources import rcc_files
 
 
@@ -63,12 +63,52 @@ def test_both_classes_get_the_same_treatment_and_no_image_is_in_two_splits(tmp_p
         assert {r["label"] for r in split} == {"0", "1"}
 
 
-def test_normalised_quality_matches_the_constant(tmp_path):
+# ITU-T T.81 Annex K tables (K.1 luminance, K.2 chrominance), in natural (row-major)
+# order, and libjpeg's jpeg_quality_scaling: quality q scales them by 5000/q % below 50,
+# by (200 - 2q) % from 50 up, rounding, clamped to 1..255 (baseline).
+ANNEX_K_LUMA = (
+    16, 11, 10, 16, 24, 40, 51, 61,  12, 12, 14, 19, 26, 58, 60, 55,
+    14, 13, 16, 24, 40, 57, 69, 56,  14, 17, 22, 29, 51, 87, 80, 62,
+    18, 22, 37, 56, 68, 109, 103, 77,  24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101,  72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+ANNEX_K_CHROMA = (
+    17, 18, 24, 47, 99, 99, 99, 99,  18, 21, 26, 66, 99, 99, 99, 99,
+    24, 26, 56, 99, 99, 99, 99, 99,  47, 66, 99, 99, 99, 99, 99, 99,
+) + (99,) * 32  # fmt: skip
+README_QUALITY = 90  # README, "the demo": "re-encoded as JPEG quality 90 without metadata"
+
+
+def _libjpeg_table(base: tuple[int, ...], quality: int) -> list[int]:
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    return [min(255, max(1, (q * scale + 50) // 100)) for q in base]
+
+
+def _estimated_quality(image: Image.Image) -> int:
+    """The libjpeg quality whose scaled Annex K tables are exactly the file's."""
+    tables = image.quantization
+    assert sorted(tables) == [0, 1], tables  # one luma and one chroma table
+    # Pillow (8.3 and later) gives the DQT tables in natural order, like Annex K
+    found = [q for q in range(1, 101)
+             if list(tables[0]) == _libjpeg_table(ANNEX_K_LUMA, q)
+             and list(tables[1]) == _libjpeg_table(ANNEX_K_CHROMA, q)]  # fmt: skip
+    assert len(found) == 1, f"tables match qualities {found}"
+    return found[0]
+
+
+def test_the_quality_estimator_on_files_of_known_quality():
+    """The estimator itself, on files Pillow (libjpeg) writes at known qualities."""
+    for quality in (50, 75, 85, 90, 95):
+        data = encode(real_like(0).resize((SIDE, SIDE)), "JPEG", quality=quality)
+        assert _estimated_quality(Image.open(io.BytesIO(data))) == quality
+
+
+def test_normalised_images_are_jpeg_quality_90_with_4_2_0_chroma(tmp_path):
     build_demo_set(_slice()[:2] + _slice()[12:14], tmp_path)
-    row = _rows(tmp_path / "manifest.csv")[0]
-    reference = Image.open(io.BytesIO(encode(real_like(0).resize((SIDE, SIDE)), "JPEG",
-                                             quality=JPEG_QUALITY)))  # fmt: skip
-    assert Image.open(tmp_path / row["path"]).quantization == reference.quantization
+    for row in _rows(tmp_path / "manifest.csv"):
+        image = Image.open(tmp_path / row["path"])
+        assert _estimated_quality(image) == README_QUALITY, row
+        assert JpegImagePlugin.get_sampling(image) == 2  # 4:2:0, for every image alike
 
 
 def test_generator_family_keeps_versions_together():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tests.conftest import ONNX_WEIGHTS, TINY
+from tests.conftest import TINY
 from tests.images import photo
 from training.detector import Detector, register_untrained_head
 from training.encoders import EncoderSpec, load_encoder
@@ -68,12 +68,9 @@ def test_detector_scores_in_unit_interval_and_reuses_the_encoder(tiny_registry):
 
 
 @pytest.mark.weights
-@pytest.mark.skipif(
-    not ONNX_WEIGHTS.exists(), reason="offline CLIP weights not fetched (make models)"
-)
-def test_real_clip_onnx_encoder(tmp_path):
+def test_real_clip_onnx_encoder(tmp_path, onnx_weights):
     """The real CLIP ViT-B/16 image tower: related images embed closer than unrelated ones."""
-    enc = load_encoder(f"onnx:{ONNX_WEIGHTS}", device="cpu", threads=2)
+    enc = load_encoder(f"onnx:{onnx_weights}", device="cpu", threads=2)
     assert enc.dim == 512 and enc.preprocess.image_size == 224
     base = photo(320, 240, seed=3)
     other = photo(320, 240, seed=4)
@@ -82,6 +79,6 @@ def test_real_clip_onnx_encoder(tmp_path):
     assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-4)
     assert e[0] @ e[1] > e[0] @ e[2]
     reg = Registry(tmp_path)
-    register_untrained_head(reg, f"onnx:{ONNX_WEIGHTS}")
+    register_untrained_head(reg, f"onnx:{onnx_weights}")
     det = Detector.from_registry(reg, device="cpu", threads=2)
     assert det(x)[1].shape == (3,)
