@@ -72,11 +72,14 @@ def test_topics_produce_tail_round_trip(broker, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("http://h/1.jpg\nhttp://h/2.jpg\n")
     assert dmguard("produce", *env_args, str(src)).returncode == 0
-    tail = dmguard("tail", *env_args, "--topic", "dmguard.images", "--from-beginning", "--max", "2")
+    piped = dmguard("produce", *env_args, "-", input='{"id": "p", "url": "http://h/3.jpg"}\n')
+    assert piped.returncode == 0, piped.stderr  # `produce -` reads standard input
+    tail = dmguard("tail", *env_args, "--topic", "dmguard.images", "--from-beginning", "--max", "3")
     urls = sorted(json.loads(line)["url"] for line in tail.stdout.splitlines())
-    assert urls == ["http://h/1.jpg", "http://h/2.jpg"]
+    assert urls == ["http://h/1.jpg", "http://h/2.jpg", "http://h/3.jpg"]
 
 
+@pytest.mark.broker
 def test_serve_without_a_head_says_how_to_get_one(tmp_path):
     with EmbeddedBroker() as b:
         done = dmguard("serve", "--bootstrap", b.bootstrap, "--registry", str(tmp_path / "empty"))
@@ -103,6 +106,44 @@ def test_score_files_with_a_registered_head(tmp_path):
     assert [line.get("head_version") for line in lines[:2]] == ["v1", "v1"]
     assert all(0 <= line["score"] <= 1 for line in lines[:2])
     assert lines[2]["error"]["code"] == "not_an_image"
+
+
+def test_score_a_url_gives_the_same_verdict_as_the_file(tmp_path, image_server):
+    reg = tmp_path / "reg"
+    assert dmguard("init-head", "--registry", str(reg), "--encoder", TINY).returncode == 0
+    data = jpeg(90, 70, seed=3)
+    image_server.routes["/a.jpg"] = data
+    (tmp_path / "a.jpg").write_bytes(data)
+    url = image_server.url("/a.jpg")
+    refused = dmguard("score", "--registry", str(reg), url)  # loopback: refused by default
+    assert json.loads(refused.stdout)["error"]["code"] == "blocked_url"
+    done = dmguard(
+        "score", "--registry", str(reg), "--allow-private-urls", url, str(tmp_path / "a.jpg")
+    )
+    by_url, by_file = (json.loads(line) for line in done.stdout.splitlines())
+    assert done.returncode == 0 and by_url["url"] == url
+    assert by_url["score"] == by_file["score"] and by_url["verdict"] == by_file["verdict"]
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--loss", "bce"], {"loss": "bce"}),
+        (["--target-fpr", "0.01"], {"target_fpr": 0.01}),
+        (["--patience", "3"], {"patience": 3}),
+        (["--seed", "11", "--epochs", "7"], {"seed": 11, "epochs": 7}),
+        (["--modality-dropout", "0.25"], {"modality_dropout": 0.25}),
+    ],
+)
+def test_training_flags_reach_the_training_config(flags, expected):
+    from services.cli.train import train_config
+    from training.train import TrainConfig
+
+    args = build_parser().parse_args(["train", "--data", "x", *flags])
+    cfg = train_config(args)
+    for field, value in expected.items():
+        assert getattr(cfg, field) == value != getattr(TrainConfig(), field), field
+    assert build_parser().parse_args(["train", "--data", "x", "--no-text"]).no_text is True
 
 
 @pytest.mark.weights
