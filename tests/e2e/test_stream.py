@@ -363,9 +363,23 @@ def test_every_record_accounted_for_with_the_right_code(shared_stream):
         assert delta(m, "dmguard_verdicts_total", verdict=k) == n
     assert delta(m, "dmguard_batch_size_sum") == 245
     assert delta(m, "dmguard_end_to_end_seconds_count") == 300
-    assert delta(m, "dmguard_stage_seconds_count", stage="embed") == delta(
-        m, "dmguard_batch_size_count"
+    batches = delta(m, "dmguard_batch_size_count")
+    for stage in ("embed", "score", "produce"):  # timed once per batch
+        assert delta(m, "dmguard_stage_seconds_count", stage=stage) == batches, stage
+    for stage in ("fetch", "decode"):  # timed once per image fetched and decoded whole
+        assert delta(m, "dmguard_stage_seconds_count", stage=stage) == 245, stage
+    # Lag per input partition, reported every 2 s: zero once everything is consumed.
+    lag = wait_until(
+        s.service.metrics,
+        20,
+        what="consumer lag 0 on every partition",
+        done=lambda m: all(
+            counter(m, "dmguard_consumer_lag", partition=str(p)) == 0
+            and ("dmguard_consumer_lag", (("partition", str(p)),)) in m
+            for p in range(4)
+        ),
     )
+    assert len([k for k in lag if k[0] == "dmguard_consumer_lag"]) == 4
     assert counter(m, "dmguard_workers") == 2
     assert (
         counter(m, "dmguard_model_info", encoder="open_clip:dmguard-tiny", head_version=head) == 1

@@ -1,6 +1,12 @@
 """The paper's claim, on a synthetic imbalanced problem with label noise (1:9 and 1:4):
 the robust loss (CVaR + pairwise AUC, SAM) beats plain BCE on worst-class recall,
-on the mean over five seeds, by a margin, without giving up held-out AUC.
+on the mean over ten seeds, by a margin, without giving up held-out AUC.
+
+Ten seeds, not five: per-seed worst-class recall under BCE ranges from 0.01 to
+0.74, so five seeds put the mean's noise near the margin itself. (When the
+training loop's dropout masks were re-seeded per epoch for exact resumes, the
+first five seeds' 1:9 margin moved from 0.14 to 0.09; over ten seeds it is
+0.12, and 0.20 at 1:4.)
 
 The data model and the per-seed figures are in training/compare_losses.py and the
 issue notes; there, with more data (n=2000), BCE stops collapsing and the
@@ -15,12 +21,23 @@ import torch
 from training.compare_losses import Synthetic, compare, config
 
 pytestmark = pytest.mark.slow
-SEEDS = range(5)
+SEEDS = range(10)
+
+
+@pytest.fixture
+def two_threads():
+    """torch on 2 threads for this test only: the setting is process-wide, so the
+    previous value is put back for the tests that run after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("positive", [0.1, 0.2], ids=["1:9", "1:4"])
-def test_robust_loss_keeps_the_minority_where_bce_loses_it(positive):
-    torch.set_num_threads(2)
+def test_robust_loss_keeps_the_minority_where_bce_loses_it(positive, two_threads):
     data = Synthetic(n=1200, dim=512, shift=3.0, noise=0.03)
     runs = {
         loss: [compare(config(loss, seed, epochs=30), positive, seed, data) for seed in SEEDS]
