@@ -95,7 +95,7 @@ def test_labels_retrain_promote_and_hot_swap(
             if any(v["head_version"] == "v2" for v in out.verdicts):
                 first_v2 = time.monotonic()
         assert first_v2 is not None, f"no verdict from v2\n{service.tail()}"
-        time.sleep(2)  # a few more records after the swap, then the stream ends
+        time.sleep(4)  # about ten more records after the swap, then the stream ends
         stop_stream.set()
         record_property("label_to_v2_verdict_s", round(first_v2 - labels_sent, 1))
         print(
@@ -107,6 +107,13 @@ def test_labels_retrain_promote_and_hot_swap(
         assert set(stream_ids) <= set(by_id), "a record was lost across the swap"
         assert duplicates(out) == 0
         assert by_id[stream_ids[-1]] == "v2"
+        # v2 learnt the labels: its verdicts rank the two kinds of image apart (v1 was random)
+        from sklearn.metrics import roc_auc_score
+
+        v2 = [v for v in out.verdicts if v["id"] in set(stream_ids) and v["head_version"] == "v2"]
+        kinds = [int(v["id"][1:]) % 2 == 0 for v in v2]  # even: generated-like (see trickle)
+        assert len(set(kinds)) == 2, "v2 judged only one kind of image"
+        assert roc_auc_score(kinds, [v["score"] for v in v2]) >= 0.9
         assert service.worker_pids() == pids
         assert service.stop() == 0
     finally:
