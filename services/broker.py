@@ -45,8 +45,12 @@ def kafka_answers(bootstrap: str, timeout_s: float = 2.0, **client_extra) -> boo
     from kafka.errors import KafkaError
 
     try:
+        ms = int(timeout_s * 1000)  # kafka-python 3 waits 30 s for a first bootstrap by default
         admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000), **client_extra
+            bootstrap_servers=bootstrap,
+            request_timeout_ms=ms,
+            bootstrap_timeout_ms=ms,
+            **client_extra,
         )
     except (KafkaError, OSError, ValueError):
         return False

@@ -87,6 +87,7 @@ def test_serve_without_a_head_says_how_to_get_one(tmp_path):
     assert "dmguard train" in done.stderr
 
 
+@pytest.mark.slow  # three CLI processes, each loading torch
 def test_score_files_with_a_registered_head(tmp_path):
     reg = tmp_path / "reg"
     assert dmguard("init-head", "--registry", str(reg), "--encoder", TINY).returncode == 0
@@ -108,6 +109,7 @@ def test_score_files_with_a_registered_head(tmp_path):
     assert lines[2]["error"]["code"] == "not_an_image"
 
 
+@pytest.mark.slow  # three CLI processes, each loading torch
 def test_score_a_url_gives_the_same_verdict_as_the_file(tmp_path, image_server):
     reg = tmp_path / "reg"
     assert dmguard("init-head", "--registry", str(reg), "--encoder", TINY).returncode == 0

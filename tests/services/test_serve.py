@@ -31,3 +31,16 @@ def test_readyz_names_each_reason():
     assert r() == (True, "ready: 2 workers, head v1")
     r.problems = ["worker 0: CURRENT is not UTF-8; still serving v1"]
     assert r() == (False, "worker 0: CURRENT is not UTF-8; still serving v1")
+
+
+def test_the_broker_check_gives_up_within_its_timeout():
+    """/readyz asks every few seconds whether the broker answers; with none listening
+    the answer must come within the check's timeout (kafka-python alone waits 30 s
+    for a first bootstrap, which stalled the driver's loop while the broker was away)."""
+    import time
+
+    from services.broker import free_port, kafka_answers
+
+    start = time.monotonic()
+    assert kafka_answers(f"127.0.0.1:{free_port()}", timeout_s=1.0) is False
+    assert time.monotonic() - start < 1.0 + 5.0  # the deadline, with room for a busy machine
