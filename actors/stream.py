@@ -152,23 +152,21 @@ class StreamWorker:
         )
 
     def _load_first_head(self) -> Detector:
-        """The head CURRENT names or, when it cannot be read or loaded, the newest
-        promoted head that loads (said in the log, /status and /readyz)."""
+        """The head the registry says to serve (`Registry.load_serving`); a problem
+        with CURRENT is said in the log, /status and /readyz."""
         s = self.settings
+        head, meta, problem = self.registry.load_serving()
         try:
-            return Detector.from_registry(self.registry, device=s.device, threads=s.threads)
-        except (RegistryError, ValueError) as exc:  # ValueError: head and encoder disagree
-            found = self.registry.last_good()
+            detector = Detector.from_head(head, meta, device=s.device, threads=s.threads)
+        except ValueError as exc:  # the head and its encoder disagree on the input width
+            found = self.registry.last_good(exclude=meta.version)
             if found is None:
                 raise
-            _, meta = found
-            detector = Detector.from_registry(
-                self.registry, meta.version, device=s.device, threads=s.threads
-            )
-            self._set_registry_problem(
-                f"{exc}; serving the newest promoted head that loads, {meta.version}"
-            )
-            return detector
+            detector = Detector.from_head(*found, device=s.device, threads=s.threads)
+            problem = f"{exc}; serving the newest promoted head that loads, {found[1].version}"
+        if problem is not None:
+            self._set_registry_problem(problem)
+        return detector
 
     # ---------------------------------------------------------------- status
     def status(self) -> dict:

@@ -42,6 +42,19 @@ class Detector:
     ) -> Detector:
         """Load a head and its encoder; `reuse` lends its encoder when the spec matches."""
         head, meta = registry.load(version)
+        return cls.from_head(head, meta, device=device, threads=threads, reuse=reuse)
+
+    @classmethod
+    def from_head(
+        cls,
+        head: MLPHead,
+        meta: HeadMeta,
+        *,
+        device: str = "auto",
+        threads: int | None = None,
+        reuse: Detector | None = None,
+    ) -> Detector:
+        """A detector for a head already loaded; its encoder is loaded (or reused)."""
         if reuse is not None and reuse.encoder.spec == meta.encoder:
             encoder = reuse.encoder
         else:

@@ -419,6 +419,25 @@ class Registry:
                 continue
         return None
 
+    def load_serving(self) -> tuple[MLPHead, HeadMeta, str | None]:
+        """What a server should serve: the head CURRENT names or, when CURRENT or
+        that head cannot be read, the newest promoted head that loads, with the
+        problem to report (None when there is none). The worker and the driver
+        both start from here, so they always agree.
+
+        Raises:
+            RegistryError: neither CURRENT nor any promoted head can be served.
+        """
+        try:
+            head, meta = self.load()
+            return head, meta, None
+        except RegistryError as exc:
+            found = self.last_good()
+            if found is None:
+                raise
+            head, meta = found
+            return head, meta, f"{exc}; serving the newest promoted head that loads, {meta.version}"
+
     def load(
         self, version: str | None = None, *, encoder: str | None = None
     ) -> tuple[MLPHead, HeadMeta]:

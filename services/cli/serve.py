@@ -152,22 +152,13 @@ class Readiness:
 
 
 def head_to_start_with(registry: Registry) -> HeadMeta:
-    """The head CURRENT names or, when CURRENT or that head cannot be read, the
-    newest promoted head that loads (the workers make the same choice and /readyz
-    reports the problem). Refuses to start without any head; the RegistryError
-    says how to get one."""
-    from training.errors import RegistryError
-
-    try:
-        return registry.load()[1]
-    except RegistryError as exc:
-        found = registry.last_good()
-        if found is None:
-            raise
-        log.error(
-            "%s; starting with the newest promoted head that loads, %s", exc, found[1].version
-        )
-        return found[1]
+    """The head the workers will serve (`Registry.load_serving`): refuses to start
+    without any head (the RegistryError says how to get one); a problem with
+    CURRENT is logged here and reported by /readyz."""
+    _, meta, problem = registry.load_serving()
+    if problem is not None:
+        log.error("%s", problem)
+    return meta
 
 
 def run_service(
