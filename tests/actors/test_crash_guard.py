@@ -12,6 +12,21 @@ def guard(tmp_path, margin: int = 10) -> CrashGuard:
     return CrashGuard(StateStore(tmp_path, "dmguard"), TOPIC, margin=margin)
 
 
+def died_after(tmp_path, committed: int, polled: int, margin: int = 10) -> None:
+    """An incarnation that started, committed up to `committed`, polled up to
+    `polled`, then died (no clean stop)."""
+    g = guard(tmp_path, margin)
+    g.start(0, 0)
+    g.committed(0, committed, polled=polled)
+
+
+def restarted(tmp_path, committed: int, margin: int = 10) -> CrashGuard:
+    """The next incarnation, started where the last commit left the partition."""
+    g = guard(tmp_path, margin)
+    g.start(0, committed)
+    return g
+
+
 def state(tmp_path, partition: int = 0) -> dict:
     return json.loads(StateStore(tmp_path, "dmguard").path(TOPIC, partition).read_bytes())
 
@@ -34,11 +49,8 @@ def test_after_a_clean_stop_the_next_start_suspects_nothing(tmp_path):
 
 
 def test_an_unclean_death_isolates_what_the_dead_worker_had_polled(tmp_path):
-    g = guard(tmp_path, margin=10)
-    g.start(0, 0)
-    g.committed(0, 100, polled=120)  # then the process dies: no clean()
-    g2 = guard(tmp_path, margin=10)
-    g2.start(0, 100)
+    died_after(tmp_path, committed=100, polled=120)
+    g2 = restarted(tmp_path, 100)
     assert g2.isolating()
     assert state(tmp_path)["until"] == 130  # polled 120 + the margin for what came after
     g2.committed(0, 129, polled=130)
@@ -49,23 +61,17 @@ def test_an_unclean_death_isolates_what_the_dead_worker_had_polled(tmp_path):
 
 
 def test_a_record_that_kills_the_worker_twice_alone_is_poison(tmp_path):
-    g = guard(tmp_path)
-    g.start(0, 0)
-    g.committed(0, 100, polled=105)
+    died_after(tmp_path, committed=100, polled=105)
     # incarnation 2: isolating; offset 100 runs alone and kills it
-    g2 = guard(tmp_path)
-    g2.start(0, 100)
-    g2.before_dispatch(0, 100)
+    restarted(tmp_path, 100).before_dispatch(0, 100)
     assert state(tmp_path)["in_flight"] == 100
     # incarnation 3: first death alone: tried once more, not blamed yet
-    g3 = guard(tmp_path)
-    g3.start(0, 100)
+    g3 = restarted(tmp_path, 100)
     assert g3.poison_reason(0, 100) is None
     g3.before_dispatch(0, 100)
     assert state(tmp_path)["strikes"] == 1
     # incarnation 4: second death alone: dead-lettered, never processed
-    g4 = guard(tmp_path)
-    g4.start(0, 100)
+    g4 = restarted(tmp_path, 100)
     reason = g4.poison_reason(0, 100)
     assert reason and "crashed 2 times" in reason
     assert MAX_STRIKES == 2
@@ -76,50 +82,31 @@ def test_a_record_that_kills_the_worker_twice_alone_is_poison(tmp_path):
 
 
 def test_a_crash_before_the_poison_dead_letter_is_written_keeps_it_poisoned(tmp_path):
-    g = guard(tmp_path)
-    g.start(0, 7)
-    g.committed(0, 7, polled=8)
+    died_after(tmp_path, committed=7, polled=8)
     for _ in range(2):
-        gi = guard(tmp_path)
-        gi.start(0, 7)
-        gi.before_dispatch(0, 7)
-    g_poison = guard(tmp_path)
-    g_poison.start(0, 7)
-    assert g_poison.poison_reason(0, 7)
-    g_again = guard(tmp_path)  # died before its dead letter was committed
-    g_again.start(0, 7)
-    assert g_again.poison_reason(0, 7)
+        restarted(tmp_path, 7).before_dispatch(0, 7)
+    assert restarted(tmp_path, 7).poison_reason(0, 7)
+    # that incarnation died before its dead letter was committed: still poison
+    assert restarted(tmp_path, 7).poison_reason(0, 7)
 
 
 def test_a_record_committed_before_the_death_is_not_blamed(tmp_path):
-    g = guard(tmp_path)
-    g.start(0, 0)
-    g.committed(0, 10, polled=12)
-    g2 = guard(tmp_path)
-    g2.start(0, 10)
-    g2.before_dispatch(0, 10)
+    died_after(tmp_path, committed=10, polled=12)
+    restarted(tmp_path, 10).before_dispatch(0, 10)
     # its output was committed, then the process died before the state said so
-    g3 = guard(tmp_path)
-    g3.start(0, 11)
+    g3 = restarted(tmp_path, 11)
     assert g3.poison_reason(0, 10) is None and g3.poison_reason(0, 11) is None
     assert g3.isolating()
 
 
 def test_one_death_alone_then_success_resets_the_strikes(tmp_path):
-    g = guard(tmp_path)
-    g.start(0, 0)
-    g.committed(0, 5, polled=6)
-    g2 = guard(tmp_path)
-    g2.start(0, 5)
-    g2.before_dispatch(0, 5)  # dies
-    g3 = guard(tmp_path)
-    g3.start(0, 5)
+    died_after(tmp_path, committed=5, polled=6)
+    restarted(tmp_path, 5).before_dispatch(0, 5)  # dies
+    g3 = restarted(tmp_path, 5)
     g3.before_dispatch(0, 5)
     g3.committed(0, 6, polled=6)  # this time it went through
     g3.before_dispatch(0, 6)  # the next one dies
-    g4 = guard(tmp_path)
-    g4.start(0, 6)
-    assert g4.poison_reason(0, 6) is None  # a first strike for offset 6, not a second
+    assert restarted(tmp_path, 6).poison_reason(0, 6) is None  # a first strike, not a second
 
 
 def test_partitions_are_judged_separately(tmp_path):

@@ -39,6 +39,12 @@ def no_training(*args, **kwargs):
     raise MustNotTrain("the round should have stopped before training")
 
 
+@pytest.fixture
+def without_training(monkeypatch):
+    """Rounds that must stop before Ray Train: reaching it fails the test."""
+    monkeypatch.setattr(training.job, "fit_head", no_training)
+
+
 def make_registry(root, *, encoder=ENCODER, dim=DIM, data=None) -> Registry:
     registry = Registry(root)
     torch.manual_seed(0)
@@ -114,8 +120,7 @@ class StandInFit:
 
 
 # ------------------------------------------------------------------- rounds that skip
-def test_only_one_class_labelled_skips_with_the_split_counts(tmp_path, monkeypatch):
-    monkeypatch.setattr(training.job, "fit_head", no_training)
+def test_only_one_class_labelled_skips_with_the_split_counts(tmp_path, without_training):
     make_registry(tmp_path / "registry")
     labels = labels_of(10, 0)
     log_features(tmp_path / "feature-log", labels)
@@ -128,8 +133,7 @@ def test_only_one_class_labelled_skips_with_the_split_counts(tmp_path, monkeypat
     json.dumps(result)  # one JSON line
 
 
-def test_three_labels_skip_too_few_per_class(tmp_path, monkeypatch):
-    monkeypatch.setattr(training.job, "fit_head", no_training)
+def test_three_labels_skip_too_few_per_class(tmp_path, without_training):
     make_registry(tmp_path / "registry")
     labels = labels_of(2, 1)
     log_features(tmp_path / "feature-log", labels)
@@ -141,8 +145,7 @@ def test_three_labels_skip_too_few_per_class(tmp_path, monkeypatch):
     }
 
 
-def test_four_labels_of_each_class_are_still_too_few_for_two_per_side(tmp_path, monkeypatch):
-    monkeypatch.setattr(training.job, "fit_head", no_training)
+def test_four_labels_of_each_class_are_still_too_few_for_two_per_side(tmp_path, without_training):
     make_registry(tmp_path / "registry")
     labels = labels_of(4, 4)  # 1 of each class held out: both classes present, but < 2
     log_features(tmp_path / "feature-log", labels)
@@ -150,8 +153,7 @@ def test_four_labels_of_each_class_are_still_too_few_for_two_per_side(tmp_path, 
     assert result["trained"] is False and "at least 2 of each class" in result["reason"]
 
 
-def test_fewer_new_labels_than_asked_for_skips(tmp_path, monkeypatch):
-    monkeypatch.setattr(training.job, "fit_head", no_training)
+def test_fewer_new_labels_than_asked_for_skips(tmp_path, without_training):
     make_registry(tmp_path / "registry")
     labels = labels_of(2, 1)
     log_features(tmp_path / "feature-log", labels)
