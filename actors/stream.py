@@ -7,7 +7,9 @@ One iteration of `StreamWorker.run`:
   3. fetch     good records go to a thread pool: fetch → sniff → decode → preprocess
                (I/O and decoding overlap with the model running in this thread)
   4. batch     finished fetches join a dynamic batch (max_batch / max_wait_ms)
-  5. score     encoder + head on the batch; one verdict per image
+  5. score     encoder + head on the batch; one verdict per image: "generated",
+               "uncertain" (the head's abstain band) or "real", with the head's
+               calibrated probability when it has a calibration
   6. produce   verdicts and dead letters are sent; an offset is marked done
                only once its output has been handed to the producer
   7. commit    every `commit_interval_s`: flush the producer (every output
@@ -64,6 +66,7 @@ from services.records import (
     Verdict,
     best_effort_id,
 )
+from training.calibration import verdict_for
 from training.detector import Detector
 from training.encoders import Preprocess
 from training.errors import RegistryError
@@ -336,7 +339,10 @@ class StreamWorker:
                 scores,
                 meta.version,
             )
-        for job, score in zip(scored, scores, strict=True):
+        # The head's calibration (built once, when the head was loaded) and abstain band.
+        calibration = self.detector.calibration
+        probabilities = None if calibration is None else calibration(scores)
+        for i, (job, score) in enumerate(zip(scored, scores, strict=True)):
             verdict = Verdict.build(
                 job.record,
                 score=float(score),
@@ -344,6 +350,9 @@ class StreamWorker:
                 encoder=meta.encoder,
                 head_version=meta.version,
                 record_ts_ms=job.timestamp_ms,
+                verdict=verdict_for(float(score), meta.threshold, meta.uncertain_from),
+                probability=None if probabilities is None else float(probabilities[i]),
+                uncertain_from=meta.uncertain_from,
             )
             try:
                 value = verdict.to_bytes()

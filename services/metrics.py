@@ -130,7 +130,7 @@ class DriverMetrics:
         )
         for o in OUTCOMES:
             self.records.labels(o)
-        for v in ("generated", "real"):
+        for v in ("generated", "real", "uncertain"):  # every one of records.VERDICTS
             self.verdicts.labels(v)
         for c in DEAD_LETTER_CODES:
             self.dead_letters.labels(c)

@@ -158,10 +158,20 @@ class Source:
     offset: int
 
 
+VERDICTS = ("real", "uncertain", "generated")
+
+
 @dataclass(frozen=True)
 class Verdict:
     """A `dmguard.verdicts` value. `latency_ms` runs from the input record's
-    Kafka timestamp to the moment the verdict is built."""
+    Kafka timestamp to the moment the verdict is built.
+
+    `score` is the head's raw score and `threshold` its cut for "generated".
+    `verdict` is "generated" (score >= threshold), "uncertain" (score in the
+    head's abstain band [uncertain_from, threshold): send to human review) or
+    "real". `probability` is the calibrated P(generated), null when the head has
+    no calibration; `uncertain_from` is the band's lower edge, null when the head
+    has no band. Both are always written, null included."""
 
     id: str
     url: str
@@ -173,6 +183,8 @@ class Verdict:
     latency_ms: float
     meta: dict[str, Any] | None = None
     ts: str = field(default_factory=utc_now_iso)
+    probability: float | None = None
+    uncertain_from: float | None = None
 
     @classmethod
     def build(
@@ -184,25 +196,55 @@ class Verdict:
         encoder: str,
         head_version: str,
         record_ts_ms: float | None,
+        verdict: str | None = None,
+        probability: float | None = None,
+        uncertain_from: float | None = None,
     ) -> Verdict:
+        """`verdict`, `probability` and `uncertain_from` come from the worker, which
+        applies the head's calibration and abstain band (training.calibration);
+        without `verdict` the verdict is "generated" when score >= threshold, else
+        "real".
+
+        Raises:
+            ValueError: a non-finite score, an unknown verdict, "uncertain" without
+                an `uncertain_from`, or a probability that is not finite in [0, 1].
+        """
         if not math.isfinite(score):
             raise ValueError(f"score is not finite: {score}")
         score = min(1.0, max(0.0, float(score)))
+        if verdict is None:
+            verdict = "generated" if score >= threshold else "real"
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, not {verdict!r}")
+        if verdict == "uncertain" and uncertain_from is None:
+            raise ValueError("an 'uncertain' verdict needs the head's uncertain_from")
+        if probability is not None:
+            probability = float(probability)
+            if not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
+                raise ValueError(f"probability must be finite in [0, 1], not {probability}")
+            probability = round(probability, 6)
         latency = 0.0 if record_ts_ms is None else max(0.0, time.time() * 1000 - record_ts_ms)
         return cls(
             id=record.id,
             url=record.url,
             score=round(score, 6),
-            verdict="generated" if score >= threshold else "real",
+            verdict=verdict,
             threshold=threshold,
             encoder=encoder,
             head_version=head_version,
             latency_ms=round(latency, 3),
             meta=record.meta,
+            probability=probability,
+            uncertain_from=None if uncertain_from is None else float(uncertain_from),
         )
 
     def to_bytes(self) -> bytes:
-        return _dumps({k: v for k, v in asdict(self).items() if v is not None})
+        """Strict JSON; `meta` only when the record had one, `probability` and
+        `uncertain_from` always (null when the head has none)."""
+        d = asdict(self)
+        if d["meta"] is None:
+            del d["meta"]
+        return _dumps(d)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 A plain class (no Ray, no Kafka) so it is unit-tested on its own; the
 DetectorWorker actor wraps it. Heads swap without rebuilding the encoder
-when the encoder spec is unchanged.
+when the encoder spec is unchanged. A detector carries its head's
+calibration (`Detector.calibration`), read once when the head is loaded.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from training.calibration import Calibration
 from training.encoders import Encoder, load_encoder
 from training.head import HeadConfig, MLPHead, head_input, score
 from training.registry import HeadMeta, Registry
@@ -26,6 +28,11 @@ class Detector:
         expected = encoder.dim + (encoder.text_dim if meta.uses_text else 0)
         if head.config.input_dim != expected:
             raise ValueError(f"head input_dim {head.config.input_dim} != encoder width {expected}")
+        # Raw score -> P(generated), built once per head; None when the head has none.
+        # A malformed one is a ValueError here (the registry refuses it earlier).
+        self.calibration = (
+            None if meta.calibration is None else Calibration.from_dict(meta.calibration)
+        )
         self.encoder = encoder
         self.head = head.eval().to(encoder.placement.device)
         self.meta = meta

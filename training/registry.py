@@ -1,7 +1,8 @@
 """The model registry: a folder of versioned heads and a CURRENT pointer.
 
     DIR/heads/<version>/head.pt     weights + HeadConfig
-    DIR/heads/<version>/meta.json   encoder, input_dim, uses_text, threshold, metrics, ...
+    DIR/heads/<version>/meta.json   encoder, input_dim, uses_text, threshold, metrics,
+                                    calibration, uncertain_from, ...
     DIR/heads/<version>/PROMOTED    empty marker: this version has been promoted at least once
     DIR/CURRENT                     name of the serving version, replaced atomically
 
@@ -35,6 +36,7 @@ from typing import Any
 
 import torch
 
+from training.calibration import Calibration
 from training.errors import EncoderMismatchError, RegistryError
 from training.head import HeadConfig, MLPHead
 
@@ -74,6 +76,11 @@ class HeadMeta:
     trained_on: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     parent: str | None = None
+    # Calibration.to_dict() (training.calibration): raw score -> P(generated); None: none.
+    calibration: dict[str, Any] | None = None
+    # Lower edge of the abstain band in raw-score units, <= threshold: scores in
+    # [uncertain_from, threshold) get the verdict "uncertain". None: no band.
+    uncertain_from: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # promotion decisions, hyper-parameters
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +136,16 @@ def _meta_problem(d: object, version: str) -> str | None:
         return f"created_at must be a string, not {d['created_at']!r}"
     if "parent" in d and d["parent"] is not None and not isinstance(d["parent"], str):
         return f"parent must be a string or null, not {d['parent']!r}"
+    if d.get("calibration") is not None:
+        try:
+            Calibration.from_dict(d["calibration"])
+        except ValueError as exc:
+            return f"calibration must be null or a valid calibration: {exc}"
+    u = d.get("uncertain_from")
+    if u is not None and (not _is_real(u) or not 0.0 <= u <= t):
+        return (
+            f"uncertain_from must be null or a finite number in [0, threshold = {t!r}], not {u!r}"
+        )
     return None
 
 
@@ -272,7 +289,10 @@ class Registry:
             RegistryError: invalid version name, no such head, or a meta.json that
                 cannot be read, is not a JSON object, names another version, or has
                 a missing or ill-typed field (threshold must be finite in [0, 1],
-                input_dim a positive integer, encoder a non-empty string, ...).
+                input_dim a positive integer, encoder a non-empty string,
+                calibration null or a valid `Calibration.to_dict()`, uncertain_from
+                null or in [0, threshold], ...). Heads saved before calibration
+                existed have neither field and load with both None.
         """
         check_version(version)
         path = self.heads / version / "meta.json"
@@ -298,14 +318,23 @@ class Registry:
         trained_on: dict[str, Any] | None = None,
         parent: str | None = None,
         extra: dict[str, Any] | None = None,
+        calibration: Calibration | dict[str, Any] | None = None,
+        uncertain_from: float | None = None,
     ) -> HeadMeta:
         """Store `head` as a new version (not promoted; call `promote`).
 
+        `calibration` (a `Calibration` or its `to_dict()`) maps raw scores to
+        P(generated); `uncertain_from` (raw-score units, <= threshold) opens the
+        abstain band [uncertain_from, threshold) whose verdict is "uncertain".
+
         Raises:
             RegistryError: the head or its metadata would not load back (non-finite
-                weights, threshold outside [0, 1], an `extra` key that shadows a
-                field, metadata that is not JSON), or no version number is left.
+                weights, threshold outside [0, 1], a malformed calibration, an
+                uncertain_from outside [0, threshold], an `extra` key that shadows
+                a field, metadata that is not JSON), or no version number is left.
         """
+        if isinstance(calibration, Calibration):
+            calibration = calibration.to_dict()
         meta = HeadMeta(
             version="v1",  # placeholder until a folder is taken
             encoder=encoder,
@@ -316,6 +345,9 @@ class Registry:
             trained_on=trained_on or {},
             created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             parent=parent,
+            calibration=calibration,
+            # only numbers become floats: anything else is refused below, by _meta_problem
+            uncertain_from=float(uncertain_from) if _is_real(uncertain_from) else uncertain_from,
             extra=extra or {},
         )
         shadowed = sorted(set(meta.extra) & _META_FIELDS)

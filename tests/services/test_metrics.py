@@ -82,3 +82,44 @@ def test_http_endpoints():
         assert b'"pid": 1' in urllib.request.urlopen(base + "/status").read()
     finally:
         server.stop()
+
+
+def test_every_verdict_label_exists_from_the_start():
+    """A dashboard or alert on "uncertain" must see 0, not no series, before the first one."""
+    from services.records import VERDICTS
+
+    driver = DriverMetrics()
+    s = samples(driver)
+    assert {"real", "uncertain", "generated"} == set(VERDICTS)
+    for v in VERDICTS:
+        assert s[("dmguard_verdicts_total", (("verdict", v),))] == 0
+    stats = WorkerStats()
+    stats.inc("verdicts", "uncertain", n=2)
+    driver.apply(stats.drain())
+    assert samples(driver)[("dmguard_verdicts_total", (("verdict", "uncertain"),))] == 2
+
+
+def test_the_dashboard_plots_every_verdict():
+    """The verdict panel groups by the label, so "uncertain" shows next to real and
+    generated, each with its own colour."""
+    import json
+    from pathlib import Path
+
+    from services.records import VERDICTS
+
+    dash = json.loads(
+        (Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dmguard.json").read_text()
+    )
+    panels = [
+        p
+        for p in dash["panels"]
+        if any("dmguard_verdicts_total" in t["expr"] for t in p.get("targets", []))
+    ]
+    assert len(panels) == 1
+    (panel,) = panels
+    assert any(
+        "by (verdict)" in t["expr"] and t.get("legendFormat") == "{{verdict}}"
+        for t in panel["targets"]
+    )
+    coloured = {o["matcher"]["options"] for o in panel["fieldConfig"]["overrides"]}
+    assert coloured == set(VERDICTS)

@@ -145,8 +145,11 @@ def test_verdict_fields_and_clamping():
         "latency_ms",
         "meta",
         "ts",
+        "probability",
+        "uncertain_from",
     }
     assert d["score"] == 1.0 and d["verdict"] == "generated" and d["head_version"] == "v3"
+    assert d["probability"] is None and d["uncertain_from"] is None  # written, as null
     low = Verdict.build(
         rec, score=0.69, threshold=0.7, encoder="e", head_version="v3", record_ts_ms=None
     )
@@ -155,6 +158,36 @@ def test_verdict_fields_and_clamping():
         Verdict.build(
             rec, score=float("nan"), threshold=0.5, encoder="e", head_version="v", record_ts_ms=None
         )
+
+
+def test_verdict_with_calibration_and_abstain_band():
+    rec = ImageRecord(id="i", url="http://h/x")
+    common = dict(threshold=0.7, encoder="e", head_version="v3", record_ts_ms=None)
+    v = Verdict.build(
+        rec, score=0.6, verdict="uncertain", probability=0.41234567, uncertain_from=0.5, **common
+    )
+    d = strict_json(v.to_bytes())
+    assert "meta" not in d  # still omitted when the record has none
+    assert d["verdict"] == "uncertain"
+    assert d["score"] == 0.6 and d["threshold"] == 0.7  # raw score, the generated cut
+    assert d["probability"] == 0.412346 and d["uncertain_from"] == 0.5
+    for verdict in ("real", "generated"):
+        d = strict_json(
+            Verdict.build(
+                rec, score=0.6, verdict=verdict, probability=0.5, uncertain_from=0.5, **common
+            ).to_bytes()
+        )
+        assert d["verdict"] == verdict
+    bad = [
+        (dict(verdict="maybe"), "verdict must be one of"),
+        (dict(verdict="uncertain"), "needs the head's uncertain_from"),
+        (dict(probability=float("nan")), "probability"),
+        (dict(probability=1.5), "probability"),
+        (dict(probability=-0.1), "probability"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            Verdict.build(rec, score=0.6, **common, **kwargs)
 
 
 @pytest.mark.parametrize(

@@ -304,6 +304,42 @@ STATES = {
     "meta-encoder-int": State(
         _meta_v2(lambda d: _set(d, encoder=7)), "load", "encoder", served="v1"
     ),
+    "meta-calibration-list": State(
+        _meta_v2(lambda d: _set(d, calibration=[1.0, 0.0])), "load", "calibration", served="v1"
+    ),
+    "meta-calibration-method": State(
+        _meta_v2(lambda d: _set(d, calibration={"method": "magic", "a": 1.0, "b": 0.0})),
+        "load",
+        "unknown calibration method",
+        served="v1",
+    ),
+    "meta-calibration-reverses-order": State(
+        _meta_v2(lambda d: _set(d, calibration={"method": "platt", "a": -2.0, "b": 0.0})),
+        "load",
+        "order of scores",
+        served="v1",
+    ),
+    "meta-calibration-nan": State(
+        _meta_v2(lambda d: _set(d, calibration={"method": "platt", "a": 1.0, "b": float("nan")})),
+        "load",
+        "calibration",
+        served="v1",
+    ),
+    "meta-uncertain-above-threshold": State(
+        _meta_v2(lambda d: _set(d, threshold=0.5, uncertain_from=0.6)),
+        "load",
+        "uncertain_from",
+        served="v1",
+    ),
+    "meta-uncertain-str": State(
+        _meta_v2(lambda d: _set(d, uncertain_from="0.3")), "load", "uncertain_from", served="v1"
+    ),
+    "meta-uncertain-negative": State(
+        _meta_v2(lambda d: _set(d, uncertain_from=-0.1)), "load", "uncertain_from", served="v1"
+    ),
+    "meta-legacy-no-calibration-fields": State(
+        _meta_v2(lambda d: _drop(_drop(d, "calibration"), "uncertain_from")), "load", None, "v2"
+    ),
     # head.pt of the serving head (v2): the worker falls back to v1
     "pt-truncated": State(_pt_v2_bytes(lambda b: b[: len(b) // 2]), "load", "corrupt", served="v1"),
     "pt-zero-bytes": State(_pt_v2_bytes(lambda b: b""), "load", "corrupt", served="v1"),
@@ -430,6 +466,61 @@ def test_save_refuses_what_it_could_not_load_back(tmp_path):
         ),
     )
     assert reg.meta(edge.version).threshold > 1.0  # fmt: skip
+
+
+def test_calibration_and_abstain_band_round_trip(tmp_path):
+    from training.calibration import Calibration
+
+    reg = Registry(tmp_path)
+    cal = Calibration(a=0.8, b=-0.25)
+    saved = reg.save(_tiny_head(), encoder=TINY, threshold=0.6, calibration=cal, uncertain_from=0.4)
+    on_disk = json.loads((reg.heads / saved.version / "meta.json").read_text())
+    assert on_disk["calibration"] == {"method": "platt", "a": 0.8, "b": -0.25}
+    assert on_disk["uncertain_from"] == 0.4
+    reg.promote(saved.version)
+    _, meta = reg.load()
+    assert meta.calibration == cal.to_dict() and meta.uncertain_from == 0.4
+    assert Calibration.from_dict(meta.calibration) == cal
+    assert meta.extra == {}  # real fields, not leftovers in extra
+    # a dict works as well as a Calibration; without them both are None
+    assert reg.save(_tiny_head(), encoder=TINY, calibration=cal.to_dict()).calibration == (
+        cal.to_dict()
+    )
+    plain = reg.meta(reg.save(_tiny_head(), encoder=TINY).version)
+    assert plain.calibration is None and plain.uncertain_from is None
+
+
+def test_a_meta_json_from_before_calibration_loads(tmp_path):
+    """Every head saved before these fields existed still loads, with both None."""
+    reg = Registry(tmp_path)
+    reg.promote(reg.save(_tiny_head(), encoder=TINY, threshold=0.3).version)
+    path = reg.heads / "v1" / "meta.json"
+    d = json.loads(path.read_text())
+    old = {k: v for k, v in d.items() if k not in ("calibration", "uncertain_from")}
+    path.write_text(json.dumps(old))
+    _, meta = reg.load()
+    assert meta.calibration is None and meta.uncertain_from is None and meta.threshold == 0.3
+    assert "calibration" not in meta.extra and "uncertain_from" not in meta.extra
+
+
+def test_save_refuses_a_malformed_calibration_or_band(tmp_path):
+    reg = Registry(tmp_path)
+    bad = [
+        (dict(calibration={"method": "platt", "a": 0.0, "b": 0.0}), "order of scores"),
+        (dict(calibration={"method": "platt", "a": 1.0}), "missing b"),
+        (dict(calibration="platt"), "calibration"),
+        (dict(threshold=0.5, uncertain_from=0.7), "uncertain_from"),
+        (dict(uncertain_from=float("nan")), "uncertain_from"),
+        (dict(uncertain_from="0.2"), "uncertain_from"),
+        (dict(extra={"calibration": None}), "override"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(RegistryError, match=match):
+            reg.save(_tiny_head(), encoder=TINY, **kwargs)
+    assert not reg.heads.exists() or list(reg.heads.iterdir()) == []  # no version taken
+    # the edge: a band up to the threshold itself (empty) and from 0 are valid
+    assert reg.save(_tiny_head(), encoder=TINY, threshold=0.5, uncertain_from=0.5)
+    assert reg.save(_tiny_head(), encoder=TINY, threshold=0.5, uncertain_from=0)
 
 
 def test_versions_and_allocation_ignore_invalid_names(tmp_path):
