@@ -66,7 +66,6 @@ from services.records import (
     Verdict,
     best_effort_id,
 )
-from training.calibration import verdict_for
 from training.detector import Detector
 from training.encoders import Preprocess
 from training.errors import RegistryError
@@ -339,9 +338,8 @@ class StreamWorker:
                 scores,
                 meta.version,
             )
-        # The head's calibration (built once, when the head was loaded) and abstain band.
-        calibration = self.detector.calibration
-        probabilities = None if calibration is None else calibration(scores)
+        # The head's abstain band and calibration (built once, when the head was loaded).
+        verdicts, probabilities = self.detector.judge(scores)
         for i, (job, score) in enumerate(zip(scored, scores, strict=True)):
             verdict = Verdict.build(
                 job.record,
@@ -350,8 +348,8 @@ class StreamWorker:
                 encoder=meta.encoder,
                 head_version=meta.version,
                 record_ts_ms=job.timestamp_ms,
-                verdict=verdict_for(float(score), meta.threshold, meta.uncertain_from),
-                probability=None if probabilities is None else float(probabilities[i]),
+                verdict=verdicts[i],
+                probability=probabilities[i],
                 uncertain_from=meta.uncertain_from,
             )
             try:

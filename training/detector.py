@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from training.calibration import Calibration
+from training.calibration import Calibration, verdict_for
 from training.encoders import Encoder, load_encoder
 from training.head import HeadConfig, MLPHead, head_input, score
 from training.registry import HeadMeta, Registry
@@ -67,6 +67,16 @@ class Detector:
         else:
             encoder = load_encoder(meta.encoder, device=device, threads=threads)
         return cls(encoder, head, meta)
+
+    def judge(self, scores: np.ndarray) -> tuple[list[str], list[float | None]]:
+        """Each score's verdict ("real", "uncertain" or "generated": the head's threshold
+        and abstain band) and calibrated probability (None without a calibration); the
+        one place serving and `dmguard score` turn scores into verdicts."""
+        meta = self.meta
+        verdicts = [verdict_for(float(s), meta.threshold, meta.uncertain_from) for s in scores]
+        if self.calibration is None:
+            return verdicts, [None] * len(verdicts)
+        return verdicts, [float(p) for p in self.calibration(np.asarray(scores))]
 
     @property
     def version(self) -> str:

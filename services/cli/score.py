@@ -51,6 +51,7 @@ def score_one(detector, target: str, policy: FetchPolicy) -> tuple[str | dict, b
     except InputError as exc:
         return {"id": target, "url": url, "error": {"code": exc.code, "message": str(exc)}}, True
     meta = detector.meta
+    verdicts, probabilities = detector.judge(scores)
     verdict = Verdict.build(
         ImageRecord(id=target, url=url),
         score=float(scores[0]),
@@ -58,5 +59,8 @@ def score_one(detector, target: str, policy: FetchPolicy) -> tuple[str | dict, b
         encoder=meta.encoder,
         head_version=meta.version,
         record_ts_ms=start,
+        verdict=verdicts[0],
+        probability=probabilities[0],
+        uncertain_from=meta.uncertain_from,
     )
     return verdict.to_bytes().decode(), False
