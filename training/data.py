@@ -4,8 +4,9 @@
   `ai/`, at any depth: `GEN/train/ai/x.png` is generated, source `GEN`;
   `fake/sdxl/x.png` is generated, source `sdxl`;
 * a CSV or JSONL manifest with `url` or `path`, `label` (`real`/`generated`,
-  or 0/1) and optional `text` and `source` columns. Relative paths resolve
-  against the manifest's folder.
+  or 0/1) and optional `text`, `source` and `content` (what the image shows:
+  people, animal, ...; evaluation reports per content) columns. Relative paths
+  resolve against the manifest's folder.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Sample:
     label: int  # 1 = generated
     source: str  # generator or photo collection; splits keep sources apart
     text: str | None = None
+    content: str = ""  # what the image shows (people, animal, ...); "" when not tagged
 
 
 def parse_label(value: object) -> int:
@@ -82,6 +84,12 @@ def _from_rows(rows, base: Path) -> list[Sample]:
             where = str(base / where)
         text = row.get("text") or None
         out.append(
-            Sample(where, parse_label(row["label"]), str(row.get("source") or "manifest"), text)
+            Sample(
+                where,
+                parse_label(row["label"]),
+                str(row.get("source") or "manifest"),
+                text,
+                str(row.get("content") or ""),
+            )
         )
     return out

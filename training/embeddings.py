@@ -54,8 +54,11 @@ class EmbeddedSet:
 PIXELS_VERSION = 2
 
 
-def encoder_key(spec: str) -> str:
-    return hashlib.sha256(f"{spec}|pixels-v{PIXELS_VERSION}".encode()).hexdigest()[:16]
+def encoder_key(spec: str, features: str = "embedding") -> str:
+    """The cache folder's name for an encoder and a kind of image features
+    (training.features); final embeddings keep the key they always had."""
+    kind = "" if features == "embedding" else f"|{features}"
+    return hashlib.sha256(f"{spec}|pixels-v{PIXELS_VERSION}{kind}".encode()).hexdigest()[:16]
 
 
 def read_image_bytes(location: str, policy: FetchPolicy) -> bytes:
@@ -100,8 +103,11 @@ class _Embedder:
             [self.encoder.encode_texts(texts[i : i + 64]) for i in range(0, len(texts), 64)]
         )
 
-    def embed(self, blobs: list[bytes]) -> tuple[list[np.ndarray | None], list[str | None]]:
+    def embed(
+        self, blobs: list[bytes], features: str = "embedding"
+    ) -> tuple[list[np.ndarray | None], list[str | None]]:
         from services.images import decode
+        from training.features import encode
 
         pixels, errors = [], []
         for blob in blobs:
@@ -113,7 +119,7 @@ class _Embedder:
                 pixels.append(None)
                 errors.append(f"{exc.code}: {exc}")
         good = [p for p in pixels if p is not None]
-        emb = iter(self.encoder.encode_images(np.stack(good)) if good else [])
+        emb = iter(encode(self.encoder, np.stack(good), features)[1] if good else [])
         return [next(emb) if p is not None else None for p in pixels], errors
 
 
@@ -128,18 +134,20 @@ def embed_samples(
     policy: FetchPolicy | None = None,
     transform: Callable[[bytes], bytes] | None = None,
     with_text: bool = True,
+    features: str = "embedding",
 ) -> EmbeddedSet:
     """Embed `samples` with `encoder_spec`, reading and filling the cache.
 
     `transform` changes each image's bytes before hashing and embedding (the
     robustness perturbations of `dmguard eval --perturb`). With `with_text`,
     captions are embedded too (through the encoder's text tower, cached by
-    text hash) into `EmbeddedSet.T`.
+    text hash) into `EmbeddedSet.T`. `features` is the kind of image features
+    in `EmbeddedSet.X` (training.features; each kind has its own cache).
     """
     from tqdm import tqdm
 
     policy = policy or FetchPolicy(allow_file=True, allowed_networks=("127.0.0.0/8",))
-    folder = Path(cache_dir) / encoder_key(encoder_spec)
+    folder = Path(cache_dir) / encoder_key(encoder_spec, features)
     folder.mkdir(parents=True, exist_ok=True)
     cache = load_cache(folder)
 
@@ -174,7 +182,9 @@ def embed_samples(
         # one encoder pass per distinct image
         missing = sorted({hashes[i]: i for i in blobs}.values())
         if missing:
-            new = _embed_with_ray(actors, [blobs[i] for i in missing], batch_size, progress)
+            new = _embed_with_ray(
+                actors, [blobs[i] for i in missing], batch_size, progress, features
+            )
             rows_h, rows_e = [], []
             for i, (emb, _err) in zip(missing, new, strict=True):
                 if emb is None:
@@ -266,7 +276,7 @@ class _EncoderActors:
 
 
 def _embed_with_ray(
-    actors: _EncoderActors, blobs: list[bytes], batch_size: int, progress: bool
+    actors: _EncoderActors, blobs: list[bytes], batch_size: int, progress: bool, features: str
 ) -> list:
     from ray.util import ActorPool
     from tqdm import tqdm
@@ -275,7 +285,7 @@ def _embed_with_ray(
     batches = [blobs[i : i + batch_size] for i in range(0, len(blobs), batch_size)]
     results = []
     bar = tqdm(total=len(blobs), desc=f"embed ({actors.spec})", disable=not progress)
-    for embs, errs in pool.map(lambda a, b: a.embed.remote(b), batches):
+    for embs, errs in pool.map(lambda a, b: a.embed.remote(b, features), batches):
         results.extend(zip(embs, errs, strict=True))
         bar.update(len(embs))
     bar.close()

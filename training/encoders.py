@@ -11,7 +11,11 @@ Spec strings (docs/architecture.md, "Encoders"):
 (`encoder.preprocess`), so serving and training cannot drift apart. The
 preprocessing runs in the fetch threads on PIL images and yields float32 CHW
 arrays; `encode_images` takes a stacked batch of them and returns
-L2-normalised embeddings.
+L2-normalised embeddings. `encode_features` returns, with them, the class
+(CLS) token of every transformer block of the image tower, (B, blocks, width):
+intermediate blocks keep low-level traces of how an image was made that the
+final, semantic embedding loses (RINE, Koutlis & Papadopoulos, ECCV 2024);
+training/features.py turns them into what a head reads.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -96,15 +101,24 @@ class Preprocess:
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+@dataclass(frozen=True)
+class ImageFeatures:
+    embeddings: np.ndarray  # (B, D) L2-normalised final embeddings
+    blocks: np.ndarray  # (B, L, W) float32: each transformer block's CLS token, in order
+
+
 class Encoder(Protocol):
     spec: str
     dim: int  # image embedding width
     text_dim: int  # 0 when there is no text tower
+    block_shape: tuple[int, int]  # (blocks, width) of `encode_features(...).blocks`
     preprocess: Preprocess
     placement: Placement
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:  # (B,3,S,S) -> (B,D)
         ...
+
+    def encode_features(self, pixels: np.ndarray) -> ImageFeatures: ...
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:  # -> (B,Dt)
         ...
@@ -199,10 +213,32 @@ class OpenClipEncoder:
             interpolation=cfg.get("interpolation", "bicubic"),
         )
         self.torch_transform = transform  # open_clip's own, for cross-checks in tests
+        self._captured: list = []  # filled by the block hooks during one encode_features call
+        self._capturing = False
+        visual = self._model.visual
+        resblocks = getattr(getattr(visual, "transformer", None), "resblocks", None) or []
+        batch_first = getattr(visual.transformer, "batch_first", True) if resblocks else True
+        # The class token is token 0 where the tower has one; otherwise the mean of the tokens.
+        has_cls = getattr(visual, "class_embedding", None) is not None
+        for block in resblocks:
+            block.register_forward_hook(self._block_hook(batch_first, has_cls))
         with torch.inference_mode():
             probe = torch.zeros(1, 3, size, size, device=placement.device)
-            self.dim = int(self._model.encode_image(probe).shape[-1])
+            features = self.encode_features(probe.cpu().numpy())
+        self.dim = int(features.embeddings.shape[-1])
+        self.block_shape = tuple(features.blocks.shape[1:])
         self.text_dim = self.dim
+
+    def _block_hook(self, batch_first: bool, has_cls: bool):
+        def hook(_module, _inputs, output) -> None:
+            if not self._capturing:
+                return
+            x = output[0] if isinstance(output, tuple) else output
+            if not batch_first:
+                x = x.transpose(0, 1)  # (L, N, W) -> (N, L, W)
+            self._captured.append((x[:, 0] if has_cls else x.mean(dim=1)).float())
+
+        return hook
 
     def _autocast(self):
         import torch
@@ -212,14 +248,27 @@ class OpenClipEncoder:
         return torch.autocast("cuda", dtype=self.placement.autocast_dtype)
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
+        return _normalise(self._encode(pixels).cpu().numpy())
+
+    def encode_features(self, pixels: np.ndarray) -> ImageFeatures:
+        import torch
+
+        self._captured, self._capturing = [], True
+        try:
+            emb = self._encode(pixels)
+            blocks = torch.stack(self._captured, dim=1) if self._captured else emb[:, None, :0]
+        finally:
+            self._captured, self._capturing = [], False
+        return ImageFeatures(_normalise(emb.cpu().numpy()), blocks.cpu().numpy())
+
+    def _encode(self, pixels: np.ndarray):
         import torch
 
         with torch.inference_mode(), self._autocast():
             x = torch.from_numpy(pixels).to(self.placement.device, non_blocking=True)
             if self.placement.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            emb = self._model.encode_image(x).float()  # (B, D)
-        return _normalise(emb.cpu().numpy())
+            return self._model.encode_image(x).float()  # (B, D)
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -256,8 +305,9 @@ class OnnxEncoder:
         providers = ["CPUExecutionProvider"]
         if placement.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
+        model, self._block_outputs = with_block_outputs(Path(path))
         try:
-            self._session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+            self._session = ort.InferenceSession(model, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise EncoderError(f"cannot load ONNX encoder {path}: {exc}") from exc
         self.spec, self.placement = spec, placement
@@ -267,23 +317,76 @@ class OnnxEncoder:
         self._output = "image_embeds" if "image_embeds" in outputs else outputs[0]
         size = inp.shape[-1] if isinstance(inp.shape[-1], int) else 224
         self.preprocess = Preprocess(image_size=size)
-        self.dim = int(self.encode_images(np.zeros((1, 3, size, size), np.float32)).shape[-1])
+        probe = self.encode_features(np.zeros((1, 3, size, size), np.float32))
+        self.dim = int(probe.embeddings.shape[-1])
+        self.block_shape = tuple(probe.blocks.shape[1:])
         self.text_dim = 0
 
     def encode_images(self, pixels: np.ndarray) -> np.ndarray:
-        pixels = pixels.astype(np.float32)
-        if not self.per_image or len(pixels) == 1:
-            return _normalise(self._run(pixels))
-        return _normalise(
-            np.concatenate([self._run(pixels[i : i + 1]) for i in range(len(pixels))])
-        )
+        return self._run_all(pixels, [self._output])[0]
 
-    def _run(self, pixels: np.ndarray) -> np.ndarray:
-        (emb,) = self._session.run([self._output], {self._input: pixels})
-        return np.asarray(emb, dtype=np.float32)
+    def encode_features(self, pixels: np.ndarray) -> ImageFeatures:
+        emb, *blocks = self._run_all(pixels, [self._output, *self._block_outputs])
+        stacked = np.stack(blocks, axis=1) if blocks else np.zeros((len(emb), 0, 0), np.float32)
+        return ImageFeatures(emb, stacked)
+
+    def _run_all(self, pixels: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """`names` outputs for the batch (the first, the embedding, L2-normalised); one image
+        per session run for a dynamically quantised model (see the class docstring)."""
+        pixels = pixels.astype(np.float32)
+        step = 1 if self.per_image else max(1, len(pixels))
+        runs = [
+            self._session.run(names, {self._input: pixels[i : i + step]})
+            for i in range(0, len(pixels), step)
+        ]
+        out = [
+            np.concatenate([np.asarray(r[k], np.float32) for r in runs]) for k in range(len(names))
+        ]
+        out[0] = _normalise(out[0])
+        return out
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         raise EncoderError(f"{self.spec} has no text tower")
+
+
+# The residual stream after block N in a Hugging Face CLIPVisionModel export (the graph
+# of the offline tower): the output of the node "/vision_model/encoder/layers.N/Add_1".
+_HF_BLOCK_OUTPUT = re.compile(r"/vision_model/encoder/layers\.(\d+)/Add_1")
+
+
+def with_block_outputs(path: Path) -> tuple[bytes | str, list[str]]:
+    """The model at `path` with each transformer block's CLS token (token 0 of the
+    residual stream after the block) added as a graph output `block_N_cls` (N, W),
+    and the names of those outputs in block order.
+
+    The graph is changed in memory (a Gather per block); the file is not touched. A
+    graph whose blocks cannot be found (not a Hugging Face CLIP export), or a machine
+    without the `onnx` package, gets the path back unchanged and no block outputs.
+    """
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError:
+        return str(path), []
+    model = onnx.load(str(path))
+    graph = model.graph
+    found = sorted(
+        (int(m.group(1)), node.output[0])
+        for node in graph.node
+        if (m := _HF_BLOCK_OUTPUT.fullmatch(node.name))
+    )
+    if not found:
+        return str(path), []
+    graph.initializer.append(helper.make_tensor("dmguard_cls_index", TensorProto.INT64, [], [0]))
+    names = []
+    for n, residual in found:
+        name = f"block_{n}_cls"
+        graph.node.append(
+            helper.make_node("Gather", [residual, "dmguard_cls_index"], [name], axis=1)
+        )
+        graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+        names.append(name)
+    return model.SerializeToString(), names
 
 
 def is_dynamically_quantised(path: Path) -> bool:

@@ -3,6 +3,13 @@
 x (B, D) ─► 3 × [Linear(D, D) → BatchNorm1d → LeakyReLU(0.01) → Dropout(0.335)]
           ─► Linear(D, 1) ─► logit (B,)        label 1 = generated
 
+A head over the class tokens of the L transformer blocks (training.features,
+"blocks"; `HeadConfig.tower_blocks = L`) first pools them as RINE does: one
+projection shared by the blocks, then a learned softmax weighting of the blocks,
+
+x (B, L·W) ─► view (B, L, W) ─► Linear(W, P) → LeakyReLU → Dropout
+           ─► Σ_l softmax(w)_l · (B, L, P) ─► (B, P) ─► the MLP above with D = P
+
 `head_input` builds x from image (and caption) embeddings and `score` turns x into
 P(generated); every path that feeds or scores a head goes through these two.
 """
@@ -23,6 +30,8 @@ class HeadConfig:
     blocks: int = 3  # Linear-BN-LeakyReLU-Dropout blocks before the output layer
     dropout: float = 0.335  # the paper's value
     negative_slope: float = 0.01  # LeakyReLU
+    tower_blocks: int = 0  # > 0: x is this many blocks' class tokens, pooled first (see above)
+    pool_dim: int = 256  # P, the width of the pooled block tokens
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -32,9 +41,21 @@ class MLPHead(nn.Module):
     def __init__(self, config: HeadConfig) -> None:
         super().__init__()
         self.config = config
-        width = config.hidden_dim or config.input_dim
-        layers: list[nn.Module] = []
         d_in = config.input_dim
+        if config.tower_blocks:
+            if config.input_dim % config.tower_blocks:
+                raise ValueError(
+                    f"input_dim {config.input_dim} is not {config.tower_blocks} blocks of one width"
+                )
+            self.project = nn.Sequential(
+                nn.Linear(config.input_dim // config.tower_blocks, config.pool_dim),
+                nn.LeakyReLU(config.negative_slope),
+                nn.Dropout(config.dropout),
+            )
+            self.block_logits = nn.Parameter(torch.zeros(config.tower_blocks))
+            d_in = config.pool_dim
+        width = config.hidden_dim or d_in
+        layers: list[nn.Module] = []
         for _ in range(config.blocks):
             layers += [
                 nn.Linear(d_in, width),
@@ -47,7 +68,16 @@ class MLPHead(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B,)
+        if self.config.tower_blocks:
+            tokens = self.project(x.view(len(x), self.config.tower_blocks, -1))  # (B, L, P)
+            x = (tokens * self.block_weights()[None, :, None]).sum(dim=1)  # (B, P)
         return self.net(x).squeeze(-1)
+
+    def block_weights(self) -> torch.Tensor:
+        """The learned weight of each transformer block (sums to 1); empty for a plain head."""
+        if not self.config.tower_blocks:
+            return torch.zeros(0)
+        return torch.softmax(self.block_logits, dim=0)
 
 
 # The one assembly of a head's input and the one scoring of it, shared by serving

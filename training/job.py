@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.calibration import Calibration, fit_platt
 from training.errors import TrainingDataError
 from training.evaluate import evaluate, threshold_for_fpr
 from training.head import score
@@ -57,7 +58,7 @@ def train_register(
         X[train_idx], y[train_idx], X[val_idx], y[val_idx], cfg, storage=storage
     )
     val_scores = score(head, X[val_idx])
-    threshold = threshold_for_fpr(y[val_idx], val_scores, cfg.target_fpr)
+    threshold, uncertain_from, calibration = operating_point(y[val_idx], val_scores, cfg)
     val_sources = [sources[i] for i in val_idx]
     metrics = evaluate(y[val_idx], val_scores, threshold, val_sources)
     decision = decide_promotion(
@@ -84,6 +85,8 @@ def train_register(
         metrics=metrics,
         trained_on=trained_on,
         parent=registry.current(),
+        calibration=calibration,
+        uncertain_from=uncertain_from,
         extra={
             "promotion": decision,
             "train_config": asdict(cfg),
@@ -100,6 +103,27 @@ def train_register(
         decision["reason"],
     )
     return meta
+
+
+def operating_point(
+    y_val: np.ndarray, val_scores: np.ndarray, cfg: TrainConfig
+) -> tuple[float, float | None, Calibration | None]:
+    """(threshold, lower edge of the abstain band, calibration), all from held-out rows:
+    the threshold passes `cfg.target_fpr` of the held-out real images, the band starts
+    where `cfg.uncertain_fpr` of them would pass (None when that is not below the
+    threshold), and Platt scaling is fitted on the held-out scores (None, logged, when
+    it cannot be: one class, or scores that rank the classes backwards)."""
+    threshold = threshold_for_fpr(y_val, val_scores, cfg.target_fpr)
+    uncertain_from = None
+    if cfg.uncertain_fpr > cfg.target_fpr:
+        edge = threshold_for_fpr(y_val, val_scores, cfg.uncertain_fpr)
+        uncertain_from = edge if edge < threshold else None
+    try:
+        calibration = fit_platt(val_scores, y_val)
+    except ValueError as exc:
+        log.warning("no calibration for this head: %s", exc)
+        calibration = None
+    return threshold, uncertain_from, calibration
 
 
 def split_counts(y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray) -> dict:

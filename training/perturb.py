@@ -53,3 +53,50 @@ def parse_perturbations(spec: str) -> dict[str, Callable[[bytes], bytes]]:
 
         out[item] = apply
     return out
+
+
+def reencode(side: int, quality: int) -> Callable[[bytes], bytes]:
+    """An upload's second life: shortest side scaled to `side` px, then JPEG at `quality`
+    (the "160px q60" robustness figure of the benchmark)."""
+
+    def apply(data: bytes) -> bytes:
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        scale = side / min(img.size)
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BICUBIC
+        )
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=quality)
+        return buf.getvalue()
+
+    return apply
+
+
+def launder(seed: int) -> Callable[[bytes], bytes]:
+    """A random laundering of the kind uploads go through, the same for the same seed and
+    bytes: a crop keeping 80-100% of each side, a downscale by 0.4-1, then JPEG (q 50-95,
+    70% of the time), WebP (q 50-95, 20%) or PNG. Training on such copies (cached like any
+    image: the cache key is the laundered bytes' hash) teaches a head traces that survive."""
+    import hashlib
+    import random
+
+    def apply(data: bytes) -> bytes:
+        rng = random.Random(f"{seed}:{hashlib.sha256(data).hexdigest()}")
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        w, h = img.size
+        cw, ch = round(w * rng.uniform(0.8, 1.0)), round(h * rng.uniform(0.8, 1.0))
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        img = img.crop((left, top, left + cw, top + ch))
+        factor = rng.uniform(0.4, 1.0)
+        img = img.resize((max(1, round(cw * factor)), max(1, round(ch * factor))), Image.BICUBIC)
+        buf = io.BytesIO()
+        kind = rng.random()
+        if kind < 0.7:
+            img.save(buf, "JPEG", quality=rng.randint(50, 95))
+        elif kind < 0.9:
+            img.save(buf, "WEBP", quality=rng.randint(50, 95))
+        else:
+            img.save(buf, "PNG")
+        return buf.getvalue()
+
+    return apply

@@ -165,6 +165,8 @@ def _config_problem(cfg: object) -> str | None:
         "blocks": lambda v: _is_int(v) and v >= 0,
         "dropout": lambda v: _is_real(v) and 0.0 <= v <= 1.0,
         "negative_slope": _is_real,
+        "tower_blocks": lambda v: _is_int(v) and 0 <= v <= 1024,
+        "pool_dim": lambda v: _is_int(v) and 0 < v <= 65536,
     }
     for key, ok in checks.items():
         if key in cfg and not ok(cfg[key]):

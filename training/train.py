@@ -47,6 +47,9 @@ class TrainConfig:
     workers: int = 2  # Ray Train workers
     use_gpu: bool = False
     target_fpr: float = 0.05  # the stored threshold meets this on held-out data
+    # Scores that this fraction of held-out real images reach, but under the threshold,
+    # are "uncertain" (the abstain band); 0 turns the band off.
+    uncertain_fpr: float = 0.2
     # Caption embeddings, when used, are the last `text_dim` columns of X. Modality dropout
     # zeroes them for this fraction of training rows, so the head also learns to judge the
     # image alone: records without a caption are served with zeros there.
@@ -54,6 +57,12 @@ class TrainConfig:
     modality_dropout: float = 0.5
     # Ray Train restarts a failed worker group this many times, from its latest checkpoint.
     max_failures: int = 2
+    # > 0: the rows are the class tokens of this many transformer blocks (training.features,
+    # "blocks"), pooled by the head before its MLP (HeadConfig.tower_blocks).
+    tower_blocks: int = 0
+
+    def head_config(self, input_dim: int) -> HeadConfig:
+        return HeadConfig(input_dim=input_dim, tower_blocks=self.tower_blocks)
 
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         if self.loss == "bce":
@@ -79,8 +88,13 @@ def fit_epochs(
     resume: dict | None = None,
     device: str = "cpu",
     agree: Callable[[float], float] = lambda auc: auc,
+    weights: np.ndarray | None = None,
 ) -> tuple[MLPHead, list[dict]]:
     """Train; returns the head with the best held-out AUC and the per-epoch history.
+
+    `weights` (N,), when given, are sampling weights: each epoch draws N rows with
+    replacement in proportion to them (training.balance makes weights that give the
+    two classes equal mass within each content group), instead of a permutation.
 
     After each epoch, `on_epoch(record, state)` gets the epoch's history record
     (epoch, loss, val_auc, plus best_auc) and `state()`, which builds the whole
@@ -97,7 +111,7 @@ def fit_epochs(
     an all-reduce).
     """
     torch.manual_seed(cfg.seed)
-    head = MLPHead(HeadConfig(input_dim=X.shape[1]))
+    head = MLPHead(cfg.head_config(X.shape[1]))
     if resume:
         head.load_state_dict(resume["head"])
     model = wrap(head.to(device))
@@ -136,7 +150,7 @@ def fit_epochs(
         if stale >= cfg.patience:  # a run resumed from the epoch that stopped it
             break
         model.train()
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(X))[rank::world]
+        order = _epoch_order(len(X), cfg.seed + epoch, weights)[rank::world]
         dropout_seed, modality_seed = _epoch_seeds(cfg.seed, rank, epoch)
         torch.manual_seed(dropout_seed)  # the head's Dropout layers
         gen = torch.Generator().manual_seed(modality_seed)
@@ -179,6 +193,17 @@ def fit_epochs(
             on_epoch({**record, "best_auc": best_auc}, state)
     head.load_state_dict(best_state)
     return head.cpu().eval(), history
+
+
+def _epoch_order(n: int, seed: int, weights: np.ndarray | None) -> np.ndarray:
+    """The rows of one epoch, in order: a permutation, or n draws by `weights`."""
+    rng = np.random.default_rng(seed)
+    if weights is None:
+        return rng.permutation(n)
+    p = np.asarray(weights, dtype=np.float64)
+    if p.shape != (n,) or not np.all(np.isfinite(p)) or p.min() < 0 or p.sum() <= 0:
+        raise ValueError("sampling weights must be N finite non-negative numbers, not all 0")
+    return rng.choice(n, size=n, replace=True, p=p / p.sum())
 
 
 def _epoch_seeds(seed: int, rank: int, epoch: int) -> tuple[int, int]:
@@ -232,7 +257,7 @@ def _train_loop_per_worker(config: dict) -> None:
     fit_epochs(
         config["X"], config["y"], config["X_val"], config["y_val"], cfg,
         rank=rank, world=world, wrap=ray.train.torch.prepare_model, on_epoch=on_epoch,
-        resume=resume, device=str(device), agree=agree,
+        resume=resume, device=str(device), agree=agree, weights=config.get("weights"),
     )  # fmt: skip
 
 
@@ -245,6 +270,7 @@ def fit_head(
     *,
     storage: Path,
     fail_at_epoch: int | None = None,
+    weights: np.ndarray | None = None,
 ) -> tuple[MLPHead, list[dict]]:
     """Train with Ray Train (TorchTrainer, `cfg.workers` workers); returns the best head
     and the per-epoch history.
@@ -270,6 +296,7 @@ def fit_head(
             "y": y,
             "X_val": X_val,
             "y_val": y_val,
+            "weights": weights,
             "fail_at_epoch": fail_at_epoch,
             "run_dir": str(storage.resolve() / name),
         },
@@ -288,6 +315,6 @@ def fit_head(
         state = torch.load(Path(d) / "state.pt", weights_only=False)
     if state["best_auc"] < 0:
         raise RuntimeError("held-out AUC was never defined (one class held out?)")
-    head = MLPHead(HeadConfig(input_dim=X.shape[1]))
+    head = MLPHead(cfg.head_config(X.shape[1]))
     head.load_state_dict(state["best"])
     return head.eval(), state["history"]

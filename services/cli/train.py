@@ -58,14 +58,35 @@ def add_parser(sub) -> None:
     training_args(sp)
     sp.set_defaults(func=run_retrain)
 
-    sp = sub.add_parser("eval", help="print one JSON object of held-out metrics for a head")
+    sp = sub.add_parser(
+        "eval",
+        help="print one JSON object of held-out metrics for a head, or (--leave-source-out) "
+        "for heads trained with every source held out in turn",
+        description="Metrics of a registered head on --data (per source, and per content where "
+        "the manifest has a content column); or, with --leave-source-out, the benchmark that "
+        "subject cannot game: the data's sources are dealt into folds, and each fold is scored "
+        "by a head trained (with the training flags below) on the other folds' sources, its "
+        "threshold chosen on still other held-back sources.",
+    )
     registry_arg(sp)
     sp.add_argument("--data", required=True)
     sp.add_argument("--version", default=None, help="head version (default: CURRENT)")
     sp.add_argument(
         "--perturb", default="", help="also under laundering, e.g. jpeg:75,resize:0.5,blur:1"
     )
-    sp.add_argument("--cache", default=".cache")
+    lso = sp.add_argument_group("leave-source-out benchmark")
+    lso.add_argument("--leave-source-out", action="store_true",
+                     help="train and score heads fold by fold instead of evaluating a stored head")  # fmt: skip
+    lso.add_argument("--encoder", default=None, help="encoder spec (default: the offline CLIP weights)")  # fmt: skip
+    lso.add_argument("--features", choices=["embedding", "blocks"], default="embedding",
+                     help="what the heads read: the final embedding, or every block's class token")  # fmt: skip
+    lso.add_argument("--augment", type=int, default=2,
+                     help="laundered copies of each training image (JPEG/WebP, downscale, crop)")  # fmt: skip
+    lso.add_argument("--no-balance", action="store_true",
+                     help="do not reweigh training rows so that label and content are independent")  # fmt: skip
+    lso.add_argument("--folds", type=int, default=5)
+    lso.add_argument("--seeds", type=int, default=3, help="repeat with this many seeds and average")
+    training_args(sp)
     sp.set_defaults(func=run_eval)
 
 
@@ -164,7 +185,8 @@ def print_bad(bad: list[tuple[str, str]]) -> None:
 
 # -------------------------------------------------------------------- eval
 def run_eval(args: argparse.Namespace) -> int:
-
+    if args.leave_source_out:
+        return run_leave_source_out(args)
     from training.data import load_samples
     from training.embeddings import embed_samples
     from training.evaluate import evaluate
@@ -188,13 +210,37 @@ def run_eval(args: argparse.Namespace) -> int:
         print_bad(emb.bad)
         X = head_input(emb.X, emb.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
         scores = score(head, X)
-        return evaluate(emb.labels, scores, meta.threshold, emb.sources)
+        out = evaluate(emb.labels, scores, meta.threshold, emb.sources)
+        if any(s.content for s in emb.samples):
+            by_content = evaluate(
+                emb.labels, scores, meta.threshold, [s.content or "untagged" for s in emb.samples]
+            )
+            out["per_content"] = by_content["per_source"]
+        return out
 
     out = {"version": meta.version, "encoder": meta.encoder, **run()}
     if args.perturb:
         out["perturbations"] = {
             name: run(fn) for name, fn in parse_perturbations(args.perturb).items()
         }
+    print(json.dumps(out))
+    return 0
+
+
+def run_leave_source_out(args: argparse.Namespace) -> int:
+    from training.benchmark import run_benchmark
+    from training.data import load_samples
+
+    check_exists(args.data, "--data")
+    if args.folds < 2 or args.seeds < 1:
+        raise ConfigError("--folds must be at least 2 and --seeds at least 1")
+    out = run_benchmark(
+        load_samples(args.data), resolve_encoder(args.encoder), train_config(args),
+        features=args.features, augment=args.augment, balance=not args.no_balance,
+        folds=args.folds, seeds=range(args.seed, args.seed + args.seeds),
+        cache_dir=Path(args.cache) / "embeddings", workers=args.workers,
+        log=lambda msg: print(msg, file=sys.stderr, flush=True),
+    )  # fmt: skip
     print(json.dumps(out))
     return 0
 

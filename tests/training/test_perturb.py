@@ -1,7 +1,6 @@
 """training/perturb.py: each laundering perturbation against PIL applied here, the spec
 parser, and an eval run whose metrics must move under them."""
 
-import argparse
 import contextlib
 import io
 import json
@@ -125,10 +124,12 @@ def test_eval_metrics_change_under_each_perturbation(tmp_path, tiny_registry):
         (data / label).mkdir(parents=True)
         for i in range(6):
             (data / label / f"{i}.png").write_bytes(png(make(i, size=64)))
-    args = argparse.Namespace(
-        data=str(data), registry=str(tiny_registry.root), version=None,
-        cache=str(tmp_path / "cache"), perturb="jpeg:10,resize:0.25,blur:3",
-    )  # fmt: skip
+    from services.cli import build_parser
+
+    args = build_parser().parse_args([
+        "eval", "--data", str(data), "--registry", str(tiny_registry.root),
+        "--cache", str(tmp_path / "cache"), "--perturb", "jpeg:10,resize:0.25,blur:3",
+    ])  # fmt: skip
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert run_eval(args) == 0
