@@ -337,6 +337,7 @@ class StreamWorker:
                 embeddings,
                 scores,
                 meta.version,
+                features=meta.features,
             )
         # The head's abstain band and calibration (built once, when the head was loaded).
         verdicts, probabilities = self.detector.judge(scores)

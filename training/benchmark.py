@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.evaluate import roc_auc, threshold_for_fpr, tpr_at_fpr
+from training.evaluate import roc_auc, threshold_for_group_fpr, tpr_at_fpr
 
 # fit(X, y, X_val, y_val, weights) -> score(X) -> P(generated)
 Fit = Callable[
@@ -132,7 +132,10 @@ def leave_source_out(
                 groups += [data.contents[i] for i in data.aug_of[take]]
             weights = balance(y_fit, groups) if balance else None
             model = fit(X_fit, y_fit, data.X[cal_rows], y[cal_rows], weights)
-            threshold = threshold_for_fpr(y[cal_rows], model(data.X[cal_rows]), target_fpr)
+            threshold = threshold_for_group_fpr(
+                y[cal_rows], model(data.X[cal_rows]), [data.contents[i] for i in cal_rows],
+                target_fpr,
+            )  # fmt: skip
             held[test] = model(data.X[test])
             cut[test] = threshold
             for name, Xv in data.variants.items():
@@ -241,9 +244,7 @@ def run_benchmark(
     encoder: str,
     cfg,
     *,
-    features: str = "embedding",
     augment: int = 0,
-    balance: bool = True,
     folds: int = 5,
     seeds: Sequence[int] = (0, 1, 2),
     cache_dir,
@@ -251,11 +252,10 @@ def run_benchmark(
     progress: bool = True,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> dict:
-    """Embed `samples` (training.data.Sample) with `encoder` as `features` (clean, re-encoded
-    at 160 px JPEG q60, and `augment` laundered copies for training), then
-    `leave_source_out` with the head of `cfg` (a TrainConfig). Embeddings are cached."""
-    from dataclasses import replace
-
+    """Embed `samples` (training.data.Sample) with `encoder` as `cfg.features` (clean,
+    re-encoded at 160 px JPEG q60, and `augment` laundered copies for training), then
+    `leave_source_out` with the head of `cfg` (a TrainConfig; `cfg.balance` reweighs
+    training rows by content). Embeddings are cached."""
     from training.balance import reweigh
     from training.embeddings import embed_samples
     from training.perturb import launder, reencode
@@ -263,7 +263,7 @@ def run_benchmark(
     def embed(transform=None):
         return embed_samples(
             samples, encoder, cache_dir=cache_dir, workers=workers, progress=progress,
-            transform=transform, with_text=False, features=features,
+            transform=transform, with_text=False, features=cfg.features,
         )  # fmt: skip
 
     clean = embed()
@@ -291,21 +291,13 @@ def run_benchmark(
         aug_X=np.concatenate(aug_X) if aug_X else None,
         aug_of=np.array(aug_of) if aug_X else None,
     )
-    if features == "blocks":
-        cfg = replace(cfg, tower_blocks=int(clean.X.shape[1] // _block_width(encoder)))
     out = leave_source_out(
         data, head_fit(cfg), folds=folds, seeds=seeds, target_fpr=cfg.target_fpr,
-        balance=reweigh if balance else None, progress=log,
+        balance=reweigh if cfg.balance else None, progress=log,
     )  # fmt: skip
     out["setup"] = {
-        "encoder": encoder, "features": features, "loss": cfg.loss, "augment": augment,
-        "balance": "content" if balance else None, "folds": folds, "images": len(clean.samples),
-        "skipped": len(clean.bad),
+        "encoder": encoder, "features": cfg.features, "pooled_blocks": cfg.tower_blocks,
+        "loss": cfg.loss, "augment": augment, "balance": "content" if cfg.balance else None,
+        "folds": folds, "images": len(clean.samples), "skipped": len(clean.bad),
     }  # fmt: skip
     return out
-
-
-def _block_width(encoder: str) -> int:
-    from training.encoders import load_encoder
-
-    return load_encoder(encoder, device="cpu", threads=1).block_shape[1]

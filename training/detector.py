@@ -15,6 +15,7 @@ import torch
 
 from training.calibration import Calibration, verdict_for
 from training.encoders import Encoder, load_encoder
+from training.features import encode, width
 from training.head import HeadConfig, MLPHead, head_input, score
 from training.registry import HeadMeta, Registry
 
@@ -25,9 +26,12 @@ class Detector:
             raise ValueError(
                 f"head {meta.version} needs encoder {meta.encoder}, got {encoder.spec}"
             )
-        expected = encoder.dim + (encoder.text_dim if meta.uses_text else 0)
+        expected = width(encoder, meta.features) + (encoder.text_dim if meta.uses_text else 0)
         if head.config.input_dim != expected:
-            raise ValueError(f"head input_dim {head.config.input_dim} != encoder width {expected}")
+            raise ValueError(
+                f"head input_dim {head.config.input_dim} != encoder width {expected} "
+                f"({meta.features})"
+            )
         # Raw score -> P(generated), built once per head; None when the head has none.
         # A malformed one is a ValueError here (the registry refuses it earlier).
         self.calibration = (
@@ -106,11 +110,13 @@ class Detector:
         *,
         timings: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Embed and score a batch: (B,3,S,S) -> (embeddings (B,D), scores (B,)).
+        """Embed and score a batch: (B,3,S,S) -> (image features (B,F), scores (B,)). The
+        features are what the head reads (`meta.features`: the final embedding, or
+        transformer blocks' class tokens); the feature log keeps them for retraining.
         `texts[i]` is record i's caption (None or "" for none), read by a head that uses text.
         `timings`, when given, receives the seconds spent in "embed" and "score"."""
         t0 = time.perf_counter()
-        embeddings = self.encoder.encode_images(pixels)
+        _, embeddings = encode(self.encoder, pixels, self.meta.features)
         t1 = time.perf_counter()
         features = head_input(
             embeddings,

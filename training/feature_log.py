@@ -1,7 +1,10 @@
 """The feature log: what the workers saw, so retraining never recomputes CLIP.
 
 Each worker appends one row per verdict — (id, url, ts, encoder, embedding,
-score, head_version) — to rolling Parquet files of its own:
+score, head_version, features) — to rolling Parquet files of its own.
+`embedding` holds what the head read (training.features: the final embedding,
+or transformer blocks' class tokens) and `features` says which; rows written
+before that column existed read as null, i.e. "embedding".
 
     ROOT/worker=<id>/part-<unix ms>-<uuid>.parquet
 
@@ -31,6 +34,7 @@ SCHEMA = pa.schema(
         ("embedding", pa.list_(pa.float32())),
         ("score", pa.float32()),
         ("head_version", pa.string()),
+        ("features", pa.string()),
     ]
 )
 
@@ -62,6 +66,8 @@ class FeatureLogWriter:
         embeddings: np.ndarray,
         scores: np.ndarray,
         head_version: str,
+        *,
+        features: str = "embedding",
     ) -> None:
         now = time.time()
         self._rows["id"] += ids
@@ -71,6 +77,7 @@ class FeatureLogWriter:
         self._rows["embedding"] += [e for e in np.asarray(embeddings, np.float32)]
         self._rows["score"] += [float(s) for s in scores]
         self._rows["head_version"] += [head_version] * len(ids)
+        self._rows["features"] += [features] * len(ids)
         self.flush_if_due()
 
     def flush_if_due(self) -> None:

@@ -4,6 +4,8 @@
                 the image shows
     blocks      the class token after every transformer block, each
                 L2-normalised, concatenated block by block, (B, L * W)
+    blocks:A-B  the same for blocks A to B only (0-based, inclusive; "blocks:8"
+                is block 8 alone)
 
 Semantics dominate the final embedding: a head on it learns what generated
 images tend to show (portraits, stylised scenes) as much as how they were
@@ -20,18 +22,35 @@ disagree.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from training.encoders import Encoder, ImageFeatures
 
-KINDS = ("embedding", "blocks")
+KINDS = ("embedding", "blocks", "blocks:A-B")
 DEFAULT = "embedding"
+_RANGE = re.compile(r"blocks(?::(\d{1,3})(?:-(\d{1,3}))?)?")
 
 
 def check_kind(kind: str) -> str:
-    if kind not in KINDS:
+    if kind != "embedding" and not _RANGE.fullmatch(kind):
         raise ValueError(f"image features must be one of {', '.join(KINDS)}, not {kind!r}")
     return kind
+
+
+def block_range(kind: str, blocks: int) -> range:
+    """The blocks `kind` reads out of an encoder's `blocks`; ValueError beyond them."""
+    match = _RANGE.fullmatch(check_kind(kind))
+    if match is None:
+        raise ValueError(f"{kind!r} reads no transformer blocks")
+    first = int(match.group(1) or 0)
+    last = int(match.group(2) or match.group(1) or blocks - 1)
+    if not blocks:
+        raise ValueError("this encoder exposes no transformer blocks")
+    if not first <= last < blocks:
+        raise ValueError(f"{kind!r}: this encoder has blocks 0-{blocks - 1}")
+    return range(first, last + 1)
 
 
 def image_features(features: ImageFeatures, kind: str) -> np.ndarray:
@@ -39,10 +58,11 @@ def image_features(features: ImageFeatures, kind: str) -> np.ndarray:
     if check_kind(kind) == "embedding":
         return features.embeddings.astype(np.float32, copy=False)
     blocks = features.blocks.astype(np.float32, copy=False)
-    if blocks.ndim != 3 or blocks.shape[1] == 0:
+    if blocks.ndim != 3:
         raise ValueError("this encoder exposes no transformer blocks")
-    norms = np.maximum(np.linalg.norm(blocks, axis=2, keepdims=True), 1e-12)
-    return (blocks / norms).reshape(len(blocks), -1)
+    chosen = blocks[:, list(block_range(kind, blocks.shape[1]))]
+    norms = np.maximum(np.linalg.norm(chosen, axis=2, keepdims=True), 1e-12)
+    return (chosen / norms).reshape(len(chosen), -1)
 
 
 def encode(encoder: Encoder, pixels: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +80,4 @@ def width(encoder: Encoder, kind: str) -> int:
     if check_kind(kind) == "embedding":
         return encoder.dim
     blocks, block_width = encoder.block_shape
-    if not blocks:
-        raise ValueError(f"encoder {encoder.spec} exposes no transformer blocks")
-    return blocks * block_width
+    return len(block_range(kind, blocks)) * block_width

@@ -8,15 +8,16 @@ both figures go into the new version's meta.json either way.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from training.balance import clusters, reweigh
 from training.calibration import Calibration, fit_platt
 from training.errors import TrainingDataError
-from training.evaluate import evaluate, threshold_for_fpr
+from training.evaluate import evaluate, threshold_for_fpr, threshold_for_group_fpr
 from training.head import score
 from training.promotion import decide_promotion
 from training.registry import HeadMeta, Registry
@@ -39,11 +40,18 @@ def train_register(
     extra: dict | None = None,
     stratify_sources: Collection[str] = (),
     min_per_class: int = 1,
+    groups: Sequence[str] | None = None,
+    augmented: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> HeadMeta:
     """Split, train with Ray Train, evaluate on held-out data, register, maybe promote.
 
     Rows of `stratify_sources` are split by label among themselves, not as
-    whole sources (see `split_indices`).
+    whole sources (see `split_indices`). With `cfg.balance`, training rows are
+    sampled so that label and group are independent (training.balance): the
+    groups are `groups` (content tags) or, without them, clusters of X.
+    `augmented` = (rows, index of each one's original in X): laundered copies
+    that train beside their original when it is on the training side, never
+    held out.
 
     Raises:
         TrainingDataError: before training, when either side of the split has
@@ -54,11 +62,15 @@ def train_register(
     )
     check_split(y, train_idx, val_idx, min_per_class=min_per_class)
     log.info("split %s: %d train, %d held out", how, len(train_idx), len(val_idx))
+    X_fit, y_fit, weights, balanced = training_rows(X, y, train_idx, cfg, groups, augmented)
     head, history = fit_head(
-        X[train_idx], y[train_idx], X[val_idx], y[val_idx], cfg, storage=storage
+        X_fit, y_fit, X[val_idx], y[val_idx], cfg, storage=storage, weights=weights
     )
     val_scores = score(head, X[val_idx])
-    threshold, uncertain_from, calibration = operating_point(y[val_idx], val_scores, cfg)
+    val_groups = [str(groups[i] or "untagged") for i in val_idx] if groups and any(groups) else None
+    threshold, uncertain_from, calibration = operating_point(
+        y[val_idx], val_scores, cfg, val_groups
+    )
     val_sources = [sources[i] for i in val_idx]
     metrics = evaluate(y[val_idx], val_scores, threshold, val_sources)
     decision = decide_promotion(
@@ -75,6 +87,8 @@ def train_register(
         if how == "by_source"
         else None,
         "split": how,
+        "augmented_rows": len(X_fit) - len(train_idx),
+        "balanced_by": balanced,
         "stratified_sources": sorted(set(stratify_sources) & set(sources)),
     }
     meta = registry.save(
@@ -87,6 +101,7 @@ def train_register(
         parent=registry.current(),
         calibration=calibration,
         uncertain_from=uncertain_from,
+        features=cfg.features,
         extra={
             "promotion": decision,
             "train_config": asdict(cfg),
@@ -105,15 +120,47 @@ def train_register(
     return meta
 
 
+def training_rows(
+    X: np.ndarray,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    cfg: TrainConfig,
+    groups: Sequence[str] | None,
+    augmented: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str | None]:
+    """(rows, labels, sampling weights, what balanced them) to train on: the training
+    side, its laundered copies, and weights from content tags or clusters of X."""
+    rows = list(train_idx)
+    X_fit, y_fit = X[train_idx], y[train_idx]
+    if augmented is not None:
+        aug_X, aug_of = augmented
+        take = np.isin(aug_of, train_idx)
+        X_fit = np.concatenate([X_fit, aug_X[take]])
+        y_fit = np.concatenate([y_fit, y[aug_of[take]]])
+        rows += list(aug_of[take])
+    if not cfg.balance:
+        return X_fit, y_fit, None, None
+    if groups is not None and any(groups):
+        names, balanced = [str(groups[i] or "untagged") for i in rows], "content"
+    else:
+        every = clusters(X, k=8, seed=cfg.seed)
+        names, balanced = [every[i] for i in rows], "clusters"
+    return X_fit, y_fit, reweigh(y_fit, names), balanced
+
+
 def operating_point(
-    y_val: np.ndarray, val_scores: np.ndarray, cfg: TrainConfig
+    y_val: np.ndarray,
+    val_scores: np.ndarray,
+    cfg: TrainConfig,
+    groups: Sequence[str] | None = None,
 ) -> tuple[float, float | None, Calibration | None]:
     """(threshold, lower edge of the abstain band, calibration), all from held-out rows:
-    the threshold passes `cfg.target_fpr` of the held-out real images, the band starts
+    the threshold passes `cfg.target_fpr` of the held-out real images, overall and in
+    each content group (`groups`) with enough real images, the band starts
     where `cfg.uncertain_fpr` of them would pass (None when that is not below the
     threshold), and Platt scaling is fitted on the held-out scores (None, logged, when
     it cannot be: one class, or scores that rank the classes backwards)."""
-    threshold = threshold_for_fpr(y_val, val_scores, cfg.target_fpr)
+    threshold = threshold_for_group_fpr(y_val, val_scores, groups, cfg.target_fpr)
     uncertain_from = None
     if cfg.uncertain_fpr > cfg.target_fpr:
         edge = threshold_for_fpr(y_val, val_scores, cfg.uncertain_fpr)

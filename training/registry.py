@@ -38,6 +38,7 @@ import torch
 
 from training.calibration import Calibration
 from training.errors import EncoderMismatchError, RegistryError
+from training.features import check_kind
 from training.head import HeadConfig, MLPHead
 
 # `v` then 1..999999999 without leading zeros. Checked with fullmatch: `$` would
@@ -81,6 +82,9 @@ class HeadMeta:
     # Lower edge of the abstain band in raw-score units, <= threshold: scores in
     # [uncertain_from, threshold) get the verdict "uncertain". None: no band.
     uncertain_from: float | None = None
+    # What the head reads from the image tower (training.features): "embedding" (heads
+    # saved before there was a choice), "blocks" or "blocks:A-B".
+    features: str = "embedding"
     extra: dict[str, Any] = field(default_factory=dict)  # promotion decisions, hyper-parameters
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,6 +145,11 @@ def _meta_problem(d: object, version: str) -> str | None:
             Calibration.from_dict(d["calibration"])
         except ValueError as exc:
             return f"calibration must be null or a valid calibration: {exc}"
+    features = d.get("features", "embedding")
+    try:
+        check_kind(features if isinstance(features, str) else repr(features))
+    except ValueError as exc:
+        return f"features: {exc}"
     u = d.get("uncertain_from")
     if u is not None and (not _is_real(u) or not 0.0 <= u <= t):
         return (
@@ -322,6 +331,7 @@ class Registry:
         extra: dict[str, Any] | None = None,
         calibration: Calibration | dict[str, Any] | None = None,
         uncertain_from: float | None = None,
+        features: str = "embedding",
     ) -> HeadMeta:
         """Store `head` as a new version (not promoted; call `promote`).
 
@@ -350,6 +360,7 @@ class Registry:
             calibration=calibration,
             # only numbers become floats: anything else is refused below, by _meta_problem
             uncertain_from=float(uncertain_from) if _is_real(uncertain_from) else uncertain_from,
+            features=features,
             extra=extra or {},
         )
         shadowed = sorted(set(meta.extra) & _META_FIELDS)

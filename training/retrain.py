@@ -57,11 +57,15 @@ def read_labels(kafka: KafkaSettings, topic: str) -> tuple[dict[str, int], int]:
 
 
 def labelled_features(
-    feature_log: str, labels: dict[str, int], encoder: str
+    feature_log: str, labels: dict[str, int], encoder: str, features: str = "embedding"
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, embeddings, labels) for logged images that have a label, under `encoder`."""
+    """(ids, image features, labels) for logged images that have a label, under `encoder`
+    and of the kind `features` (rows without a kind are "embedding")."""
     table = read_feature_log(feature_log)
-    table = table.filter(pc.equal(table.column("encoder"), encoder))
+    kinds = pc.fill_null(table.column("features"), "embedding")
+    table = table.filter(
+        pc.and_(pc.equal(table.column("encoder"), encoder), pc.equal(kinds, features))
+    )
     latest: dict[str, np.ndarray] = {}
     for rid, emb in zip(
         table.column("id").to_pylist(), table.column("embedding").to_pylist(), strict=True
@@ -97,7 +101,7 @@ def round_features(
 
     base = embed_samples(
         load_samples(data["src"]), meta.encoder, cache_dir=cache / "embeddings", progress=False,
-        with_text=meta.uses_text,
+        with_text=meta.uses_text, features=meta.features,
     )  # fmt: skip
     X_base = head_input(base.X, base.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
     return (
@@ -146,7 +150,7 @@ def retrain_once(s: RetrainSettings, *, labels: tuple[dict[str, int], int] | Non
         )
     meta = registry.meta(current)
     label_map, bad = read_labels(s.kafka, s.labels_topic) if labels is None else labels
-    ids, X_fb, y_fb = labelled_features(s.feature_log, label_map, meta.encoder)
+    ids, X_fb, y_fb = labelled_features(s.feature_log, label_map, meta.encoder, meta.features)
     used = _feedback_ids(registry, current)
     new = [i for i in ids if i not in used]
     summary = {
@@ -167,7 +171,12 @@ def retrain_once(s: RetrainSettings, *, labels: tuple[dict[str, int], int] | Non
     if n_base is not None:
         summary["base"] = n_base
     data = meta.extra.get("data")
-    cfg = replace(s.train, text_dim=X.shape[1] - X_fb.shape[1])
+    # The new head reads what the current one reads, shaped the same way.
+    cfg = replace(
+        s.train, text_dim=X.shape[1] - X_fb.shape[1], features=meta.features,
+        tower_blocks=meta.extra.get("train_config", {}).get("tower_blocks", 0),
+        hidden_dim=meta.extra.get("train_config", {}).get("hidden_dim", 0),
+    )  # fmt: skip
     try:
         new_meta = train_register(
             X, y, sources, encoder=meta.encoder, registry=registry, cfg=cfg, storage=s.cache / "ray-train",

@@ -47,6 +47,9 @@ class TrainConfig:
     workers: int = 2  # Ray Train workers
     use_gpu: bool = False
     target_fpr: float = 0.05  # the stored threshold meets this on held-out data
+    # Sample training rows so that label and content (or embedding cluster) are
+    # independent (training.balance), so that the subject cannot stand in for the label.
+    balance: bool = True
     # Scores that this fraction of held-out real images reach, but under the threshold,
     # are "uncertain" (the abstain band); 0 turns the band off.
     uncertain_fpr: float = 0.2
@@ -60,9 +63,14 @@ class TrainConfig:
     # > 0: the rows are the class tokens of this many transformer blocks (training.features,
     # "blocks"), pooled by the head before its MLP (HeadConfig.tower_blocks).
     tower_blocks: int = 0
+    hidden_dim: int = 0
+    # What the head reads from the image tower (training.features); stored with the head.
+    features: str = "embedding"  # the head's width; 0: as wide as its input (the paper's head)
 
     def head_config(self, input_dim: int) -> HeadConfig:
-        return HeadConfig(input_dim=input_dim, tower_blocks=self.tower_blocks)
+        return HeadConfig(
+            input_dim=input_dim, hidden_dim=self.hidden_dim, tower_blocks=self.tower_blocks
+        )
 
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         if self.loss == "bce":

@@ -78,12 +78,8 @@ def add_parser(sub) -> None:
     lso.add_argument("--leave-source-out", action="store_true",
                      help="train and score heads fold by fold instead of evaluating a stored head")  # fmt: skip
     lso.add_argument("--encoder", default=None, help="encoder spec (default: the offline CLIP weights)")  # fmt: skip
-    lso.add_argument("--features", choices=["embedding", "blocks"], default="embedding",
-                     help="what the heads read: the final embedding, or every block's class token")  # fmt: skip
     lso.add_argument("--augment", type=int, default=2,
                      help="laundered copies of each training image (JPEG/WebP, downscale, crop)")  # fmt: skip
-    lso.add_argument("--no-balance", action="store_true",
-                     help="do not reweigh training rows so that label and content are independent")  # fmt: skip
     lso.add_argument("--folds", type=int, default=5)
     lso.add_argument("--seeds", type=int, default=3, help="repeat with this many seeds and average")
     training_args(sp)
@@ -91,6 +87,23 @@ def add_parser(sub) -> None:
 
 
 def training_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--features", default="embedding", metavar="KIND",
+        help="what the head reads from the image tower: 'embedding' (the final CLIP embedding), "
+        "'blocks' (every transformer block's class token) or 'blocks:A-B' (blocks A to B, "
+        "0-based; 'blocks:8' is one block). Default: embedding",
+    )  # fmt: skip
+    sp.add_argument(
+        "--pool-blocks", action="store_true",
+        help="with block features, pool the blocks with learned weights before the MLP (RINE) "
+        "instead of reading their concatenation",
+    )  # fmt: skip
+    sp.add_argument("--hidden-dim", type=int, default=0, help="head width (0: its input width)")
+    sp.add_argument(
+        "--no-balance", action="store_true",
+        help="do not reweigh training rows so that label and content (or embedding cluster) "
+        "are independent",
+    )  # fmt: skip
     sp.add_argument("--epochs", type=int, default=30)
     sp.add_argument(
         "--workers", type=int, default=2, help="Ray Train workers (and embedding actors)"
@@ -116,9 +129,15 @@ def training_args(sp: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace):
+    from training.features import check_kind
     from training.train import TrainConfig
 
+    try:
+        check_kind(args.features)
+    except ValueError as exc:
+        raise ConfigError(f"--features: {exc}") from None
     return TrainConfig(
+        features=args.features, hidden_dim=args.hidden_dim, balance=not args.no_balance,
         loss=args.loss, gamma=args.gamma, alpha=args.alpha, rho=args.rho, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, patience=args.patience, seed=args.seed, workers=args.workers,
         target_fpr=args.target_fpr, use_gpu=args.use_gpu, modality_dropout=args.modality_dropout,
@@ -136,24 +155,40 @@ def run_train(args: argparse.Namespace) -> int:
     check_exists(args.data, "--data")
     encoder = resolve_encoder(args.encoder)
     samples = load_samples(args.data)
+    cfg = pooled(train_config(args), encoder, args.pool_blocks)
     emb = embed_samples(
         samples,
         encoder,
         cache_dir=Path(args.cache) / "embeddings",
         workers=args.workers,
         with_text=not args.no_text,
+        features=cfg.features,
     )
     print_bad(emb.bad)
     text_dim = 0 if emb.T is None else emb.T.shape[1]
-    cfg = replace(train_config(args), text_dim=text_dim)
+    cfg = replace(cfg, text_dim=text_dim)
     meta = train_register(
         head_input(emb.X, emb.T, uses_text=text_dim > 0, text_dim=text_dim), emb.labels, emb.sources, encoder=encoder,
         registry=Registry(args.registry), cfg=cfg, storage=Path(args.cache) / "ray-train",
         tolerance=args.tolerance, extra={"data": {"src": str(Path(args.data).resolve())}},
+        groups=[s.content for s in emb.samples],
     )  # fmt: skip
     print(json.dumps({"version": meta.version, "promoted": meta.extra["promotion"]["promoted"],
                       "metrics": {k: v for k, v in meta.metrics.items() if k != "per_source"}}))  # fmt: skip
     return 0
+
+
+def pooled(cfg, encoder: str, pool: bool):
+    """`cfg` with the head pooling its block features (HeadConfig.tower_blocks) when asked."""
+    if not pool:
+        return cfg
+    if cfg.features == "embedding":
+        raise ConfigError("--pool-blocks needs block features (--features blocks or blocks:A-B)")
+    from training.encoders import load_encoder
+    from training.features import block_range
+
+    blocks = load_encoder(encoder, device="cpu", threads=1).block_shape[0]
+    return replace(cfg, tower_blocks=len(block_range(cfg.features, blocks)))
 
 
 def resolve_encoder(spec: str | None) -> str:
@@ -206,6 +241,7 @@ def run_eval(args: argparse.Namespace) -> int:
             transform=transform,
             progress=False,
             with_text=meta.uses_text,
+            features=meta.features,
         )
         print_bad(emb.bad)
         X = head_input(emb.X, emb.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
@@ -234,9 +270,10 @@ def run_leave_source_out(args: argparse.Namespace) -> int:
     check_exists(args.data, "--data")
     if args.folds < 2 or args.seeds < 1:
         raise ConfigError("--folds must be at least 2 and --seeds at least 1")
+    encoder = resolve_encoder(args.encoder)
     out = run_benchmark(
-        load_samples(args.data), resolve_encoder(args.encoder), train_config(args),
-        features=args.features, augment=args.augment, balance=not args.no_balance,
+        load_samples(args.data), encoder, pooled(train_config(args), encoder, args.pool_blocks),
+        augment=args.augment,
         folds=args.folds, seeds=range(args.seed, args.seed + args.seeds),
         cache_dir=Path(args.cache) / "embeddings", workers=args.workers,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),

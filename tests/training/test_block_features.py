@@ -90,8 +90,8 @@ def test_block_head_round_trips_through_the_registry(tmp_path):
     torch.manual_seed(0)
     head = MLPHead(HeadConfig(input_dim=2 * 64, tower_blocks=2, pool_dim=16))
     reg = Registry(tmp_path)
-    meta = reg.save(head, encoder=TINY, threshold=0.5, extra={"features": "blocks"})
+    meta = reg.save(head, encoder=TINY, threshold=0.5, features="blocks")
     loaded, loaded_meta = reg.load(meta.version)
     x = np.random.default_rng(3).normal(size=(6, 128)).astype(np.float32)
     np.testing.assert_allclose(score(loaded, x), score(head, x), atol=1e-6)
-    assert loaded.config.tower_blocks == 2 and loaded_meta.extra["features"] == "blocks"
+    assert loaded.config.tower_blocks == 2 and loaded_meta.features == "blocks"
