@@ -74,7 +74,13 @@ def train_register(
     val_sources = [sources[i] for i in val_idx]
     metrics = evaluate(y[val_idx], val_scores, threshold, val_sources)
     decision = decide_promotion(
-        registry, metrics["auc"] or 0.0, encoder, X[val_idx], y[val_idx], tolerance
+        registry,
+        metrics["auc"] or 0.0,
+        encoder,
+        X[val_idx],
+        y[val_idx],
+        tolerance,
+        features=cfg.features,
     )
     trained_on = {
         "n": len(train_idx),

@@ -3,7 +3,8 @@
 A new head is promoted only when its held-out AUC is not worse than the
 current head's on the *same* held-out embeddings (within `tolerance`): two
 heads judged on different data cannot be compared. A current head trained for
-another encoder, or none at all, never blocks promotion.
+another encoder or on other image features (training.features), or none at
+all, never blocks promotion: it cannot score these rows.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def decide_promotion(
     X_val: np.ndarray,
     y_val: np.ndarray,
     tolerance: float,
+    features: str = "embedding",
 ) -> dict:
     """Compare with the current head on the same held-out set."""
     current = registry.current()
@@ -34,11 +36,11 @@ def decide_promotion(
     if current is None:
         return {**decision, "promoted": True, "reason": "no current head"}
     head, meta = registry.load(current)
-    if meta.encoder != encoder or meta.input_dim != X_val.shape[1]:
+    if meta.encoder != encoder or meta.features != features or meta.input_dim != X_val.shape[1]:
         return {
             **decision,
             "promoted": True,
-            "reason": f"current head uses another encoder ({meta.encoder})",
+            "reason": f"current head reads other features ({meta.encoder}, {meta.features})",
         }
     current_auc = roc_auc(y_val, score(head, X_val))
     promoted = new_auc >= current_auc - tolerance

@@ -56,6 +56,11 @@ def test_demo_runs_to_its_summary_and_leaves_a_head(tmp_path, onnx_weights):
     # scores matched to the wrong images would print far less
     auc1 = float(re.search(r"^AUC +([0-9.]+)", out.split("== stream 1")[1], re.M).group(1))
     assert auc1 >= 0.9, out
+    # the leave-source-out table: heads trained with each source held out in turn; the two
+    # kinds of image differ the same way in every source, so held-out sources rank apart
+    table = out.split("== leave-source-out benchmark")[1].split("==")[0]
+    overall = re.search(r"^overall +([0-9.]+) ", table, re.M)
+    assert overall and float(overall.group(1)) >= 0.9, table
     # labels, one retrain, the hot swap: stream 2 judged by v2 alone, workers not restarted
     assert "new head              v2" in out and "promoted              True" in out
     assert "hot swap              every worker on v2" in out
@@ -71,9 +76,11 @@ def test_demo_runs_to_its_summary_and_leaves_a_head(tmp_path, onnx_weights):
     # the demo's head stays registered, so eval/score/serve work right after
     registry = Registry(tmp_path / "registry")
     assert registry.current() == "v2"
-    assert json.loads((registry.heads / "v1" / "meta.json").read_text())["encoder"].startswith(
-        "onnx:"
-    )
+    v1 = json.loads((registry.heads / "v1" / "meta.json").read_text())
+    assert v1["encoder"].startswith("onnx:")
+    # the demo's recipe: the head reads block 8's class token, and so does its retrained v2
+    assert v1["features"] == "blocks:8" and v1["input_dim"] == 768
+    assert json.loads((registry.heads / "v2" / "meta.json").read_text())["features"] == "blocks:8"
 
 
 # ------------------------------------------------ the exit code when a record is lost

@@ -75,7 +75,12 @@ def test_promotion_refuses_a_worse_head_and_accepts_a_better_one(tmp_path):
     other = decide_promotion(
         reg, new_auc=0.5, encoder="onnx:/x.onnx", X_val=X, y_val=y, tolerance=0.0
     )
-    assert other["promoted"] is True and "another encoder" in other["reason"]
+    assert other["promoted"] is True and "other features" in other["reason"]
+    # same encoder and width, other features: the current head cannot score these rows
+    blocks = decide_promotion(
+        reg, new_auc=0.5, encoder=TINY, X_val=X, y_val=y, tolerance=0.0, features="blocks:1"
+    )
+    assert blocks["promoted"] is True and blocks["current_auc"] is None
 
 
 @pytest.mark.slow
@@ -211,3 +216,54 @@ def test_the_split_is_a_function_of_the_seed(by_source):
         splits[seed] = tuple(val.tolist())
     # different seeds give different splits: not one fixed split for every seed
     assert len(set(splits.values())) >= (10 if by_source else 29)
+
+
+def test_operating_point_holds_every_content_group_to_the_target_fpr():
+    """Real people score higher than real animals: a threshold over all real images passes
+    the target overall and fails it for people; the per-group rule holds both."""
+    from training.evaluate import threshold_for_fpr
+    from training.job import operating_point
+    from training.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    real_animals, real_people = rng.uniform(0.0, 0.4, 400), rng.uniform(0.2, 0.8, 40)
+    generated = rng.uniform(0.5, 1.0, 200)
+    scores = np.concatenate([real_animals, real_people, generated])
+    y = np.array([0] * 440 + [1] * 200)
+    groups = ["animal"] * 400 + ["people"] * 40 + ["people"] * 200
+    cfg = TrainConfig(target_fpr=0.05, uncertain_fpr=0.2)
+    plain, _, _ = operating_point(y, scores, cfg)
+    assert plain == threshold_for_fpr(y, scores, 0.05)
+    assert (real_people >= plain).mean() > 0.05  # the failure the group rule exists for
+    cut, band, calibration = operating_point(y, scores, cfg, groups)
+    assert (real_people >= cut).mean() <= 0.05 and (real_animals >= cut).mean() <= 0.05
+    assert cut == max(plain, threshold_for_fpr(y[400:], scores[400:], 0.05))
+    # the band: where 20% of the real images would pass, below the threshold
+    assert band == threshold_for_fpr(y, scores, 0.2) and band < cut
+    assert calibration is not None and calibration.a > 0
+    # one class only: no calibration, and no crash
+    _, _, none = operating_point(np.zeros(10, int), np.linspace(0, 1, 10), cfg)
+    assert none is None
+
+
+def test_training_rows_take_copies_of_training_originals_only_and_balance_by_content():
+    from training.job import training_rows
+    from training.train import TrainConfig
+
+    X = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y = np.array([0, 0, 1, 1, 0, 1])
+    train_idx = np.array([0, 1, 2, 3])  # rows 4 and 5 are held out
+    aug_X = X * 10
+    aug_of = np.arange(6)
+    groups = ["people", "animal", "people", "people", "animal", "people"]
+    Xf, yf, w, how = training_rows(X, y, train_idx, TrainConfig(), groups, (aug_X, aug_of))
+    assert Xf.tolist() == np.concatenate([X[:4], aug_X[:4]]).tolist()  # no copy of 4 or 5
+    assert yf.tolist() == [0, 0, 1, 1, 0, 0, 1, 1] and how == "content"
+    from training.balance import reweigh
+
+    rows = [0, 1, 2, 3, 0, 1, 2, 3]
+    np.testing.assert_allclose(w, reweigh(yf, [groups[i] for i in rows]))
+    _, _, none, how = training_rows(X, y, train_idx, TrainConfig(balance=False), groups, None)
+    assert none is None and how is None
+    _, _, w2, how = training_rows(X, y, train_idx, TrainConfig(), None, None)
+    assert how == "clusters" and len(w2) == 4
