@@ -95,3 +95,42 @@ def test_block_head_round_trips_through_the_registry(tmp_path):
     x = np.random.default_rng(3).normal(size=(6, 128)).astype(np.float32)
     np.testing.assert_allclose(score(loaded, x), score(head, x), atol=1e-6)
     assert loaded.config.tower_blocks == 2 and loaded_meta.features == "blocks"
+
+
+@pytest.mark.parametrize(
+    "kind, blocks",
+    [("blocks", range(0, 12)), ("blocks:8", range(8, 9)), ("blocks:7-10", range(7, 11))],
+)
+def test_block_ranges(kind, blocks):
+    from training.features import block_range
+
+    assert block_range(kind, 12) == blocks
+
+
+@pytest.mark.parametrize("kind", ["blocks:12", "blocks:9-3", "blocks:x", "emb", "blocks:-1"])
+def test_bad_block_ranges_are_refused(kind):
+    from training.features import block_range
+
+    with pytest.raises(ValueError):
+        block_range(kind, 12)
+
+
+def test_a_head_is_served_the_features_it_was_trained_on(tmp_path):
+    """The detector computes the kind in the head's meta: its scores equal the head's on
+    features computed independently here (a detector that fed the final embedding to a
+    block head would fail on width; one that fed another block would differ)."""
+    from training.detector import Detector
+
+    enc = load_encoder(TINY, device="cpu", threads=1)
+    torch.manual_seed(0)
+    head = MLPHead(HeadConfig(input_dim=enc.block_shape[1]))
+    reg = Registry(tmp_path)
+    meta = reg.save(head, encoder=TINY, threshold=0.5, features="blocks:1")
+    det = Detector.from_registry(reg, meta.version, device="cpu", threads=1)
+    size = enc.preprocess.image_size
+    x = np.random.default_rng(4).normal(size=(3, 3, size, size)).astype(np.float32)
+    feats, scores = det(x)
+    block1 = enc.encode_features(x).blocks[:, 1]
+    expected = block1 / np.linalg.norm(block1, axis=1, keepdims=True)
+    np.testing.assert_allclose(feats, expected, atol=1e-5)
+    np.testing.assert_allclose(scores, score(head, expected), atol=1e-5)

@@ -37,6 +37,32 @@ def test_labelled_features_join_by_id_and_encoder(tmp_path):
     assert ids == ["a", "c"] and X.shape == (2, 2) and y.tolist() == [1, 0]
 
 
+def test_labelled_features_follow_the_kind_the_head_reads(tmp_path):
+    """A head over block tokens is retrained on logged block tokens, never on final
+    embeddings of the same images; files written before the column existed are
+    'embedding'."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "log"
+    (root / "worker=old").mkdir(parents=True)
+    old = pa.table({"id": ["a"], "url": ["u"], "ts": [0.0], "encoder": ["enc"],
+                    "embedding": pa.array([[9.0, 9.0]], pa.list_(pa.float32())),
+                    "score": pa.array([0.5], pa.float32()), "head_version": ["v1"]})  # fmt: skip
+    pq.write_table(old, root / "worker=old" / "part-1.parquet")
+    w = FeatureLogWriter(str(root), "0")
+    w.append(
+        ["b"], ["u"], "enc", np.full((1, 3), 2, np.float32), np.zeros(1), "v2", features="blocks:8"
+    )
+    w.flush()
+    labels = {"a": 1, "b": 0}
+    ids, X, _ = labelled_features(str(root), labels, "enc", "blocks:8")
+    assert ids == ["b"] and X.tolist() == [[2.0, 2.0, 2.0]]
+    ids, X, _ = labelled_features(str(root), labels, "enc")
+    assert ids == ["a"] and X.tolist() == [[9.0, 9.0]]
+    assert read_feature_log(str(root)).column("features").to_pylist().count("blocks:8") == 1
+
+
 @pytest.mark.broker
 def test_read_labels_last_one_wins_and_bad_ones_counted(broker):
     from kafka import KafkaProducer
