@@ -91,7 +91,8 @@ def training_args(sp: argparse.ArgumentParser) -> None:
         "--features", default="embedding", metavar="KIND",
         help="what the head reads from the image tower: 'embedding' (the final CLIP embedding), "
         "'blocks' (every transformer block's class token) or 'blocks:A-B' (blocks A to B, "
-        "0-based; 'blocks:8' is one block). Default: embedding",
+        "0-based; 'blocks:8' is one block). Default: embedding. `retrain` ignores it: a new "
+        "head reads what the current one reads",
     )  # fmt: skip
     sp.add_argument(
         "--pool-blocks", action="store_true",

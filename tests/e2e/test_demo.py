@@ -56,11 +56,15 @@ def test_demo_runs_to_its_summary_and_leaves_a_head(tmp_path, onnx_weights):
     # scores matched to the wrong images would print far less
     auc1 = float(re.search(r"^AUC +([0-9.]+)", out.split("== stream 1")[1], re.M).group(1))
     assert auc1 >= 0.9, out
-    # the leave-source-out table: heads trained with each source held out in turn; the two
-    # kinds of image differ the same way in every source, so held-out sources rank apart
+    # the leave-source-out table: heads trained (6 epochs, a few dozen rows) with each
+    # source held out in turn, every image of the set scored once; the two kinds of image
+    # differ the same way in every source, so held-out sources rank apart better than
+    # chance (swapped labels or scores would print under 0.5)
     table = out.split("== leave-source-out benchmark")[1].split("==")[0]
-    overall = re.search(r"^overall +([0-9.]+) ", table, re.M)
-    assert overall and float(overall.group(1)) >= 0.9, table
+    n_real = summary["train"]["real"] + summary["heldout"]["real"]
+    n_gen = summary["train"]["generated"] + summary["heldout"]["generated"]
+    overall = re.search(rf"^overall +([0-9.]+) .* {n_real} / {n_gen}$", table, re.M)
+    assert overall and float(overall.group(1)) > 0.6, table
     # labels, one retrain, the hot swap: stream 2 judged by v2 alone, workers not restarted
     assert "new head              v2" in out and "promoted              True" in out
     assert "hot swap              every worker on v2" in out

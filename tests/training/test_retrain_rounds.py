@@ -113,7 +113,7 @@ class StandInFit:
     def __init__(self):
         self.calls = []
 
-    def __call__(self, X, y, X_val, y_val, cfg, *, storage):
+    def __call__(self, X, y, X_val, y_val, cfg, *, storage, weights=None):
         self.calls.append((y.copy(), y_val.copy()))
         torch.manual_seed(1)
         return MLPHead(HeadConfig(input_dim=X.shape[1])), []
