@@ -45,9 +45,11 @@ def test_produce_turns_bare_urls_into_records_and_passes_json_through():
 
 
 @pytest.mark.broker
-def test_broker_command_prints_ready_and_stops_on_sigterm():
+@pytest.mark.parametrize("durable", [False, True])
+def test_broker_command_prints_ready_and_stops_on_sigterm(durable, tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "broker", "--port", str(port)],
+    extra = ["--durable", str(tmp_path / "state")] if durable else []
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "broker", "--port", str(port), *extra],
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         line = proc.stdout.readline().strip()
@@ -57,7 +59,9 @@ def test_broker_command_prints_ready_and_stops_on_sigterm():
         assert proc.wait(timeout=20) == 0
         # the Tansu child went too: within a deadline, not after a guessed pause
         wait_until(lambda: not kafka_answers(f"127.0.0.1:{port}", timeout_s=1), 15,
-                   interval_s=0.2, what="the broker's Tansu child to stop answering")  # fmt: skip
+                   interval_s=0.2, what="the broker's child to stop answering")  # fmt: skip
+        if durable:  # its state is on disk, written on the way out
+            assert (tmp_path / "state" / "kafka.json").is_file()
     finally:
         proc.kill()
 
