@@ -29,6 +29,12 @@ def add_parser(sub) -> None:
     sp.add_argument(
         "--timeout", type=float, default=None, help="stop after S seconds without a record"
     )
+    sp.add_argument(
+        "--isolation-level", choices=["read_uncommitted", "read_committed"],
+        default="read_uncommitted",
+        help="read_committed: only records of committed transactions (what a downstream reader "
+        "of transactional outputs should use; the broker must honour aborts: the durable one does)",
+    )  # fmt: skip
     sp.set_defaults(func=run_tail)
 
 
@@ -63,7 +69,7 @@ def run_produce(args: argparse.Namespace) -> int:
 def run_tail(args: argparse.Namespace) -> int:
     from services.kafka_io import assign_all, make_consumer, read_values
 
-    consumer = make_consumer(kafka_from(args), group=False)
+    consumer = make_consumer(kafka_from(args), group=False, isolation_level=args.isolation_level)
     try:
         if not assign_all(consumer, args.topic, from_beginning=args.from_beginning):
             print(f"topic {args.topic} does not exist (run `dmguard topics`)", file=sys.stderr)

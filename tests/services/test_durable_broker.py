@@ -92,3 +92,39 @@ def test_the_in_memory_broker_keeps_nothing_across_a_restart(tmp_path):
         reader.close()
     finally:
         second.stop()
+
+
+def test_tail_read_committed_hides_an_aborted_transaction(tmp_path):
+    """`dmguard tail --isolation-level read_committed` on the durable broker (which honours
+    aborts): the aborted transaction's record is not printed, the committed one is; the
+    default level prints both."""
+    import subprocess
+    import sys
+
+    from services.kafka_io import make_producer
+
+    with EmbeddedBroker(durable_dir=tmp_path / "broker") as broker:
+        kafka = KafkaSettings(bootstrap_servers=broker.bootstrap)
+        ensure_topics(kafka, Topics(), partitions=1)
+        producer = make_producer(kafka, transactional_id="t-test", enable_idempotence=True)
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(Topics().verdicts, b'{"id": "aborted"}')
+        producer.flush()
+        producer.abort_transaction()
+        producer.begin_transaction()
+        producer.send(Topics().verdicts, b'{"id": "committed"}')
+        producer.commit_transaction()
+        producer.close()
+
+        def tail(*extra: str) -> list[str]:
+            done = subprocess.run(
+                [sys.executable, "-m", "services.cli", "tail", "--bootstrap", broker.bootstrap,
+                 "--from-beginning", "--timeout", "3", *extra],
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            return done.stdout.split()
+
+        assert tail("--isolation-level", "read_committed") == ['{"id":', '"committed"}']
+        assert '"aborted"}' in tail()
