@@ -27,9 +27,7 @@ def dequantize_model(src: Path, dst: Path) -> dict:
         import onnx
         from onnx import helper, numpy_helper
     except ImportError as e:
-        raise ImportError(
-            "dequantize_model needs the onnx package (pip install -e .[float32])"
-        ) from e
+        raise ImportError("dequantize_model needs the onnx package: pip install onnx") from e
 
     model = onnx.load(str(src))
     graph = model.graph

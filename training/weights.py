@@ -91,7 +91,7 @@ def fetch_weights(name: str = "clip-vit-b16-int8", cache: Path = DEFAULT_CACHE) 
 
 def float32_weights(cache: Path = DEFAULT_CACHE) -> Path:
     """A float32 copy of the INT8 CLIP tower (training/onnx_float.py), made once from the
-    verified INT8 file. Needs the `onnx` package (`pip install -e .[float32]`)."""
+    verified INT8 file. Needs the `onnx` package (a dependency of dmguard)."""
     target = weights_path("clip-vit-b16-f32", cache)
     if target.exists():
         return target
@@ -100,8 +100,6 @@ def float32_weights(cache: Path = DEFAULT_CACHE) -> Path:
     try:
         import onnx  # noqa: F401
     except ImportError as e:
-        raise EncoderError(
-            "the float32 copy needs the onnx package: pip install -e .[float32]"
-        ) from e
+        raise EncoderError("the float32 copy needs the onnx package: pip install onnx") from e
     dequantize_model(fetch_weights("clip-vit-b16-int8", cache), target)
     return target
