@@ -8,9 +8,10 @@ trained on the other folds' sources and scores this fold's images, so every
 generator and every real collection is, in turn, held out entirely.
 
 Within the training side, one more group of whole sources is held back as the
-calibration sources: the head stops early on them and its threshold (for
-`target_fpr` on their real images), Platt calibration and abstain band are
-chosen on them, as `dmguard train` does for the head it ships. So the "FPR at
+calibration sources: the head stops early on them and its threshold is chosen
+on them (`target_fpr` of their real images, overall and in each content
+group: `training.evaluate.threshold_for_group_fpr`, the rule `dmguard train`
+applies to the head it ships). So the "FPR at
 the shipped threshold" is measured on real collections that neither the head
 nor its threshold saw.
 
@@ -201,21 +202,20 @@ def _average(runs: list[dict]) -> dict:
 
     out = merge(runs)
     out["seeds"] = len(runs)
-    out["spread"] = {
-        block: {
-            k: round(float(np.std([r[block][k] or 0.0 for r in runs])), 4)
-            for k, v in runs[0][block].items()
-            if isinstance(v, float)
-        }
-        for block in ("overall",)
-    }
+    headline = {"overall": lambda r: r["overall"]}
     if PEOPLE in runs[0]["per_content"]:
-        out["spread"][PEOPLE] = {
-            k: round(float(np.std([r["per_content"][PEOPLE][k] or 0.0 for r in runs])), 4)
-            for k, v in runs[0]["per_content"][PEOPLE].items()
-            if isinstance(v, float)
-        }
+        headline[PEOPLE] = lambda r: r["per_content"][PEOPLE]
+    out["spread"] = {name: _spread([block(r) for r in runs]) for name, block in headline.items()}
     return out
+
+
+def _spread(blocks: list[dict]) -> dict:
+    """Standard deviation over seeds of each rate in one block (seeds where it is defined)."""
+    return {
+        k: round(float(np.std([b[k] for b in blocks if b[k] is not None])), 4)
+        for k, v in blocks[0].items()
+        if isinstance(v, float)
+    }
 
 
 def _num(x: float) -> float | None:

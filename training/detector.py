@@ -116,11 +116,11 @@ class Detector:
         `texts[i]` is record i's caption (None or "" for none), read by a head that uses text.
         `timings`, when given, receives the seconds spent in "embed" and "score"."""
         t0 = time.perf_counter()
-        _, embeddings = encode(self.encoder, pixels, self.meta.features)
+        image_features = encode(self.encoder, pixels, self.meta.features)
         t1 = time.perf_counter()
         features = head_input(
-            embeddings,
-            self.caption_embeddings(texts, len(embeddings)),
+            image_features,
+            self.caption_embeddings(texts, len(image_features)),
             uses_text=self.meta.uses_text,
             text_dim=self.encoder.text_dim,
             input_dim=self.head.config.input_dim,
@@ -128,7 +128,7 @@ class Detector:
         scores = score(self.head, features, device=self.encoder.placement.device)
         if timings is not None:
             timings.update(embed=t1 - t0, score=time.perf_counter() - t1)
-        return embeddings, scores
+        return image_features, scores
 
 
 def register_untrained_head(

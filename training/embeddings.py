@@ -119,7 +119,7 @@ class _Embedder:
                 pixels.append(None)
                 errors.append(f"{exc.code}: {exc}")
         good = [p for p in pixels if p is not None]
-        emb = iter(encode(self.encoder, np.stack(good), features)[1] if good else [])
+        emb = iter(encode(self.encoder, np.stack(good), features) if good else [])
         return [next(emb) if p is not None else None for p in pixels], errors
 
 

@@ -65,14 +65,12 @@ def image_features(features: ImageFeatures, kind: str) -> np.ndarray:
     return (chosen / norms).reshape(len(chosen), -1)
 
 
-def encode(encoder: Encoder, pixels: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(final embeddings, features of `kind`) for a batch of preprocessed pixels; the
-    blocks are only asked for when `kind` needs them."""
+def encode(encoder: Encoder, pixels: np.ndarray, kind: str) -> np.ndarray:
+    """Features of `kind` for a batch of preprocessed pixels; the blocks are only asked for
+    when `kind` needs them."""
     if check_kind(kind) == "embedding":
-        embeddings = encoder.encode_images(pixels)
-        return embeddings, embeddings
-    features = encoder.encode_features(pixels)
-    return features.embeddings, image_features(features, kind)
+        return encoder.encode_images(pixels)
+    return image_features(encoder.encode_features(pixels), kind)
 
 
 def width(encoder: Encoder, kind: str) -> int:
