@@ -10,11 +10,12 @@ One iteration of `StreamWorker.run`:
   5. score     encoder + head on the batch; one verdict per image: "generated",
                "uncertain" (the head's abstain band) or "real", with the head's
                calibrated probability when it has a calibration
-  6. produce   verdicts and dead letters are sent; an offset is marked done
-               only once its output has been handed to the producer
-  7. commit    every `commit_interval_s`: flush the producer (every output
-               acknowledged by the broker), then commit, per partition, the
-               lowest offset still pending (at-least-once)
+  6. produce   verdicts and dead letters go to the delivery (`actors.delivery`);
+               an offset is marked done once its output has been handed over
+  7. commit    every `commit_interval_s`, per partition, up to the lowest offset
+               still pending: at least once, flush the producer then commit the
+               offsets; exactly once, send the held outputs and commit them with
+               the offsets in one transaction
   8. swap      between batches, load a newer head if the registry's CURRENT moved
 
 Whatever a record holds, it gets exactly one output and the loop goes on:
@@ -33,6 +34,14 @@ Each worker reads the partitions the pool gave it (`settings.partitions`)
 and commits under the shared group id, so a worker that Ray restarts after a
 crash resumes exactly where the last commit left its partitions. On stop: no
 more polling, finish what is in flight, produce, flush, commit.
+
+The broker going away does not stop the worker. Until it answers, the worker
+waits (at start too, so a restart during an outage does not crash-loop); a
+commit the broker does not confirm is tried again at the next interval; when
+the producer can no longer be trusted (an output refused, a transaction
+failed) the worker drops what it did since its last commit, builds new
+clients once the broker answers, and goes on from the committed offsets.
+Every such event counts in `dmguard_broker_errors_total{op}`.
 """
 
 from __future__ import annotations
@@ -48,12 +57,21 @@ from pathlib import Path
 
 import numpy as np
 from kafka.errors import KafkaError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.structs import TopicPartition
 
 from actors.batching import Batcher, OffsetTracker
 from actors.crash_guard import CrashGuard, StateStore
+from actors.delivery import (
+    AtLeastOnce,
+    ClientsBroken,
+    CommitSkipped,
+    ExactlyOnce,
+    Fenced,
+    transactional_id,
+)
+from services.broker import kafka_answers
 from services.config import WorkerSettings
-from services.errors import DmguardError, InputError
+from services.errors import BrokerError, InputError
 from services.fetch import FetchPolicy, fetch_bytes
 from services.images import DEFAULT_MAX_PIXELS, decode
 from services.kafka_io import make_consumer, make_producer
@@ -76,10 +94,8 @@ log = logging.getLogger(__name__)
 
 LAG_INTERVAL_S = 2.0
 REGISTRY_RETRY_S = 30.0  # a head that failed to load is tried again after this long
-
-
-class ProduceError(DmguardError):
-    """The broker refused an output record; the worker restarts rather than commit past it."""
+BROKER_TIMEOUT_S = 10.0  # longest a commit waits for the broker before giving up on it
+BROKER_RETRY_MAX_S = 5.0  # longest wait between two tries to reach a broker that is away
 
 
 @dataclass
@@ -144,10 +160,11 @@ class StreamWorker:
         self._done: queue.SimpleQueue[Job] = queue.SimpleQueue()
         self._in_flight = 0
         self._batcher: Batcher[Job] = Batcher(settings.max_batch, settings.max_wait_ms / 1000)
-        self._produce_error: BaseException | None = None
         self._running = False
+        self._broker_connected = False
+        self._fenced = False
         self.consumer = None
-        self.producer = None
+        self.delivery: AtLeastOnce | ExactlyOnce | None = None
         self.guard: CrashGuard | None = None
         self.features = (
             FeatureLogWriter(settings.feature_log, worker_id) if settings.feature_log else None
@@ -182,6 +199,9 @@ class StreamWorker:
                 "partitions": list(self.settings.partitions),
                 "in_flight": self._in_flight,
                 "isolating": self.guard is not None and self.guard.isolating(),
+                "delivery": "exactly-once" if self.settings.exactly_once else "at-least-once",
+                "broker_connected": self._broker_connected,
+                "fenced": self._fenced,
                 "registry_problem": self._registry_problem,
             }
 
@@ -195,62 +215,23 @@ class StreamWorker:
             with self._lock:
                 self._running = False
             return
-        self.consumer = make_consumer(s.kafka, max_poll_records=s.in_flight_cap)
-        self.producer = make_producer(s.kafka)
-        assigned = [TopicPartition(s.topics.images, p) for p in s.partitions]
-        self._trackers = {tp: OffsetTracker() for tp in assigned}
-        self.consumer.assign(assigned)  # positions start at the group's committed offsets
+        with self._lock:
+            self._running = True
+        if not self._connect(stop):
+            with self._lock:
+                self._running = False
+            return
         self.guard = CrashGuard(
             StateStore(s.state_dir or Path(s.registry) / "worker-state", s.kafka.group_id),
             s.topics.images,
             margin=2 * s.in_flight_cap,
         )
-        for tp in assigned:
+        for tp in self._trackers:
             self.guard.start(tp.partition, self.consumer.position(tp))
         pool = ThreadPoolExecutor(s.fetch_threads, thread_name_prefix=f"fetch-{self.worker_id}")
-        next_commit = next_swap_check = next_lag = time.monotonic()
-        with self._lock:
-            self._running = True
         clean = False
         try:
-            while True:
-                stopping = stop.is_set()
-                idle = self._in_flight == 0 and len(self._batcher) == 0
-                if stopping and idle:
-                    break
-                # After an unclean death, one record at a time (see actors.crash_guard).
-                serial = self.guard.isolating()
-                # 1-3. poll, parse, hand good records to the fetch pool
-                room = (1 if idle else 0) if serial else s.in_flight_cap - self._in_flight
-                if not stopping and room > 0:
-                    polled = self.consumer.poll(timeout_ms=0 if not idle else 100, max_records=room)
-                    for messages in polled.values():
-                        for m in messages:
-                            self._accept(m, pool, serial=serial)
-                # 4. collect finished fetches into the batch
-                self._collect(block=self._in_flight > 0)
-                # 5-6. score and produce a batch when it is due
-                now = time.monotonic()
-                if self._batcher.ready(now) or (
-                    (stopping or serial) and self._in_flight == 0 and len(self._batcher)
-                ):
-                    self._run_batch(self._batcher.take(now), pool)
-                now = time.monotonic()
-                # 7. commit what the broker has acknowledged (in isolation: every record)
-                if now >= next_commit or (serial and self._in_flight == 0):
-                    self._commit()
-                    if self.features is not None:
-                        self.features.flush_if_due()
-                    next_commit = now + s.commit_interval_s
-                # 8. hot-swap the head between batches
-                if now >= next_swap_check:
-                    self._maybe_swap_head()
-                    next_swap_check = now + s.registry_poll_s
-                if now >= next_lag:
-                    self._report_lag()
-                    next_lag = now + LAG_INTERVAL_S
-            self._commit()
-            clean = True
+            clean = self._loop(stop, pool)
         finally:
             with self._lock:
                 self._running = False
@@ -261,13 +242,129 @@ class StreamWorker:
                 self.guard.clean()
             self._close()
 
+    def _loop(self, stop: threading.Event, pool: ThreadPoolExecutor) -> bool:
+        """Steps 1-8 until `stop` and drained; False when stopped while the broker was away,
+        or fenced (what was not committed is redone by whoever reads these partitions)."""
+        while True:
+            try:
+                self._steps(stop, pool)
+                self._commit()
+                return True
+            except Fenced as exc:
+                log.error("worker %s stops: %s", self.worker_id, exc)
+                with self._lock:
+                    self._fenced = True
+                self._drop_uncommitted()
+                return False
+            except (KafkaError, ClientsBroken) as exc:
+                op = getattr(exc, "op", "client")
+                log.warning("broker trouble (%s: %s); going back to the last commit", op, exc)
+                self.stats.inc("broker_errors", op)
+                self._drop_uncommitted()
+                self._close()
+                if not self._connect(stop):
+                    return False
+
+    def _steps(self, stop: threading.Event, pool: ThreadPoolExecutor) -> None:
+        s = self.settings
+        next_commit = next_swap_check = next_lag = time.monotonic()
+        while True:
+            stopping = stop.is_set()
+            idle = self._in_flight == 0 and len(self._batcher) == 0
+            if stopping and idle:
+                return
+            # After an unclean death, one record at a time (see actors.crash_guard).
+            serial = self.guard.isolating()
+            # 1-3. poll, parse, hand good records to the fetch pool
+            room = (1 if idle else 0) if serial else s.in_flight_cap - self._in_flight
+            if not stopping and room > 0:
+                polled = self.consumer.poll(timeout_ms=0 if not idle else 100, max_records=room)
+                for messages in polled.values():
+                    for m in messages:
+                        self._accept(m, pool, serial=serial)
+            # 4. collect finished fetches into the batch
+            self._collect(block=self._in_flight > 0)
+            # 5-6. score and produce a batch when it is due
+            now = time.monotonic()
+            if self._batcher.ready(now) or (
+                (stopping or serial) and self._in_flight == 0 and len(self._batcher)
+            ):
+                self._run_batch(self._batcher.take(now), pool)
+            now = time.monotonic()
+            # 7. commit what the broker has acknowledged (in isolation: every record)
+            if now >= next_commit or (serial and self._in_flight == 0):
+                self._commit()
+                if self.features is not None:
+                    self.features.flush_if_due()
+                next_commit = now + s.commit_interval_s
+            # 8. hot-swap the head between batches
+            if now >= next_swap_check:
+                self._maybe_swap_head()
+                next_swap_check = now + s.registry_poll_s
+            if now >= next_lag:
+                self._report_lag()
+                next_lag = now + LAG_INTERVAL_S
+
+    # ---------------------------------------------------------- the broker
+    def _connect(self, stop: threading.Event) -> bool:
+        """Wait until the broker answers, then open the consumer and the delivery, with
+        every assigned partition at its committed offset; False if `stop` came first."""
+        s = self.settings
+        assigned = [TopicPartition(s.topics.images, p) for p in s.partitions]
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                if kafka_answers(s.kafka.bootstrap_servers, **s.kafka.client_extra):
+                    self._open_clients(assigned)
+                    with self._lock:
+                        self._broker_connected = True
+                    return True
+            except (BrokerError, KafkaError) as exc:
+                log.warning("cannot open Kafka clients yet: %s", exc)
+                self._close()
+            with self._lock:
+                self._broker_connected = False
+            self.stats.inc("broker_errors", "connect")
+            stop.wait(delay)
+            delay = min(2 * delay, BROKER_RETRY_MAX_S)
+        return False
+
+    def _open_clients(self, assigned: list[TopicPartition]) -> None:
+        s = self.settings
+        isolation = "read_committed" if s.exactly_once else "read_uncommitted"
+        self.consumer = make_consumer(
+            s.kafka, max_poll_records=s.in_flight_cap, isolation_level=isolation
+        )
+        self.consumer.assign(assigned)  # positions start at the group's committed offsets
+        self._trackers = {tp: OffsetTracker() for tp in assigned}
+        if s.exactly_once:
+            tid = transactional_id(s.kafka.group_id, s.topics.images, s.partitions)
+            producer = make_producer(s.kafka, transactional_id=tid)
+            self.delivery = ExactlyOnce(producer, self.consumer, s.kafka.group_id, BROKER_TIMEOUT_S)
+        else:
+            producer = make_producer(s.kafka)
+            self.delivery = AtLeastOnce(producer, self.consumer, BROKER_TIMEOUT_S)
+
+    def _drop_uncommitted(self) -> None:
+        """Forget every record since the last commit (the next consumer reads them again):
+        wait for the fetches in flight, drop them and the open batch."""
+        while self._in_flight > 0:
+            self._done.get()
+            self._in_flight -= 1
+        self._batcher = Batcher(self.settings.max_batch, self.settings.max_wait_ms / 1000)
+        with self._lock:
+            self._broker_connected = False
+
     def _close(self) -> None:
+        delivery, consumer, self.delivery, self.consumer = (
+            self.delivery, self.consumer, None, None,
+        )  # fmt: skip
         try:
-            if self.producer is not None:
-                self.producer.close(timeout=10)
+            if delivery is not None:
+                delivery.close(timeout_s=BROKER_TIMEOUT_S if self._broker_connected else 0)
         finally:
-            if self.consumer is not None:
-                self.consumer.close(autocommit=False)
+            if consumer is not None:
+                consumer.close(autocommit=False)
 
     # --------------------------------------------------------------- steps
     def _accept(self, m, pool: ThreadPoolExecutor, *, serial: bool = False) -> None:
@@ -426,38 +523,33 @@ class StreamWorker:
         # Keys come from validated ids; backslashreplace only makes sure an encoding
         # error can never take the worker down on the way out.
         key_bytes = key.encode("utf-8", "backslashreplace") if key else None
-        future = self.producer.send(topic, value=value, key=key_bytes)
-        future.add_errback(self._on_produce_error)
+        self.delivery.send(job.tp, job.offset, topic, key_bytes, value)
         self._trackers[job.tp].done(job.offset)
         if job.timestamp_ms is not None and job.timestamp_ms > 0:
             self.stats.observe(
                 "end_to_end_seconds", max(0.0, time.time() - job.timestamp_ms / 1000)
             )
 
-    def _on_produce_error(self, exc: BaseException) -> None:
-        self._produce_error = exc
-
     def _commit(self) -> None:
-        """Flush outputs, then commit the lowest pending offset of each partition."""
+        """Commit, per partition, up to the lowest offset still pending, with the outputs
+        before it (`actors.delivery`). Raises ClientsBroken when the clients must go."""
         offsets = {}
         for tp, tracker in self._trackers.items():
             offset = tracker.committable()
             if offset is not None:
-                offsets[tp] = OffsetAndMetadata(offset, "", -1)
+                offsets[tp] = offset
         if not offsets:
             return
-        self.producer.flush()
-        if self._produce_error is not None:
-            raise ProduceError(f"the broker refused an output record: {self._produce_error}")
         try:
-            self.consumer.commit(offsets)
-        except KafkaError as exc:  # the records come back: duplicates allowed, never losses
-            log.warning("commit failed (%s); uncommitted records will be redelivered", exc)
+            self.delivery.commit(offsets)
+        except CommitSkipped as exc:
+            log.warning("%s; trying again at the next commit", exc)
+            self.stats.inc("broker_errors", exc.op)
             return
-        for tp, om in offsets.items():
+        for tp, offset in offsets.items():
             tracker = self._trackers[tp]
-            tracker.mark_committed(om.offset)
-            self.guard.committed(tp.partition, om.offset, polled=tracker.polled_until or 0)
+            tracker.mark_committed(offset)
+            self.guard.committed(tp.partition, offset, polled=tracker.polled_until or 0)
 
     # ------------------------------------------------------------- registry
     def _set_registry_problem(self, problem: str | None) -> None:
@@ -511,8 +603,9 @@ class StreamWorker:
         if not tps:
             return
         try:
-            ends = self.consumer.end_offsets(tps)
-        except KafkaError:
+            ends = self.consumer.end_offsets(tps, timeout_ms=1000)
+        except KafkaError:  # the broker is away: the gauge keeps its last value
+            self.stats.inc("broker_errors", "lag")
             return
         for tp in tps:
             try:

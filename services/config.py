@@ -85,6 +85,7 @@ class WorkerSettings:
     partitions: tuple[int, ...] = ()  # input partitions this worker reads (set by the pool)
     feature_log: str | None = None  # folder or URI for (id, embedding, score, head) rows; None: off
     state_dir: str | None = None  # crash-loop breaker state; None: <registry>/worker-state
+    exactly_once: bool = False  # transactional outputs + offsets (actors.delivery)
 
     @property
     def in_flight_cap(self) -> int:

@@ -9,8 +9,8 @@ from collections.abc import Iterable, Iterator
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
-from kafka.structs import TopicPartition
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from services.config import KafkaSettings, Topics
 from services.errors import BrokerError
@@ -20,15 +20,20 @@ log = logging.getLogger(__name__)
 
 
 MAX_REQUEST_SIZE = 1 << 20  # kafka-python's default, stated: outputs are built to fit under it
+# kafka-python backs off reconnecting up to 30 s by default: after a broker outage the
+# clients would sit idle that long after it came back. 1 s finds it again at once.
+RECONNECT_BACKOFF_MAX_MS = 1000
 
 
 def make_producer(kafka: KafkaSettings, **overrides) -> KafkaProducer:
+    """A producer that keeps per-partition order and retries until `delivery_timeout_ms`
+    (kafka-python's defaults: idempotent, unlimited retries within 120 s)."""
     cfg = {
         "max_request_size": MAX_REQUEST_SIZE,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
         **kafka.common(),
         "acks": kafka.acks,
         "linger_ms": kafka.linger_ms,
-        "retries": 5,
         "max_in_flight_requests_per_connection": 1,  # keep per-partition order on retry
     }
     cfg.update(overrides)
@@ -41,6 +46,7 @@ def make_producer(kafka: KafkaSettings, **overrides) -> KafkaProducer:
 def make_consumer(kafka: KafkaSettings, *, group: bool = True, **overrides) -> KafkaConsumer:
     """A consumer with manual commits (the worker commits only acknowledged work)."""
     cfg = {
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
         **kafka.common(),
         "enable_auto_commit": False,
         "auto_offset_reset": kafka.auto_offset_reset,
@@ -56,6 +62,45 @@ def make_consumer(kafka: KafkaSettings, *, group: bool = True, **overrides) -> K
         return KafkaConsumer(**cfg)
     except KafkaError as exc:
         raise BrokerError(f"no Kafka broker answers at {kafka.bootstrap_servers}") from exc
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close `producer`, giving its outputs `timeout_s` to be acknowledged, and stop its
+    sender thread either way. (kafka-python 3.0's `close` flushes first and, when that
+    flush times out, raises before stopping the sender, which then retries for ever.)"""
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaTimeoutError:
+        producer._sender.force_close()  # what `close` does next when its flush succeeds
+
+
+def commit_transaction(
+    producer: KafkaProducer,
+    offsets: dict[TopicPartition, OffsetAndMetadata],
+    group_id: str,
+    timeout_s: float,
+) -> None:
+    """Add the consumed `offsets` to the producer's open transaction and commit it, within
+    `timeout_s`; KafkaTimeoutError when the broker has not confirmed by then.
+
+    KafkaProducer's `send_offsets_to_transaction` and `commit_transaction` wait without a
+    limit, and a kafka-python 3.0 producer whose broker restarted in the middle of a
+    transaction waits for ever (seen on noida-db and after 60 s of retries). These are
+    the same two calls with a deadline, through the transaction manager the public
+    methods wrap (kafka-python is pinned in requirements/constraints.txt); the caller
+    abandons such a producer and starts a new one with the same transactional id, which
+    fences the old one and aborts its transaction."""
+    manager = producer._transaction_manager
+    if manager is None:
+        raise ValueError("commit_transaction needs a producer made with a transactional_id")
+    for start in (
+        lambda: manager.send_offsets_to_transaction(offsets, group_id),
+        manager.begin_commit,
+    ):
+        result = start()
+        producer._sender.wakeup()
+        if not result.wait(timeout_ms=int(timeout_s * 1000)):
+            raise KafkaTimeoutError(f"the broker did not confirm the transaction in {timeout_s}s")
 
 
 def make_admin(kafka: KafkaSettings) -> KafkaAdminClient:

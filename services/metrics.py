@@ -31,6 +31,17 @@ from services.http import HttpServer, Response
 
 STAGES = ("fetch", "decode", "embed", "score", "produce")
 OUTCOMES = ("verdict", "dead_letter")
+# Where a worker (or the driver's health check) found the broker away; see actors.stream.
+BROKER_OPS = (
+    "connect",
+    "flush",
+    "commit",
+    "transaction",
+    "produce",
+    "lag",
+    "client",
+    "health_check",
+)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -94,6 +105,13 @@ class DriverMetrics:
             "Times a worker found the registry unreadable or a head it could not load",
             registry=r,
         )
+        self.broker_errors = PromCounter(
+            "dmguard_broker_errors_total",
+            "Times the broker did not answer, by operation: connect, flush, commit, "
+            "transaction, produce, lag, client (workers) and health_check (the driver)",
+            ["op"],
+            registry=r,
+        )
         self.isolated = PromCounter(
             "dmguard_isolated_records_total",
             "Records processed one at a time after a worker died uncleanly (crash-loop breaker)",
@@ -136,6 +154,8 @@ class DriverMetrics:
             self.dead_letters.labels(c)
         for s in STAGES:
             self.stage_seconds.labels(s)
+        for op in BROKER_OPS:
+            self.broker_errors.labels(op)
         self._lock = threading.Lock()
 
     def apply(self, report: dict[str, Any]) -> None:
@@ -180,6 +200,7 @@ class DriverMetrics:
             "head_swaps": self.head_swaps,
             "registry_errors": self.registry_errors,
             "isolated": self.isolated,
+            "broker_errors": self.broker_errors,
         }[name]
 
     def _histogram(self, name: str) -> Histogram:

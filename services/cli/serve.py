@@ -110,6 +110,13 @@ def add_parser(sub) -> None:
                          "that crashes its worker twice is dead-lettered instead of crashing "
                          "it for ever; every node must see it (default: $DMGUARD_STATE_DIR or "
                          "REGISTRY/worker-state)")  # fmt: skip
+    sp.add_argument(
+        "--exactly-once",
+        action="store_true",
+        help="each worker commits its outputs and the offsets they answer in one Kafka "
+        "transaction: read_committed readers see one output per record, also after a "
+        "crash (default: at least once, duplicates possible after a crash)",
+    )
     sp.set_defaults(func=run)
 
 
@@ -123,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         feature_log=None if args.no_feature_log else args.feature_log, state_dir=args.state_dir,
         allow_private_urls=args.allow_private_urls, allow_network=args.allow_network,
         allow_file_urls=args.allow_file_urls, max_bytes=args.max_bytes,
-        fetch_timeout=args.fetch_timeout,
+        fetch_timeout=args.fetch_timeout, exactly_once=args.exactly_once,
     )  # fmt: skip
     return run_service(settings)
 
@@ -212,6 +219,8 @@ def run_service(
             pool.collect(metrics, timeout_s=0.0)
             if time.monotonic() >= next_broker_check:
                 readiness.broker_ok = kafka_answers(kafka.bootstrap_servers, **kafka.client_extra)
+                if not readiness.broker_ok:
+                    metrics.broker_errors.labels("health_check").inc()
                 next_broker_check = time.monotonic() + BROKER_CHECK_S
             readiness.workers_ready = sum(1 for s in pool.statuses.values() if s.get("running"))
             readiness.head = ",".join(sorted({s["head_version"] for s in pool.statuses.values()}))

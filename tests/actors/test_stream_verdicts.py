@@ -20,18 +20,14 @@ TP = TopicPartition("dmguard.images", 0)
 CAL = Calibration(a=0.6, b=-0.4)
 
 
-class FakeFuture:
-    def add_errback(self, fn) -> None:
-        pass
+class FakeDelivery:
+    """Where `actors.delivery` would take the outputs: kept, in order."""
 
-
-class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict]] = []
 
-    def send(self, topic, value, key=None) -> FakeFuture:
+    def send(self, tp, offset, topic, key, value) -> None:
         self.sent.append((topic, json.loads(value)))
-        return FakeFuture()
 
 
 @pytest.fixture
@@ -40,7 +36,7 @@ def worker(tiny_registry, tmp_path):
         WorkerSettings(registry=str(tiny_registry.root), state_dir=str(tmp_path / "state")),
         worker_id="t",
     )
-    w.producer = FakeProducer()
+    w.delivery = FakeDelivery()
     w._trackers = {TP: OffsetTracker()}
     return w
 
@@ -56,7 +52,7 @@ def make_jobs(worker: StreamWorker, n: int, first: int = 0) -> list[Job]:
 
 
 def verdicts(worker: StreamWorker) -> dict[str, dict]:
-    return {d["id"]: d for topic, d in worker.producer.sent if topic == "dmguard.verdicts"}
+    return {d["id"]: d for topic, d in worker.delivery.sent if topic == "dmguard.verdicts"}
 
 
 def test_a_head_without_calibration_writes_two_verdicts_and_null_probability(worker):

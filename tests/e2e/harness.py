@@ -19,6 +19,7 @@ from services.kafka_io import produce as send_messages
 from services.outputs import OutputReader, Outputs, duplicates, output_key, wait_accounted  # noqa: F401
 from services.poll import WaitTimeout, wait_until
 from services.records import message_key
+from tests.images import encode, jpeg, photo
 
 TOPICS = Topics()
 MAX_BYTES = 2_000_000  # --max-bytes of the services that get the too-large images
@@ -126,3 +127,39 @@ def read_verdicts(
         lambda: reader.read(idle_s=0.05), timeout, interval_s=0, what=f"{n} verdicts",
         done=lambda out: count(out) >= n,
     )  # fmt: skip
+
+
+def counter(metrics, name, **labels) -> float:
+    """One sample of `Service.metrics()`, 0 when absent."""
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def good_images() -> dict[str, bytes]:
+    base = photo(400, 300, seed=1)
+    rgba = base.convert("RGBA")
+    return {
+        "/img/photo.jpg": jpeg(400, 300, seed=2),
+        "/img/big.jpg": jpeg(1800, 1200, seed=3),
+        "/img/tall.png": encode(photo(200, 500, seed=4), "PNG"),
+        "/img/alpha.png": encode(rgba, "PNG"),
+        "/img/pic.webp": encode(photo(300, 300, seed=5), "WEBP"),
+        "/img/anim.gif": encode(base.convert("P"), "GIF"),
+        "/img/cmyk.jpg": encode(base.convert("CMYK"), "JPEG"),
+        "/img/grey.jpg": encode(base.convert("L"), "JPEG"),
+    }
+
+
+def good_stream(
+    server, n: int, prefix: str, *, slow_every: int = 0
+) -> tuple[list[bytes], set[str]]:
+    """`n` records of good images, ids `{prefix}-{i}`; with `slow_every` k, every k-th
+    image is served a second late, so records finish out of order."""
+    server.routes.update(good_images())
+    paths = sorted(good_images())
+
+    def url(i: int) -> str:
+        slow = "/slow" if slow_every and i % slow_every == 0 else ""
+        return server.url(f"{slow}{paths[i % len(paths)]}?{prefix}={i}")
+
+    values = [json.dumps({"id": f"{prefix}-{i}", "url": url(i)}).encode() for i in range(n)]
+    return values, {f"{prefix}-{i}" for i in range(n)}

@@ -24,7 +24,10 @@ from tests.e2e.harness import (
     MAX_BYTES,
     OutputReader,
     Service,
+    counter,
     duplicates,
+    good_images,
+    good_stream,
     only,
     output_key,
     produce,
@@ -44,21 +47,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 # another record's score or embedding is far outside these tolerances.
 SCORE_TOL = 1e-6
 EMBEDDING_TOL = 1e-5
-
-
-def good_images() -> dict[str, bytes]:
-    base = photo(400, 300, seed=1)
-    rgba = base.convert("RGBA")
-    return {
-        "/img/photo.jpg": jpeg(400, 300, seed=2),
-        "/img/big.jpg": jpeg(1800, 1200, seed=3),
-        "/img/tall.png": encode(photo(200, 500, seed=4), "PNG"),
-        "/img/alpha.png": encode(rgba, "PNG"),
-        "/img/pic.webp": encode(photo(300, 300, seed=5), "WEBP"),
-        "/img/anim.gif": encode(base.convert("P"), "GIF"),
-        "/img/cmyk.jpg": encode(base.convert("CMYK"), "JPEG"),
-        "/img/grey.jpg": encode(base.convert("L"), "JPEG"),
-    }
 
 
 # Every kind of good image, each record its own picture (seeded by its index).
@@ -138,22 +126,6 @@ def outcomes(out) -> dict[str, str]:
     for d in out.dead_letters:
         got[output_key(d)] = d["error"]["code"]
     return got
-
-
-def counter(metrics, name, **labels) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def good_stream(server, n: int, prefix: str) -> tuple[list[bytes], set[str]]:
-    server.routes.update(good_images())
-    paths = sorted(good_images())
-    values = [
-        json.dumps(
-            {"id": f"{prefix}-{i}", "url": server.url(paths[i % len(paths)] + f"?{prefix}={i}")}
-        ).encode()
-        for i in range(n)
-    ]
-    return values, {f"{prefix}-{i}" for i in range(n)}
 
 
 def test_sigkill_of_a_worker_loses_no_record(

@@ -1,0 +1,193 @@
+"""Faults beyond one worker, end to end: the broker away for 20 s, a worker
+SIGKILLed under exactly-once, the whole `dmguard serve` driver SIGKILLed and
+started again. Each test starts its own durable broker (noida-db: it can be
+stopped and started again on the same storage, and it honours transactions),
+its own image server and its own `dmguard serve`, and reads the outputs as a
+downstream consumer of exactly-once outputs would: isolation_level=read_committed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from services.broker import EmbeddedBroker
+from services.poll import wait_until
+from tests.e2e.harness import (
+    OutputReader,
+    Service,
+    counter,
+    duplicates,
+    good_stream,
+    produce,
+    read_verdicts,
+    wait_accounted,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
+
+OUTAGE_S = 20.0
+MODES = {"at-least-once": (), "exactly-once": ("--exactly-once",)}
+# Slow fetches (0.1 s each, 2 threads per worker): 200 records take ~5 s with 2 workers,
+# so a fault after the first 40 verdicts lands mid-stream.
+SLOW = ("--fetch-threads", "2", "--max-batch", "4")
+# Under exactly-once, every 8th image a second late: records finish out of order, and
+# a worker that committed the outputs of records after one still in flight would
+# output them again after a kill.
+OUT_OF_ORDER = 8
+
+
+@pytest.fixture
+def durable_broker(tmp_path):
+    broker = EmbeddedBroker(durable_dir=tmp_path / "broker").start()
+    yield broker
+    broker.stop()
+
+
+def committed_reader(bootstrap: str) -> OutputReader:
+    return OutputReader(bootstrap, isolation_level="read_committed")
+
+
+def broker_errors(metrics, *, worker_side: bool) -> float:
+    """dmguard_broker_errors_total summed over the workers' ops, or the driver's alone."""
+    return sum(
+        v
+        for (name, labels), v in metrics.items()
+        if name == "dmguard_broker_errors_total"
+        and (dict(labels)["op"] != "health_check") == worker_side
+    )
+
+
+def lag(metrics) -> float:
+    return sum(v for (name, _), v in metrics.items() if name == "dmguard_consumer_lag")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_20s_broker_outage_is_ridden_out(
+    mode, durable_broker, image_server, tiny_registry, tmp_path
+):
+    broker = durable_broker
+    values, expected = good_stream(image_server, 200, f"outage-{mode}")
+    image_server.delay_s = 0.1
+    service = Service(
+        broker.bootstrap, tiny_registry.root, tmp_path / "serve.log", *SLOW, *MODES[mode]
+    )
+    reader = None
+    try:
+        service.wait_ready()
+        pids = service.worker_pids()
+        produce(broker.bootstrap, values)
+        reader = committed_reader(broker.bootstrap)
+        read_verdicts(reader, 40, timeout=120)
+        broker.stop()  # SIGTERM: noida-db writes its snapshot and exits
+        down_at = time.monotonic()
+        before = len(reader.out.verdicts)
+        assert before < 200, "the outage should land mid-stream"
+        wait_until(lambda: service.get("/readyz")[0] == 503, OUTAGE_S, what="/readyz to say 503")
+        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+        broker.start()  # same port, same storage
+        service.wait_ready(timeout=120)  # /readyz is 200 again
+        out = wait_accounted(reader, expected, timeout=180)
+        seen = {v["id"] for v in out.verdicts}
+        assert expected <= seen, f"lost {len(expected - seen)} records:\n{service.tail()}"
+        assert seen == expected and not out.dead_letters
+        if mode == "exactly-once":
+            assert duplicates(out) == 0, service.tail()
+        # Rode it out: the same worker processes, and the outage on /metrics.
+        assert service.worker_pids() == pids, service.tail()
+        metrics = service.metrics()
+        assert broker_errors(metrics, worker_side=True) > 0
+        assert broker_errors(metrics, worker_side=False) > 0  # the driver's health checks
+        wait_until(lambda: lag(service.metrics()) == 0, 30, what="the lag to come back to 0")
+        assert service.stop() == 0, service.tail()
+    finally:
+        if reader:
+            reader.close()
+        service.kill()
+
+
+def test_sigkill_of_a_worker_under_exactly_once_duplicates_nothing(
+    durable_broker, image_server, tiny_registry, tmp_path
+):
+    broker = durable_broker
+    values, expected = good_stream(image_server, 300, "eos-kill", slow_every=OUT_OF_ORDER)
+    image_server.delay_s = 0.1
+    service = Service(
+        broker.bootstrap, tiny_registry.root, tmp_path / "serve.log", *SLOW, "--exactly-once"
+    )
+    reader = None
+    try:
+        service.wait_ready()
+        pids = service.worker_pids()
+        produce(broker.bootstrap, values)
+        reader = committed_reader(broker.bootstrap)
+        read_verdicts(reader, 100, timeout=120)
+        os.kill(pids[0], signal.SIGKILL)
+        killed_at = len(reader.out.verdicts)
+        out = wait_accounted(reader, expected, timeout=180)
+        assert killed_at < 300, "the kill came after the stream had finished"
+        seen = {v["id"] for v in out.verdicts}
+        assert seen == expected, f"lost {len(expected - seen)} records:\n{service.tail()}"
+        assert not out.dead_letters
+        assert duplicates(out) == 0, f"SIGKILL after {killed_at}/300 verdicts"
+        wait_until(
+            service.worker_pids, 60, interval_s=1, what="the killed worker to come back",
+            done=lambda now: len(now) == 2 and pids[0] not in now,
+        )  # fmt: skip
+        assert service.stop() == 0, service.tail()
+    finally:
+        if reader:
+            reader.close()
+        service.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_of_the_driver_and_a_restart_lose_nothing(
+    mode, durable_broker, image_server, tiny_registry, tmp_path
+):
+    broker = durable_broker
+    values, expected = good_stream(
+        image_server, 300, f"driver-{mode}", slow_every=OUT_OF_ORDER if MODES[mode] else 0
+    )
+    image_server.delay_s = 0.1
+    args = (*SLOW, *MODES[mode])
+    first = Service(broker.bootstrap, tiny_registry.root, tmp_path / "serve1.log", *args)
+    second = None
+    reader = None
+    try:
+        first.wait_ready()
+        pids = first.worker_pids()
+        produce(broker.bootstrap, values)
+        reader = committed_reader(broker.bootstrap)
+        read_verdicts(reader, 60, timeout=120)
+        first.kill()  # SIGKILL: no drain, no commit, no goodbye to Ray
+        killed_at = len(reader.out.verdicts)
+        assert killed_at < 300, "the kill came after the stream had finished"
+        # The driver's local Ray goes with it, and so do its workers: no zombie keeps going.
+        wait_until(lambda: not any(_alive(p) for p in pids), 60, what="the old workers to exit")
+        second = Service(broker.bootstrap, tiny_registry.root, tmp_path / "serve2.log", *args)
+        second.wait_ready()
+        out = wait_accounted(reader, expected, timeout=180)
+        seen = {v["id"] for v in out.verdicts}
+        assert seen == expected, f"lost {len(expected - seen)} records:\n{second.tail()}"
+        assert not out.dead_letters
+        if mode == "exactly-once":
+            assert duplicates(out) == 0, f"driver SIGKILL after {killed_at}/300 verdicts"
+        assert counter(second.metrics(), "dmguard_workers") == 2
+        assert second.stop() == 0, second.tail()
+    finally:
+        if reader:
+            reader.close()
+        first.kill()
+        if second:
+            second.kill()
