@@ -14,11 +14,23 @@ import logging
 import sys
 import traceback
 
-from services.cli import bench, broker, data, demo, heads, score, serve, stream_io, topics, train
+from services.cli import (
+    bench,
+    broker,
+    data,
+    demo,
+    heads,
+    score,
+    serve,
+    soak,
+    stream_io,
+    topics,
+    train,
+)
 from services.errors import BrokerError, DmguardError
 
 # In `dmguard --help` order.
-COMMAND_MODULES = (broker, topics, serve, stream_io, score, heads, bench, train, data, demo)
+COMMAND_MODULES = (broker, topics, serve, stream_io, score, heads, bench, soak, train, data, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------- the measurements
 
 
-def _test_jpegs(n_distinct: int, size: tuple[int, int]) -> list[bytes]:
+def bench_jpegs(n_distinct: int, size: tuple[int, int]) -> list[bytes]:
     rng = np.random.default_rng(0)
     out = []
     for _ in range(n_distinct):
@@ -149,7 +149,7 @@ def naive_throughput(detector, port: int, n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _register_head(encoder_spec: str, tmp: Path) -> str:
+def register_bench_head(encoder_spec: str, tmp: Path) -> str:
     from training.detector import register_untrained_head
     from training.registry import Registry
 
@@ -229,7 +229,7 @@ def pipeline_run(
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
         settings = serve_settings(
-            bootstrap=broker.bootstrap, client_extra={}, registry=_register_head(encoder_spec, Path(tmp)),
+            bootstrap=broker.bootstrap, client_extra={}, registry=register_bench_head(encoder_spec, Path(tmp)),
             workers=workers, metrics_host="127.0.0.1", metrics_port=free_port(), max_batch=max_batch,
             allow_network=LOOPBACK,
         )  # fmt: skip
@@ -269,7 +269,7 @@ def run_bench(
     *, encoder_spec: str, images: int, workers: int, max_batch: int, size: tuple[int, int],
     naive_images: int = 50, latency_s: float = 20.0, compare: list[str] = (),
 ) -> dict:  # fmt: skip
-    blobs = _test_jpegs(16, size)
+    blobs = bench_jpegs(16, size)
     cores = len(os.sched_getaffinity(0))
     http = _serve_bytes(blobs)
     port = http.port

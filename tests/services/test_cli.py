@@ -17,7 +17,7 @@ from tests.conftest import TINY
 from tests.images import encode, jpeg, photo
 
 COMMANDS = ["broker", "topics", "serve", "produce", "tail", "score", "init-head", "models",
-            "train", "eval", "retrain", "demo", "bench", "data"]  # fmt: skip
+            "train", "eval", "retrain", "demo", "bench", "data", "soak"]  # fmt: skip
 
 
 def dmguard(*args, env=None, timeout=120, **kw):
