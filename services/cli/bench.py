@@ -11,6 +11,11 @@ Same JPEGs, same machine, one process tree:
       record sent to the last verdict read. Stage shares come from the
       service's own dmguard_stage_seconds; then records are sent at half of
       (c)'s rate and the verdicts' end-to-end latency is reported.
+  (d) delivery (--delivery): (c) twice on the durable broker, at least once and
+      then `--exactly-once`, read as their readers would (read_committed for the
+      second): throughput, and the latency at half of the at-least-once rate from
+      each record sent to its verdict read, so the wait for the transaction's
+      commit counts. Reported with the ratios.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ def add_parser(sub) -> None:
         "--latency-seconds", type=float, default=20.0, help="length of the half-load latency run"
     )
     sp.add_argument(
+        "--delivery",
+        action="store_true",
+        help="also measure (d): at least once vs exactly once on the durable broker",
+    )
+    sp.add_argument(
         "--compare-encoder",
         action="append",
         default=[],
@@ -72,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     w, h = (int(v) for v in args.size.split("x"))
     result = run_bench(encoder_spec=args.encoder, images=args.images, workers=args.workers,
                        max_batch=args.max_batch, size=(w, h), naive_images=args.naive_images,
-                       latency_s=args.latency_seconds, compare=args.compare_encoder)  # fmt: skip
+                       latency_s=args.latency_seconds, compare=args.compare_encoder,
+                       delivery=args.delivery)  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:
@@ -161,10 +172,11 @@ def register_bench_head(encoder_spec: str, tmp: Path) -> str:
 class _Verdicts:
     """Verdicts as they arrive, from the beginning of the topic."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, isolation_level: str = "read_uncommitted") -> None:
         from services.kafka_io import assign_all, make_consumer
 
-        self.consumer = make_consumer(kafka, group=False)
+        self.consumer = make_consumer(kafka, group=False, isolation_level=isolation_level)
+        self.arrived: dict[str, float] = {}  # id -> time.time() when read
         wait_until(lambda: self.consumer.partitions_for_topic(TOPICS.verdicts), 120,
                    what=f"topic {TOPICS.verdicts}")  # fmt: skip
         assign_all(self.consumer, TOPICS.verdicts, from_beginning=True)
@@ -174,9 +186,11 @@ class _Verdicts:
 
         def more() -> int:
             for msgs in self.consumer.poll(timeout_ms=500).values():
-                got.extend(
-                    v for v in (json.loads(m.value) for m in msgs) if v["id"].startswith(prefix)
-                )
+                now = time.time()
+                for v in (json.loads(m.value) for m in msgs):
+                    if v["id"].startswith(prefix):
+                        got.append(v)
+                        self.arrived.setdefault(v["id"], now)
             return len(got)
 
         wait_until(more, timeout_s, interval_s=0, done=lambda k: k >= n,
@@ -184,11 +198,14 @@ class _Verdicts:
         return got
 
 
-def _send(producer, prefix: str, port: int, n: int, rate: float | None = None) -> None:
+def _send(producer, prefix: str, port: int, n: int, rate: float | None = None) -> dict[str, float]:
+    """Send `n` records (at `rate` a second, else at once); returns id -> time.time() sent."""
     start = time.perf_counter()
+    sent = {}
     for i in range(n):
         if rate:
             time.sleep(max(0.0, start + i / rate - time.perf_counter()))
+        sent[f"{prefix}{i}"] = time.time()
         producer.send(
             TOPICS.images,
             json.dumps({"id": f"{prefix}{i}", "url": f"http://127.0.0.1:{port}/{i}.jpg"}).encode(),
@@ -196,6 +213,7 @@ def _send(producer, prefix: str, port: int, n: int, rate: float | None = None) -
         if rate:
             producer.flush()
     producer.flush()
+    return sent
 
 
 def _wait_reported(metrics, records: int, timeout_s: float = 15.0) -> None:
@@ -219,23 +237,29 @@ def _stage_share(metrics) -> dict[str, float]:
 
 
 def pipeline_run(
-    encoder_spec: str, port: int, n: int, workers: int, max_batch: int, latency_s: float
-) -> dict:
-    """(c) throughput through Kafka and Ray workers, stage shares, latency at half load."""
+    encoder_spec: str, port: int, n: int, workers: int, max_batch: int, latency_s: float,
+    *, exactly_once: bool = False, durable: bool = False, latency_rate: float | None = None,
+) -> dict:  # fmt: skip
+    """(c) throughput through Kafka and Ray workers, stage shares, latency at half load
+    (or at `latency_rate`); `durable`: on the durable broker, as (d) measures."""
     from services.broker import EmbeddedBroker, free_port
     from services.cli.serve import running_service
     from services.kafka_io import make_producer
     from services.metrics import DriverMetrics
 
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker() as broker:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmbeddedBroker(durable_dir=Path(tmp) / "broker" if durable else None) as broker,
+    ):
         settings = serve_settings(
             bootstrap=broker.bootstrap, client_extra={}, registry=register_bench_head(encoder_spec, Path(tmp)),
             workers=workers, metrics_host="127.0.0.1", metrics_port=free_port(), max_batch=max_batch,
-            allow_network=LOOPBACK,
+            allow_network=LOOPBACK, exactly_once=exactly_once,
         )  # fmt: skip
         metrics = DriverMetrics()
         with running_service(settings, metrics):
-            verdicts = _Verdicts(settings.worker.kafka)
+            isolation = "read_committed" if exactly_once else "read_uncommitted"
+            verdicts = _Verdicts(settings.worker.kafka, isolation)
             producer = make_producer(settings.worker.kafka)
             _send(producer, "warm-", port, 4 * workers)  # workers up, models warm
             verdicts.wait_for("warm-", 4 * workers)
@@ -245,14 +269,17 @@ def pipeline_run(
             ips = n / (time.perf_counter() - t0)
             _wait_reported(metrics, 4 * workers + n)
             shares = _stage_share(metrics)
-            rate = ips / 2
+            rate = latency_rate or ips / 2
             m = max(4, int(rate * latency_s))
-            _send(producer, "half-", port, m, rate=rate)
+            sent = _send(producer, "half-", port, m, rate=rate)
             lat = [v["latency_ms"] for v in verdicts.wait_for("half-", m)]
+            seen_ms = [1000 * (verdicts.arrived[i] - t) for i, t in sent.items()]
             producer.close()
             verdicts.consumer.close()
     p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+    seen50, seen99 = np.percentile(seen_ms, [50, 99])
     return {
+        "read_latency_ms": {"p50": round(float(seen50), 1), "p99": round(float(seen99), 1)},
         "ips": ips,
         "stage_share": shares,
         "latency_ms": {
@@ -268,6 +295,7 @@ def pipeline_run(
 def run_bench(
     *, encoder_spec: str, images: int, workers: int, max_batch: int, size: tuple[int, int],
     naive_images: int = 50, latency_s: float = 20.0, compare: list[str] = (),
+    delivery: bool = False,
 ) -> dict:  # fmt: skip
     blobs = bench_jpegs(16, size)
     cores = len(os.sched_getaffinity(0))
@@ -284,6 +312,11 @@ def run_bench(
         naive = naive_throughput(detector, port, naive_images)
         del detector
         pipe = pipeline_run(encoder_spec, port, images, workers, max_batch, latency_s)
+        modes = (
+            delivery_runs(encoder_spec, port, images, workers, max_batch, latency_s)
+            if delivery
+            else None
+        )
     finally:
         http.stop()
     return {
@@ -304,4 +337,24 @@ def run_bench(
         "max_batch": max_batch,
         "pipeline_images": images,
         **({"raw_compared": others} if others else {}),
+        **({"delivery": modes} if modes else {}),
+    }
+
+
+def delivery_runs(
+    encoder_spec: str, port: int, n: int, workers: int, max_batch: int, latency_s: float
+) -> dict:
+    """(d) at least once, then exactly once, on the durable broker; the latency of both at
+    half of the first one's throughput."""
+    alo = pipeline_run(encoder_spec, port, n, workers, max_batch, latency_s, durable=True)
+    rate = alo["ips"] / 2
+    eos = pipeline_run(encoder_spec, port, n, workers, max_batch, latency_s, durable=True,
+                       exactly_once=True, latency_rate=rate)  # fmt: skip
+    return {
+        "at_least_once_ips": round(alo["ips"], 2),
+        "exactly_once_ips": round(eos["ips"], 2),
+        "exactly_once_vs_at_least_once": round(eos["ips"] / alo["ips"], 3),
+        "latency_at_ips": round(rate, 2),
+        "at_least_once_read_latency_ms": alo["read_latency_ms"],
+        "exactly_once_read_latency_ms": eos["read_latency_ms"],
     }
