@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -271,8 +272,10 @@ def pipeline_run(
             shares = _stage_share(metrics)
             rate = latency_rate or ips / 2
             m = max(4, int(rate * latency_s))
-            sent = _send(producer, "half-", port, m, rate=rate)
-            lat = [v["latency_ms"] for v in verdicts.wait_for("half-", m)]
+            with ThreadPoolExecutor(1) as reading:  # read while sending: arrival times count
+                got = reading.submit(verdicts.wait_for, "half-", m)
+                sent = _send(producer, "half-", port, m, rate=rate)
+                lat = [v["latency_ms"] for v in got.result()]
             seen_ms = [1000 * (verdicts.arrived[i] - t) for i, t in sent.items()]
             producer.close()
             verdicts.consumer.close()
