@@ -45,6 +45,19 @@ def test_worker_resources(gpus_per_worker, cluster_gpus, expect):
     assert worker_resources(ServeSettings(gpus_per_worker=gpus_per_worker), cluster_gpus) == expect
 
 
+def test_custom_resources_travel_with_the_worker_and_cli_flag():
+    from services.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--worker-resources", '{"detector": 1}'])
+    settings = ServeSettings(worker_resources=args.worker_resources)
+    assert worker_resources(settings, 0) == {
+        "num_cpus": 1.0, "num_gpus": 0.0, "resources": {"detector": 1.0},
+    }  # fmt: skip
+    for bad in ('{"detector": 0}', '["detector"]', "detector", '{"detector": true}'):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--worker-resources", bad])
+
+
 def test_worker_resources_refuses_gpus_the_cluster_lacks():
     with pytest.raises(ValueError, match="GPUs"):
         worker_resources(ServeSettings(gpus_per_worker=1.0), 0)

@@ -29,14 +29,22 @@ class Service:
     """`dmguard serve` in a subprocess, logging to a file."""
 
     def __init__(
-        self, bootstrap: str, registry: Path, log: Path, *extra: str, workers: int = 2
+        self,
+        bootstrap: str,
+        registry: Path,
+        log: Path,
+        *extra: str,
+        workers: int = 2,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """`env`: more environment variables (e.g. RAY_ADDRESS)."""
         self.port = free_port()
         env = {
             **os.environ,
             "DMGUARD_BOOTSTRAP": bootstrap,
             "DMGUARD_REGISTRY": str(registry),
             "DMGUARD_FEATURE_LOG": str(log.parent / "feature-log"),
+            **(env or {}),
         }
         cmd = [
             sys.executable, "-m", "services.cli", "serve", "--workers", str(workers),
