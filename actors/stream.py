@@ -144,6 +144,13 @@ def fetch_and_preprocess(job: Job, settings: WorkerSettings, preprocess: Preproc
     return job
 
 
+def _ray_node_id() -> str | None:
+    """The Ray node this worker runs on (None outside Ray, as in unit tests)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 class StreamWorker:
     def __init__(
         self, settings: WorkerSettings, *, worker_id: str, stats: WorkerStats | None = None
@@ -193,6 +200,7 @@ class StreamWorker:
             return {
                 "worker_id": self.worker_id,
                 "pid": os.getpid(),
+                "node_id": _ray_node_id(),
                 "running": self._running,
                 "head_version": self.detector.version,
                 "encoder": self.detector.encoder.spec,
@@ -208,7 +216,10 @@ class StreamWorker:
     # ------------------------------------------------------------------ loop
     def run(self, stop: threading.Event) -> None:
         s = self.settings
-        if not s.partitions:  # more workers than partitions: this one stands by
+        self.stats.clear_gauge("consumer_lag")  # of partitions read before an `assign`
+        with self._lock:
+            self._fenced = False
+        if not s.partitions:  # more workers than partitions, or between assignments
             with self._lock:
                 self._running = True
             stop.wait()
@@ -278,7 +289,10 @@ class StreamWorker:
             # 1-3. poll, parse, hand good records to the fetch pool
             room = (1 if idle else 0) if serial else s.in_flight_cap - self._in_flight
             if not stopping and room > 0:
+                t_poll = time.monotonic()
                 polled = self.consumer.poll(timeout_ms=0 if not idle else 100, max_records=room)
+                if idle and not polled:  # nothing to do: what `serve --workers auto` reads
+                    self.stats.inc("idle_seconds", n=time.monotonic() - t_poll)
                 for messages in polled.values():
                     for m in messages:
                         self._accept(m, pool, serial=serial)

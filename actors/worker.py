@@ -1,10 +1,13 @@
 """DetectorWorker: the Ray actor around StreamWorker.
 
-The consume loop starts in the constructor, on a thread of its own, so when
-Ray restarts a crashed worker (max_restarts=-1) the new incarnation goes back
-to work by itself: same partitions, from their last committed offsets, so the
-records its predecessor had not committed come back to it. The actor is
-threaded (max_concurrency > 1) so `report` and `stop` run beside the loop.
+The consume loop runs on a thread of its own, from the constructor on, on the
+partitions the actor was built with; `assign` drains and commits what it
+reads and moves it to other partitions without reloading the model (the pool
+does this when it grows or shrinks). When Ray restarts a crashed worker
+(max_restarts=-1) the new incarnation starts on the partitions it was built
+with; the pool gives it its current ones (`WorkerPool.collect`). The actor is
+threaded (max_concurrency > 1) so `report`, `assign` and `stop` run beside
+the loop.
 
 Crash-only: if the loop fails (broker gone, output refused), the process
 exits and Ray restarts it, rather than carry on in an unknown state.
@@ -16,6 +19,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from services.config import WorkerSettings
@@ -34,15 +38,21 @@ class DetectorWorker:
         for name in ("actors", "services", "training"):
             logging.getLogger(name).setLevel(logging.INFO)
         self.stats = WorkerStats()
-        self._stop = threading.Event()
         self._stream = StreamWorker(settings, worker_id=worker_id, stats=self.stats)
         self._started = time.time()
-        self._thread = threading.Thread(target=self._run, name="consume-loop", daemon=True)
+        self._assign_lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name="consume-loop", daemon=True
+        )
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event) -> None:
         try:
-            self._stream.run(self._stop)
+            self._stream.run(stop)
         except BaseException:
             log.exception("consume loop failed; exiting so Ray restarts this worker")
             logging.shutdown()
@@ -51,6 +61,20 @@ class DetectorWorker:
     def report(self) -> dict[str, Any]:
         """Stats since the last report, and where this worker stands."""
         return {"stats": self.stats.drain(), "status": self._stream.status()}
+
+    def assign(self, partitions: tuple[int, ...], timeout_s: float = 60.0) -> tuple[int, ...]:
+        """Stop reading (finish in-flight work, flush, commit), then read `partitions`
+        (none: stand by); returns them."""
+        with self._assign_lock:
+            self._stop.set()
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():  # never two loops on one worker: restart instead
+                log.error("could not drain in %ss; exiting so Ray restarts this worker", timeout_s)
+                logging.shutdown()
+                os._exit(1)
+            self._stream.settings = replace(self._stream.settings, partitions=tuple(partitions))
+            self._start()
+            return self._stream.settings.partitions
 
     def stop(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Stop polling, finish in-flight work, flush, commit, leave the group."""

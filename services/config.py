@@ -98,6 +98,14 @@ class ServeSettings:
     workers: int = 1
     cpus_per_worker: float = 1.0
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    # Ray custom resources each worker reserves, e.g. {"detector": 1} to keep the workers
+    # on the nodes that offer it (`ray start --resources`).
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    # `--workers auto`: grow and shrink between these with the stream (actors.scaling);
+    # max_workers 0: one per input partition.
+    autoscale: bool = False
+    min_workers: int = 1
+    max_workers: int = 0
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9464
     stats_interval_s: float = 1.0

@@ -57,7 +57,7 @@ class WorkerStats:
         )
         self._gauges: dict[tuple[str, tuple[str, ...]], float] = {}
 
-    def inc(self, name: str, *labels: str, n: int = 1) -> None:
+    def inc(self, name: str, *labels: str, n: float = 1) -> None:
         with self._lock:
             self._counts[(name, labels)] += n
 
@@ -68,6 +68,12 @@ class WorkerStats:
     def set_gauge(self, name: str, value: float, *labels: str) -> None:
         with self._lock:
             self._gauges[(name, labels)] = value
+
+    def clear_gauge(self, name: str) -> None:
+        """Forget every value of gauge `name` (e.g. the lag of partitions no longer read)."""
+        with self._lock:
+            for key in [k for k in self._gauges if k[0] == name]:
+                del self._gauges[key]
 
     def drain(self) -> dict[str, Any]:
         """Counts and observations since the last drain; the gauges' current values."""
@@ -103,6 +109,16 @@ class DriverMetrics:
         self.registry_errors = PromCounter(
             "dmguard_registry_errors_total",
             "Times a worker found the registry unreadable or a head it could not load",
+            registry=r,
+        )
+        self.resizes = PromCounter(
+            "dmguard_pool_resizes_total",
+            "Times `serve --workers auto` grew or shrank the worker pool",
+            registry=r,
+        )
+        self.idle_seconds = PromCounter(
+            "dmguard_worker_idle_seconds_total",
+            "Seconds workers waited for records with nothing in their pipeline (summed)",
             registry=r,
         )
         self.broker_errors = PromCounter(
@@ -185,12 +201,15 @@ class DriverMetrics:
 
     def records_counted(self) -> float:
         """Input records finished so far, verdicts and dead letters together."""
-        return sum(
-            s.value
-            for family in self.records.collect()
-            for s in family.samples
-            if s.name == "dmguard_records_total"
-        )
+        return _total(self.records, "dmguard_records_total")
+
+    def lag_total(self) -> float:
+        """Records waiting, summed over the input partitions (last report of each)."""
+        return _total(self.lag, "dmguard_consumer_lag")
+
+    def idle_total(self) -> float:
+        """Seconds the workers have waited with nothing to do, summed over workers."""
+        return _total(self.idle_seconds, "dmguard_worker_idle_seconds_total")
 
     def _counter(self, name: str) -> PromCounter:
         return {
@@ -201,6 +220,7 @@ class DriverMetrics:
             "registry_errors": self.registry_errors,
             "isolated": self.isolated,
             "broker_errors": self.broker_errors,
+            "idle_seconds": self.idle_seconds,
         }[name]
 
     def _histogram(self, name: str) -> Histogram:
@@ -209,6 +229,13 @@ class DriverMetrics:
             "stage_seconds": self.stage_seconds,
             "end_to_end_seconds": self.end_to_end,
         }[name]
+
+
+def _total(metric, sample_name: str) -> float:
+    """The sum of a metric's samples named `sample_name`, over every label."""
+    return sum(
+        s.value for family in metric.collect() for s in family.samples if s.name == sample_name
+    )
 
 
 class MetricsServer:

@@ -6,6 +6,7 @@ thread of this process (the demo and the bench)."""
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BROKER_CHECK_S = 5.0
+SCALE_CHECK_S = 5.0  # how often `--workers auto` samples the fleet
 
 
 # -------------------------------------------------------------------- the command
@@ -44,10 +46,17 @@ def add_parser(sub) -> None:
     registry_arg(sp)
     sp.add_argument(
         "--workers",
-        type=int,
+        type=_workers,
         default=ServeSettings.workers,
-        help="DetectorWorker actors (one per GPU, or per CPU slot)",
+        help="DetectorWorker actors (one per GPU, or per CPU slot), or `auto`: as many as "
+        "the stream needs, from the consumer lag and how busy the workers are, between "
+        "--min-workers and --max-workers",
     )
+    sp.add_argument("--min-workers", type=int, default=ServeSettings.min_workers,
+                    help="with --workers auto: the fewest workers (default %(default)s)")  # fmt: skip
+    sp.add_argument("--max-workers", type=int, default=ServeSettings.max_workers,
+                    help="with --workers auto: the most workers (default: one per input "
+                         "partition, which is also the cap)")  # fmt: skip
     sp.add_argument("--metrics-port", type=int, default=ServeSettings.metrics_port)
     sp.add_argument("--metrics-host", default=ServeSettings.metrics_host)
     sp.add_argument(
@@ -100,6 +109,14 @@ def add_parser(sub) -> None:
         default=None,
         help="GPUs per worker, fractional allowed (default: 1 where the cluster has GPUs, else 0)",
     )
+    sp.add_argument(
+        "--worker-resources",
+        type=_resources,
+        default={},
+        metavar="JSON",
+        help="Ray custom resources each worker reserves, e.g. '{\"detector\": 1}' to keep "
+        "the workers on the nodes started with `ray start --resources` offering them",
+    )
     sp.add_argument("--device", choices=DEVICES, default="auto")
     sp.add_argument("--feature-log", default=default_feature_log(),
                     help="folder or URI where workers log embeddings for retraining "
@@ -123,7 +140,9 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = serve_settings(
         bootstrap=args.bootstrap, group_id=args.group_id, registry=args.registry,
-        workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+        workers=args.min_workers if args.workers == "auto" else args.workers,
+        autoscale=args.workers == "auto", min_workers=args.min_workers,
+        max_workers=args.max_workers, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, metrics_host=args.metrics_host,
         metrics_port=args.metrics_port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         fetch_threads=args.fetch_threads, max_pixels=args.max_pixels, device=args.device,
@@ -131,8 +150,36 @@ def run(args: argparse.Namespace) -> int:
         allow_private_urls=args.allow_private_urls, allow_network=args.allow_network,
         allow_file_urls=args.allow_file_urls, max_bytes=args.max_bytes,
         fetch_timeout=args.fetch_timeout, exactly_once=args.exactly_once,
+        worker_resources=args.worker_resources,
     )  # fmt: skip
     return run_service(settings)
+
+
+def _workers(text: str) -> int | str:
+    """--workers: a positive number, or `auto`."""
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number of workers, or auto") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("at least 1 worker")
+    return n
+
+
+def _resources(text: str) -> dict[str, float]:
+    """--worker-resources: a JSON object of resource name -> positive amount."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+        for k, v in value.items()
+    ):
+        raise argparse.ArgumentTypeError('a JSON object of positive amounts, e.g. {"detector": 1}')
+    return {k: float(v) for k, v in value.items()}
 
 
 # -------------------------------------------------------------------- the driver
@@ -182,7 +229,7 @@ def run_service(
 
     from actors.pool import WorkerPool
     from services.broker import kafka_answers
-    from services.kafka_io import ensure_topics
+    from services.kafka_io import ensure_topics, partition_count
     from services.metrics import DriverMetrics, MetricsServer
     from services.ray_cluster import init_ray
     from training.registry import Registry
@@ -190,7 +237,10 @@ def run_service(
     meta = head_to_start_with(Registry(settings.worker.registry))
     kafka, topics = settings.worker.kafka, settings.worker.topics
     ensure_topics(kafka, topics)
-    needed_cpus = max(os.cpu_count() or 1, settings.workers * settings.cpus_per_worker + 1)
+    most = settings.workers
+    if settings.autoscale:  # room for the most workers it may grow to, on a local Ray
+        most = max(most, settings.max_workers or partition_count(kafka, topics.images))
+    needed_cpus = max(os.cpu_count() or 1, most * settings.cpus_per_worker + 1)
     init_ray(num_cpus=needed_cpus)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
@@ -210,13 +260,18 @@ def run_service(
     _say(f"metrics on http://{settings.metrics_host}:{server.port}/metrics")
     try:
         pool.start()
+        scaler = _autoscaler(settings, pool.partitions) if settings.autoscale else None
         _say(
-            f"serving: {settings.workers} workers, head {meta.version} ({meta.encoder}), "
-            f"{topics.images} -> {topics.verdicts}"
+            f"serving: {settings.workers} workers"
+            + (f" (auto, {scaler.min_workers} to {scaler.max_workers})" if scaler else "")
+            + f", head {meta.version} ({meta.encoder}), {topics.images} -> {topics.verdicts}"
         )
-        next_broker_check = 0.0
+        next_broker_check = next_scale_check = 0.0
         while not stop.is_set():
             pool.collect(metrics, timeout_s=0.0)
+            if scaler is not None and time.monotonic() >= next_scale_check:
+                _maybe_resize(scaler, pool, metrics, readiness)
+                next_scale_check = time.monotonic() + SCALE_CHECK_S
             if time.monotonic() >= next_broker_check:
                 readiness.broker_ok = kafka_answers(kafka.bootstrap_servers, **kafka.client_extra)
                 if not readiness.broker_ok:
@@ -239,6 +294,34 @@ def run_service(
     finally:
         server.stop()
         ray.shutdown()
+
+
+def _autoscaler(settings: ServeSettings, partitions: int):
+    from actors.scaling import Autoscaler
+
+    most = min(settings.max_workers or partitions, partitions)
+    return Autoscaler(min_workers=min(settings.min_workers, most), max_workers=most)
+
+
+def _maybe_resize(scaler, pool, metrics: DriverMetrics, readiness: Readiness) -> None:
+    """Feed the autoscaler one sample of the fleet; resize the pool if it says so."""
+    from actors.scaling import Sample
+
+    now = time.monotonic()
+    scaler.observe(Sample(now, metrics.lag_total(), metrics.records_counted(),
+                          metrics.idle_total()))  # fmt: skip
+    current = len(pool.actors)
+    wanted = scaler.desired(current, now)
+    if wanted == current:
+        return
+    _say(f"scaling: {current} -> {wanted} workers (lag {metrics.lag_total():.0f})")
+    size = pool.resize(wanted, metrics)
+    if size != current:
+        readiness.expected = size
+        metrics.resizes.inc()
+    if size != wanted:
+        _say(f"scaling: stayed at {size} workers (no room for more in the Ray cluster)")
+    scaler.resized(time.monotonic())
 
 
 def _say(message: str) -> None:
