@@ -5,15 +5,21 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 MODELS := .cache/models/clip-vit-b16-int8.onnx
+# promtool for `make check-deploy`: Debian's prometheus package, pinned and checksummed,
+# unpacked into an ignored cache (the machines run Debian 12; apt-get needs no root to download).
+PROMETHEUS_DEB_VERSION := 2.42.0+ds-5+deb12u1
+PROMETHEUS_DEB_SHA256  := 81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55
+DEPLOY_TOOLS := .cache/deploy-tools
+PROMTOOL     := $(DEPLOY_TOOLS)/promtool-$(PROMETHEUS_DEB_VERSION)
 
-.PHONY: install models test test-fast lint demo clean
+.PHONY: install models test test-fast lint check-deploy deploy-generate demo clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev,deploy]'
 	touch $(STAMP)
 
 models: $(MODELS)
@@ -27,8 +33,25 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-test: $(STAMP) $(MODELS) lint
-	$(BIN)/pytest
+$(PROMTOOL):
+	rm -rf $(DEPLOY_TOOLS)/deb && mkdir -p $(DEPLOY_TOOLS)/deb
+	cd $(DEPLOY_TOOLS)/deb && { apt-get download prometheus=$(PROMETHEUS_DEB_VERSION) \
+	  || { apt-get update -qq && apt-get download prometheus=$(PROMETHEUS_DEB_VERSION); }; }
+	echo "$(PROMETHEUS_DEB_SHA256)  $$(ls $(DEPLOY_TOOLS)/deb/prometheus_*.deb)" | sha256sum -c --quiet -
+	dpkg-deb --fsys-tarfile $(DEPLOY_TOOLS)/deb/prometheus_*.deb | tar -xO ./usr/bin/promtool > $@.part
+	chmod +x $@.part && mv $@.part $@ && rm -rf $(DEPLOY_TOOLS)/deb
+
+# Offline checks of deploy/ (deploy/README.md): rendered overlays against Kubernetes' and
+# the operators' schemas, promtool on the rules and their tests, hadolint on the Dockerfile.
+check-deploy: $(STAMP) $(PROMTOOL)
+	PROMTOOL=$(abspath $(PROMTOOL)) $(BIN)/pytest -q tests/deploy
+
+# Rewrite deploy/prometheus/prometheusrule.yaml from alerts.yml (its one source).
+deploy-generate:
+	$(BIN)/python deploy/prometheus/make_rule.py
+
+test: $(STAMP) $(MODELS) lint check-deploy
+	$(BIN)/pytest --ignore=tests/deploy
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
