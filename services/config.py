@@ -106,6 +106,8 @@ class ServeSettings:
     autoscale: bool = False
     min_workers: int = 1
     max_workers: int = 0
+    scale_window_s: float = 30.0  # the autoscaler judges the last this many seconds
+    scale_cooldown_s: float = 60.0  # and decides again no sooner than this after a resize
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9464
     stats_interval_s: float = 1.0

@@ -57,6 +57,14 @@ def add_parser(sub) -> None:
     sp.add_argument("--max-workers", type=int, default=ServeSettings.max_workers,
                     help="with --workers auto: the most workers (default: one per input "
                          "partition, which is also the cap)")  # fmt: skip
+    sp.add_argument("--scale-window", type=float, default=ServeSettings.scale_window_s,
+                    metavar="SECONDS",
+                    help="with --workers auto: judge the last this many seconds of lag and "
+                         "load (default %(default)s)")  # fmt: skip
+    sp.add_argument("--scale-cooldown", type=float, default=ServeSettings.scale_cooldown_s,
+                    metavar="SECONDS",
+                    help="with --workers auto: decide again no sooner than this after a "
+                         "resize (default %(default)s)")  # fmt: skip
     sp.add_argument("--metrics-port", type=int, default=ServeSettings.metrics_port)
     sp.add_argument("--metrics-host", default=ServeSettings.metrics_host)
     sp.add_argument(
@@ -142,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap, group_id=args.group_id, registry=args.registry,
         workers=args.min_workers if args.workers == "auto" else args.workers,
         autoscale=args.workers == "auto", min_workers=args.min_workers,
-        max_workers=args.max_workers, cpus_per_worker=args.cpus_per_worker,
+        max_workers=args.max_workers, scale_window_s=args.scale_window,
+        scale_cooldown_s=args.scale_cooldown, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, metrics_host=args.metrics_host,
         metrics_port=args.metrics_port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
         fetch_threads=args.fetch_threads, max_pixels=args.max_pixels, device=args.device,
@@ -300,7 +309,10 @@ def _autoscaler(settings: ServeSettings, partitions: int):
     from actors.scaling import Autoscaler
 
     most = min(settings.max_workers or partitions, partitions)
-    return Autoscaler(min_workers=min(settings.min_workers, most), max_workers=most)
+    return Autoscaler(
+        min_workers=min(settings.min_workers, most), max_workers=most,
+        window_s=settings.scale_window_s, cooldown_s=settings.scale_cooldown_s,
+    )  # fmt: skip
 
 
 def _maybe_resize(scaler, pool, metrics: DriverMetrics, readiness: Readiness) -> None:

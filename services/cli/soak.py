@@ -109,9 +109,21 @@ def add_parser(sub) -> None:
     )
     sp.add_argument(
         "--workers",
-        type=int,
-        default=len(os.sched_getaffinity(0)),
-        help="DetectorWorker actors (default: one per core, %(default)s)",
+        default=str(len(os.sched_getaffinity(0))),
+        help="DetectorWorker actors, or `auto` (serve --workers auto, from 1 to "
+        "--max-workers) (default: one per core, %(default)s)",
+    )
+    sp.add_argument(
+        "--max-workers", type=int, default=0,
+        help="with --workers auto: the most workers (default: one per input partition)",
+    )  # fmt: skip
+    sp.add_argument(
+        "--steps",
+        default=None,
+        metavar="RATExSECONDS,...",
+        help="send at these rates for these long, one after the other, instead of "
+        "--minutes at --rate/--fraction: e.g. 2x120,10x240,2x240 (a step response, "
+        "for --workers auto; rows are worth shortening with --row-seconds)",
     )
     sp.add_argument(
         "--max-batch", type=int, default=16, help="largest model batch (default %(default)s)"
@@ -155,19 +167,50 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--bad-fraction must be in [0, 1]")
     if args.rate is not None and args.rate <= 0:
         raise ConfigError("--rate must be positive")
-    if args.capacity_images < 1 or args.workers < 1:
-        raise ConfigError("--capacity-images and --workers must be at least 1")
+    autoscale = args.workers == "auto"
+    workers = 1 if autoscale else int(args.workers) if args.workers.isdigit() else 0
+    if args.capacity_images < 1 or workers < 1:
+        raise ConfigError("--capacity-images must be at least 1, --workers a number or auto")
+    steps = parse_steps(args.steps) if args.steps else None
     summary = run_soak(
-        encoder_spec=args.encoder, workers=args.workers, max_batch=args.max_batch,
-        minutes=args.minutes, rate=args.rate, fraction=args.fraction,
+        encoder_spec=args.encoder, workers=workers, max_batch=args.max_batch,
+        autoscale=autoscale, max_workers=args.max_workers, steps=steps,
+        minutes=sum(sec for _, sec in steps) / 60 if steps else args.minutes,
+        rate=steps[0][0] if steps else args.rate, fraction=args.fraction,
         capacity_images=args.capacity_images, bad_fraction=args.bad_fraction,
         row_seconds=args.row_seconds, lag_bound=args.lag_bound, seed=args.seed,
         out=Path(args.out),
     )  # fmt: skip
-    return 0 if summary["all_targets_met"] else 1
+    return 0 if summary["all_targets_met"] or steps else 1
 
 
 # -------------------------------------------------------------------- the pure parts
+def parse_steps(text: str) -> list[tuple[float, float]]:
+    """ "2x120,10x240" -> [(2.0, 120.0), (10.0, 240.0)]: (records/s, seconds) each."""
+    from services.errors import ConfigError
+
+    steps = []
+    for part in text.split(","):
+        try:
+            rate, seconds = (float(v) for v in part.strip().split("x"))
+        except ValueError:
+            raise ConfigError(f"--steps: {part!r} is not RATExSECONDS, e.g. 10x240") from None
+        if rate <= 0 or seconds <= 0:
+            raise ConfigError(f"--steps: {part!r}: rate and seconds must be positive")
+        steps.append((rate, seconds))
+    return steps
+
+
+def rate_at(steps: Sequence[tuple[float, float]], t: float) -> float:
+    """The rate of the step running `t` seconds after the start (the last one after)."""
+    end = 0.0
+    for rate, seconds in steps:
+        end += seconds
+        if t < end:
+            return rate
+    return steps[-1][0]
+
+
 def histogram_quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
     """The q-quantile of a histogram given as (upper bound, cumulative count) pairs sorted
     by bound, the last +Inf; interpolated linearly inside its bucket as Prometheus'
@@ -357,6 +400,13 @@ _PANELS = (
     ("throughput (records/s)", (("outputs_per_s", "outputs", (31, 119, 180)),
                                 ("sent_per_s", "sent", (150, 150, 150)))),
 )  # fmt: skip
+# The step response of `--workers auto`: how many workers, against what came in.
+_STEP_PANELS = (
+    ("workers", (("workers", "workers", (31, 119, 180)),)),
+    _PANELS[1],
+    _PANELS[3],
+    _PANELS[2],
+)
 
 
 def _font(size: int):
@@ -372,7 +422,10 @@ def _num(v: float) -> str:
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
-def write_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> None:
+def write_plot(
+    rows: Sequence[Mapping[str, Any]], path: Path, title: str = "",
+    panels=None, x_label: str = "minute",
+) -> None:  # fmt: skip
     """Four panels, 2 x 2: worker RSS, lag, p99 latency and throughput against the minute.
     Each y axis runs from 0 to a little above the largest value, with the smallest and
     largest values marked; the x axis from the first to the last row."""
@@ -383,14 +436,14 @@ def write_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str = "") -
     small, big = _font(12), _font(15)
     draw.text((10, 6), title, fill="black", font=big)
     top, pw, ph = 30, PLOT_SIZE[0] // 2, (PLOT_SIZE[1] - 30) // 2
-    for k, (name, series) in enumerate(_PANELS):
+    for k, (name, series) in enumerate(panels or _PANELS):
         x0, y0 = (k % 2) * pw, top + (k // 2) * ph
-        _panel(draw, (x0, y0, x0 + pw, y0 + ph), name, series, rows, small, big)
+        _panel(draw, (x0, y0, x0 + pw, y0 + ph), name, series, rows, small, big, x_label)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path, "PNG")
 
 
-def _panel(draw, box, name, series, rows, small, big) -> None:
+def _panel(draw, box, name, series, rows, small, big, x_label: str = "minute") -> None:
     left, top, right, bottom = box[0] + 70, box[1] + 28, box[2] - 30, box[3] - 50
     draw.text((box[0] + 70, box[1] + 6), name, fill="black", font=big)
     draw.line([(left, top), (left, bottom), (right, bottom)], fill="black", width=1)
@@ -430,7 +483,7 @@ def _panel(draw, box, name, series, rows, small, big) -> None:
         label = f"{x:g}"
         w = draw.textlength(label, font=small)
         draw.text((px(x) - w / 2, bottom + 7), label, fill="black", font=small)
-    draw.text(((left + right) / 2 - 20, bottom + 24), "minute", fill="black", font=small)
+    draw.text(((left + right) / 2 - 20, bottom + 24), x_label, fill="black", font=small)
     legend_x = right
     for key, label, colour in reversed(series):
         pts = [None if r[key] is None else (px(r["minute"]), py(r[key])) for r in rows]
@@ -579,9 +632,11 @@ def soak_loop(
     rows: int,
     row_seconds: float,
     on_row: Callable[[dict[str, Any]], None],
+    steps: Sequence[tuple[float, float]] | None = None,
 ) -> None:
-    """Send at `rate` for `rows` x `row_seconds`, calling `on_row` with each row."""
-    bucket = TokenBucket(rate)
+    """Send at `rate` (or following `steps`) for `rows` x `row_seconds`, calling `on_row`
+    with each row."""
+    bucket = TokenBucket(rate, capacity=max(1.0, max(r for r, _ in steps)) if steps else None)
     known = worker_pids(base)
     restarts = 0
     before = parse_scrape(_get(f"{base}/metrics"))
@@ -591,6 +646,8 @@ def soak_loop(
     for minute in range(1, rows + 1):
         row_end = start + minute * row_seconds
         while (now := time.monotonic()) < row_end:
+            if steps:
+                bucket.rate = rate_at(steps, now - start)
             n = bucket.take(now - start)
             for _ in range(n):
                 key, value, _ = mix.record("soak", sent_total)
@@ -622,6 +679,9 @@ def run_soak(
     workers: int,
     max_batch: int,
     minutes: float,
+    autoscale: bool = False,
+    max_workers: int = 0,
+    steps: Sequence[tuple[float, float]] | None = None,
     rate: float | None,
     fraction: float,
     capacity_images: int,
@@ -648,6 +708,8 @@ def run_soak(
         "encoder": encoder_spec, "workers": workers, "max_batch": max_batch,
         "cores": len(os.sched_getaffinity(0)), "minutes": minutes, "row_seconds": row_seconds,
         "fraction": fraction, "bad_fraction": bad_fraction, "seed": seed,
+        **({"workers": "auto", "max_workers": max_workers} if autoscale else {}),
+        **({"steps": [list(st) for st in steps]} if steps else {}),
     }  # fmt: skip
     csv_file = (out / "soak.csv").open("w", newline="")
     writer = csv.DictWriter(csv_file, fieldnames=ROW_FIELDS)
@@ -676,9 +738,12 @@ def run_soak(
             settings = serve_settings(
                 bootstrap=broker.bootstrap, client_extra={}, registry=register_bench_head(encoder_spec, tmp),
                 workers=workers, metrics_host="127.0.0.1", metrics_port=free_port(),
-                max_batch=max_batch, allow_network=LOOPBACK,
+                max_batch=max_batch, allow_network=LOOPBACK, autoscale=autoscale,
+                min_workers=1, max_workers=max_workers,
             )  # fmt: skip
-            say(f"starting serve: {workers} workers, encoder {encoder_spec}")
+            say(
+                f"starting serve: {'auto' if autoscale else workers} workers, encoder {encoder_spec}"
+            )
             base = stack.enter_context(running_service(settings))
             say(f"serving; metrics on {base}/metrics")
             producer = make_producer(settings.worker.kafka)
@@ -686,7 +751,7 @@ def run_soak(
             reader = OutputReader(broker.bootstrap)
             try:
                 measure_capacity(producer, reader, mix, TOPICS.images, 4 * workers, "warm")
-                if rate is None:
+                if rate is None and not steps:
                     say(f"measuring capacity: {capacity_images} records at once")
                     capacity = measure_capacity(
                         producer, reader, mix, TOPICS.images, capacity_images, "capacity"
@@ -704,7 +769,8 @@ def run_soak(
             say(f"soak: {rate:.2f} records/s for {n_rows} rows of {row_seconds:g} s "
                 f"({bad_fraction:.0%} bad); rows in {out / 'soak.csv'}")  # fmt: skip
             soak_loop(producer=producer, topic=TOPICS.images, mix=mix, base=base, rate=rate,
-                      rows=n_rows, row_seconds=row_seconds, on_row=on_row)  # fmt: skip
+                      rows=n_rows, row_seconds=row_seconds, on_row=on_row,
+                      steps=steps)  # fmt: skip
             info["kinds_sent"] = dict(sorted(mix.kinds.items()))
             completed = True
             say("soak done; stopping the service")
@@ -715,9 +781,25 @@ def run_soak(
         summary["all_targets_met"] &= completed  # a run stopped early proves nothing
         (out / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
         if rows:
-            title = (f"dmguard soak: {info.get('rate_per_s', '?')} records/s, {workers} workers, "
-                     f"{Path(encoder_spec.split(':', 1)[-1]).name}")  # fmt: skip
-            write_plot(rows, out / "soak.png", title)
+            encoder_name = Path(encoder_spec.split(":", 1)[-1]).name
+            if steps:
+                title = (
+                    f"dmguard --workers auto, steps "
+                    f"{' > '.join(f'{r:g}/s' for r, _ in steps)}, {encoder_name}"
+                )
+                write_plot(
+                    rows,
+                    out / "soak.png",
+                    title,
+                    panels=_STEP_PANELS,
+                    x_label=f"row ({row_seconds:g} s)",
+                )
+            else:
+                title = (
+                    f"dmguard soak: {info.get('rate_per_s', '?')} records/s, {workers} "
+                    f"workers, {encoder_name}"
+                )
+                write_plot(rows, out / "soak.png", title)  # fmt: skip
         if rows or completed:
             _print_summary(summary, out)
     return summary

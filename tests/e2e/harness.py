@@ -34,7 +34,7 @@ class Service:
         registry: Path,
         log: Path,
         *extra: str,
-        workers: int = 2,
+        workers: int | str = 2,
         env: dict[str, str] | None = None,
     ) -> None:
         """`env`: more environment variables (e.g. RAY_ADDRESS)."""

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from services.broker import EmbeddedBroker
 from services.poll import wait_until
 from tests.e2e.harness import (
     OutputReader,
@@ -38,13 +37,6 @@ SLOW = ("--fetch-threads", "2", "--max-batch", "4")
 # a worker that committed the outputs of records after one still in flight would
 # output them again after a kill.
 OUT_OF_ORDER = 8
-
-
-@pytest.fixture
-def durable_broker(tmp_path):
-    broker = EmbeddedBroker(durable_dir=tmp_path / "broker").start()
-    yield broker
-    broker.stop()
 
 
 def committed_reader(bootstrap: str) -> OutputReader:

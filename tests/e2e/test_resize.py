@@ -1,6 +1,6 @@
-"""Growing and shrinking the worker pool mid-stream (what `serve --workers auto` does
-when its autoscaler decides): real broker, real local Ray, real HTTP fetches. The
-partitions move between workers, and every record gets exactly one output: each
+"""Growing and shrinking the worker pool mid-stream: `WorkerPool.resize` driven by hand,
+and `serve --workers auto` deciding by itself. Real broker, real Ray, real HTTP fetches.
+The partitions move between workers, and every record gets exactly one output: each
 worker drains and commits before any worker gets its new share."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from services.config import Topics, serve_settings
 from services.kafka_io import ensure_topics
 from tests.e2e.harness import (
     OutputReader,
+    Service,
+    counter,
     duplicates,
     good_stream,
     produce,
@@ -76,3 +78,44 @@ def test_resizing_the_pool_moves_partitions_without_losing_or_repeating_a_record
             reader.close()
         if started_ray:
             ray.shutdown()
+
+
+def test_serve_workers_auto_grows_under_a_backlog_and_shrinks_when_idle(
+    durable_broker, image_server, tiny_registry, tmp_path
+):
+    """On the durable broker: the autoscaler reads the lag, and the in-memory broker's
+    end offsets undercount a backlog produced in batches."""
+    broker = durable_broker
+    from services.poll import wait_until
+
+    values, expected = good_stream(image_server, 240, "auto")
+    image_server.delay_s = 0.2  # one fetch thread: about 5 records/s per worker
+    service = Service(
+        broker.bootstrap, tiny_registry.root, tmp_path / "serve.log",
+        "--max-workers", "2", "--fetch-threads", "1", "--max-batch", "4",
+        "--scale-window", "6", "--scale-cooldown", "8", workers="auto",
+    )  # fmt: skip
+    reader = None
+
+    def workers() -> int:
+        return len(service.worker_pids())
+
+    try:
+        service.wait_ready()
+        assert workers() == 1  # --workers auto starts at --min-workers
+        produce(broker.bootstrap, values)  # ~48 s of work for one worker
+        reader = OutputReader(broker.bootstrap)
+        wait_until(workers, 60, what="a second worker", done=lambda n: n == 2)
+        grown_at = len(reader.read(idle_s=0.05).verdicts)
+        assert grown_at < 240, "the pool should grow while the backlog lasts"
+        out = wait_accounted(reader, expected, timeout=180)
+        assert {v["id"] for v in out.verdicts} == expected and not out.dead_letters
+        assert duplicates(out) == 0
+        wait_until(workers, 60, what="the pool back to one worker", done=lambda n: n == 1)
+        assert counter(service.metrics(), "dmguard_pool_resizes_total") >= 2
+        assert "scaling: 1 -> 2 workers" in service.log.read_text()
+        assert service.stop() == 0, service.tail()
+    finally:
+        if reader:
+            reader.close()
+        service.kill()

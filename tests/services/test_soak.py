@@ -252,3 +252,15 @@ def test_the_command_is_registered_with_its_defaults(capsys):
     args = build_parser().parse_args(["soak"])
     assert (args.minutes, args.rate, args.fraction, args.bad_fraction) == (30.0, None, 0.8, 0.05)
     assert args.out == ".cache/soak" and args.row_seconds == 60.0
+
+
+def test_steps_parse_and_say_the_rate_at_each_moment():
+    from services.cli.soak import parse_steps, rate_at
+    from services.errors import ConfigError
+
+    steps = parse_steps("2x120, 10x240,2x60")
+    assert steps == [(2.0, 120.0), (10.0, 240.0), (2.0, 60.0)]
+    assert [rate_at(steps, t) for t in (0, 119.9, 120, 359.9, 360, 1000)] == [2, 2, 10, 10, 2, 2]
+    for bad in ("10", "10x", "ax5", "0x10", "5x-1"):
+        with pytest.raises(ConfigError):
+            parse_steps(bad)
