@@ -291,7 +291,7 @@ class StreamWorker:
             if not stopping and room > 0:
                 t_poll = time.monotonic()
                 polled = self.consumer.poll(timeout_ms=0 if not idle else 100, max_records=room)
-                if idle and not polled:  # nothing to do: what `serve --workers auto` reads
+                if idle:  # waiting with nothing to do: what `serve --workers auto` reads
                     self.stats.inc("idle_seconds", n=time.monotonic() - t_poll)
                 for messages in polled.values():
                     for m in messages:
