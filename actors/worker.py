@@ -66,9 +66,7 @@ class DetectorWorker:
         """Stop reading (finish in-flight work, flush, commit), then read `partitions`
         (none: stand by); returns them."""
         with self._assign_lock:
-            self._stop.set()
-            self._thread.join(timeout_s)
-            if self._thread.is_alive():  # never two loops on one worker: restart instead
+            if not self._drain(timeout_s):  # never two loops on one worker: restart instead
                 log.error("could not drain in %ss; exiting so Ray restarts this worker", timeout_s)
                 logging.shutdown()
                 os._exit(1)
@@ -78,13 +76,17 @@ class DetectorWorker:
 
     def stop(self, timeout_s: float = 60.0) -> dict[str, Any]:
         """Stop polling, finish in-flight work, flush, commit, leave the group."""
-        self._stop.set()
-        self._thread.join(timeout_s)
         return {
-            "drained": not self._thread.is_alive(),
+            "drained": self._drain(timeout_s),
             "stats": self.stats.drain(),
             "status": self._stream.status(),
         }
+
+    def _drain(self, timeout_s: float) -> bool:
+        """Stop the loop (it finishes in-flight work and commits); True once it has."""
+        self._stop.set()
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def pid(self) -> int:
         return os.getpid()

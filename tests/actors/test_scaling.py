@@ -13,38 +13,32 @@ def scaler(**kw) -> Autoscaler:
     )
 
 
+def judged(workers: int, first: Sample, last: Sample, **kw) -> int:
+    """What a fresh autoscaler wants after seeing `first` then `last`, long after any resize."""
+    s = scaler(**kw)
+    s.observe(first)
+    s.observe(last)
+    return s.desired(workers, now=100)
+
+
 def test_a_fleet_that_keeps_up_and_is_busy_stays_as_it_is():
-    s = scaler()
     # 2 workers, 8 records/s in and out, lag steady at 5, idle 6 of 60 worker-seconds.
-    s.observe(Sample(0, lag=5, done=0, idle_s=0))
-    s.observe(Sample(30, lag=5, done=240, idle_s=6))
-    assert s.desired(2, now=100) == 2
+    assert judged(2, Sample(0, lag=5, done=0, idle_s=0), Sample(30, lag=5, done=240, idle_s=6)) == 2
 
 
 def test_falling_behind_asks_for_what_arrives_plus_the_lag_cleared():
-    s = scaler()
     # 2 workers finish 4/s; the lag grows 6/s: 10/s arrive. Lag 180 > 10 s x 4/s.
-    s.observe(Sample(0, lag=0, done=0, idle_s=0))
-    s.observe(Sample(30, lag=180, done=120, idle_s=0))
+    first, last = Sample(0, lag=0, done=0, idle_s=0), Sample(30, lag=180, done=120, idle_s=0)
     # (10/s + 180/60 s) x 1.2 = 15.6/s at 2/s per worker: 8 workers.
-    assert s.desired(2, now=100) == 8
-    capped = scaler(max_workers=4)
-    capped.observe(Sample(0, lag=0, done=0, idle_s=0))
-    capped.observe(Sample(30, lag=180, done=120, idle_s=0))
-    assert capped.desired(2, now=100) == 4
+    assert judged(2, first, last) == 8
+    assert judged(2, first, last, max_workers=4) == 4
 
 
 def test_an_idle_fleet_shrinks_to_what_would_be_busy_enough():
-    s = scaler()
     # 4 workers, no lag, 100 of 120 worker-seconds idle: 1/6 busy; 4 x (1/6) / 0.6 -> 2.
-    s.observe(Sample(0, lag=0, done=0, idle_s=0))
-    s.observe(Sample(30, lag=0, done=60, idle_s=100))
-    assert s.desired(4, now=100) == 2
-    # never below min_workers
-    low = scaler(min_workers=3)
-    low.observe(Sample(0, lag=0, done=0, idle_s=0))
-    low.observe(Sample(30, lag=0, done=60, idle_s=100))
-    assert low.desired(4, now=100) == 3
+    first, last = Sample(0, lag=0, done=0, idle_s=0), Sample(30, lag=0, done=60, idle_s=100)
+    assert judged(4, first, last) == 2
+    assert judged(4, first, last, min_workers=3) == 3  # never below min_workers
 
 
 def test_no_decision_within_the_cooldown_or_on_too_short_a_window():
@@ -54,17 +48,14 @@ def test_no_decision_within_the_cooldown_or_on_too_short_a_window():
     s.observe(Sample(40, lag=500, done=30, idle_s=0))
     assert s.desired(1, now=40) == 1  # 40 s after a resize: cooling down
     assert s.desired(1, now=61) == 8  # after it: behind, up to the cap
-    short = scaler()
-    short.observe(Sample(0, lag=0, done=0, idle_s=0))
-    short.observe(Sample(5, lag=500, done=10, idle_s=0))
-    assert short.desired(1, now=100) == 1  # 5 s of samples say too little
+    # 5 s of samples say too little
+    assert judged(1, Sample(0, lag=0, done=0, idle_s=0), Sample(5, lag=500, done=10, idle_s=0)) == 1
 
 
 def test_nothing_finished_yet_adds_one_worker_at_a_time():
-    s = scaler()
-    s.observe(Sample(0, lag=100, done=0, idle_s=0))
-    s.observe(Sample(30, lag=300, done=0, idle_s=0))
-    assert s.desired(2, now=100) == 3
+    assert (
+        judged(2, Sample(0, lag=100, done=0, idle_s=0), Sample(30, lag=300, done=0, idle_s=0)) == 3
+    )
 
 
 def test_the_window_keeps_only_recent_samples():
