@@ -9,9 +9,14 @@ of samples:
   arriving  = processed + how fast the lag grew
   busy      = 1 - idle seconds / (seconds x workers)      (the batch fill)
 
-Up: the workers do not keep up (lag worth more than `lag_s` seconds of
-processing, at least 1 record a second): enough workers, at the current rate per worker, for what arrives
-plus the lag cleared in `drain_s`, with `headroom`. Down: no lag to speak of
+Up: the workers do not keep up, either the lag is already worth more than
+`lag_s` seconds of processing (at least 1 record a second), or it is growing
+while the workers are saturated (`busy` at least `saturated_busy` and more
+arriving than `headroom` above what they finish): enough workers, at the
+current rate per worker, for what arrives plus the lag cleared in `drain_s`,
+with `headroom`. The second test reacts to a step in the input within one
+window instead of waiting for the backlog to build up (and some brokers'
+end offsets undercount a batched backlog, README). Down: no lag to speak of
 and the workers idle: as many as would be `target_busy` busy. Never below
 `min_workers`, never above `max_workers` (which the pool caps at the input
 partitions), and no change within `cooldown_s` of the last one, so that the
@@ -43,6 +48,7 @@ class Autoscaler:
     drain_s: float = 60.0  # when scaling up, clear the lag in about this long
     headroom: float = 0.2
     target_busy: float = 0.6
+    saturated_busy: float = 0.9  # this busy and the lag growing: falling behind
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_workers <= self.max_workers:
@@ -73,8 +79,13 @@ class Autoscaler:
         processed = max(0.0, (last.done - first.done) / span)
         arriving = max(0.0, processed + (last.lag - first.lag) / span)
         busy = min(1.0, max(0.0, 1 - (last.idle_s - first.idle_s) / (span * workers)))
-        keeps_up = last.lag <= self.lag_s * max(processed, 1.0)
-        if not keeps_up:
+        behind = last.lag > self.lag_s * max(processed, 1.0)
+        falling_behind = (
+            busy >= self.saturated_busy
+            and last.lag > first.lag
+            and arriving > processed * (1 + self.headroom)
+        )
+        if behind or falling_behind:
             per_worker = processed / workers
             if per_worker <= 0:
                 want = workers + 1  # nothing finished yet: one more, then look again

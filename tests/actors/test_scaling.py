@@ -71,3 +71,16 @@ def test_bounds_must_make_sense():
         Autoscaler(min_workers=3, max_workers=2)
     with pytest.raises(ValueError):
         Autoscaler(min_workers=0, max_workers=2)
+
+
+def test_a_saturated_fleet_whose_lag_grows_scales_up_before_the_backlog_is_large():
+    # 1 worker finishes 6/s, never idle; the lag grew 30 -> 50 (lag_s x 6/s = 60 not reached):
+    # 6/s + 20/30 s arrive = 6.67/s, over 6/s x 1.2? No: a slow drift, stay.
+    drift = Sample(0, lag=30, done=0, idle_s=0), Sample(30, lag=50, done=180, idle_s=0)
+    assert judged(1, *drift) == 1
+    # A step to 10/s: the lag grew 0 -> 55 in 30 s (under 60): 7.83/s arrive > 7.2/s.
+    # (7.83 + 55/60) x 1.2 = 10.5/s at 6/s per worker: 2 workers.
+    step = Sample(0, lag=0, done=0, idle_s=0), Sample(30, lag=55, done=180, idle_s=0)
+    assert judged(1, *step) == 2
+    # The same growth with the worker idle a fifth of the time is not saturation.
+    assert judged(1, step[0], Sample(30, lag=55, done=180, idle_s=6)) == 1
