@@ -11,8 +11,9 @@ of samples:
 
 Up: the workers do not keep up, either the lag is already worth more than
 `lag_s` seconds of processing (at least 1 record a second), or it is growing
-while the workers are saturated (`busy` at least `saturated_busy` and more
-arriving than `headroom` above what they finish): enough workers, at the
+while the workers are saturated (`busy` at least `saturated_busy` and
+more arriving than `growth_margin` above what they finish: a fleet that is
+never idle and falls behind even slowly will not catch up): enough workers, at the
 current rate per worker, for what arrives plus the lag cleared in `drain_s`,
 with `headroom`. The second test reacts to a step in the input within one
 window instead of waiting for the backlog to build up (and some brokers'
@@ -49,6 +50,7 @@ class Autoscaler:
     headroom: float = 0.2
     target_busy: float = 0.6
     saturated_busy: float = 0.9  # this busy and the lag growing: falling behind
+    growth_margin: float = 0.05  # lag growth below this share of the rate is noise
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_workers <= self.max_workers:
@@ -83,7 +85,7 @@ class Autoscaler:
         falling_behind = (
             busy >= self.saturated_busy
             and last.lag > first.lag
-            and arriving > processed * (1 + self.headroom)
+            and arriving > processed * (1 + self.growth_margin)
         )
         if behind or falling_behind:
             per_worker = processed / workers
