@@ -16,6 +16,14 @@ Same JPEGs, same machine, one process tree:
       second): throughput, and the latency at half of the at-least-once rate from
       each record sent to its verdict read, so the wait for the transaction's
       commit counts. Reported with the ratios.
+
+--mix uploads measures (a)-(c) on a realistic upload mix instead of one JPEG size
+(services/cli/bench_uploads.py: 12 and 8 MP camera JPEGs, some with an EXIF rotation,
+PNG screenshots, WebP and AVIF photos, thumbnails, animated GIFs, 3% broken), served
+with a delay and a bandwidth cap per response; records cycle over the files. Broken
+uploads are skipped in (b) and end as dead letters in (c), which counts them as outputs.
+It adds the bytes fetched per second in (c), the peak RSS of each worker (VmHWM) and the
+mix's shares and mean bytes per kind.
 """
 
 from __future__ import annotations
@@ -26,12 +34,15 @@ import json
 import os
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from services.cli import bench_uploads
 from services.cli.common import offline_weights
 from services.config import KafkaSettings, Topics, fetch_policy, serve_settings
 from services.http import HttpServer
@@ -39,6 +50,8 @@ from services.poll import WaitTimeout, wait_until
 
 LOOPBACK = ("127.0.0.1/32",)
 TOPICS = Topics()
+MIXES = ("jpeg", "uploads")
+UrlOf = Callable[[int], str]  # record number -> the URL it asks for
 
 
 # -------------------------------------------------------------------- the command
@@ -69,6 +82,45 @@ def add_parser(sub) -> None:
         help="also measure (d): at least once vs exactly once on the durable broker",
     )
     sp.add_argument(
+        "--mix",
+        choices=MIXES,
+        default="jpeg",
+        help="jpeg: one JPEG size (--size); uploads: a realistic upload mix of formats and "
+        "sizes with 3%% broken files, generated once under --mix-cache (default %(default)s)",
+    )
+    sp.add_argument(
+        "--fetch-latency-ms",
+        type=float,
+        default=None,
+        help="delay of the image server before each response (default: "
+        f"{bench_uploads.DEFAULT_LATENCY_MS:g} with --mix uploads, 0 with jpeg)",
+    )
+    sp.add_argument(
+        "--bandwidth-mbps",
+        type=float,
+        default=None,
+        help="the image server's bandwidth per response in Mbit/s, 0 unlimited (default: "
+        f"{bench_uploads.DEFAULT_BANDWIDTH_MBPS:g} with --mix uploads, 0 with jpeg)",
+    )
+    sp.add_argument(
+        "--mix-scale",
+        type=float,
+        default=1.0,
+        help="--mix uploads: scale every side of the mix's pictures (shares unchanged; "
+        "small for a quick try) (default %(default)s)",
+    )
+    sp.add_argument(
+        "--mix-files",
+        type=int,
+        default=bench_uploads.DEFAULT_FILES,
+        help="--mix uploads: distinct files; records cycle over them (default %(default)s)",
+    )
+    sp.add_argument(
+        "--mix-cache",
+        default=str(bench_uploads.DEFAULT_ROOT),
+        help="--mix uploads: folder of the generated mix (default %(default)s)",
+    )
+    sp.add_argument(
         "--compare-encoder",
         action="append",
         default=[],
@@ -80,11 +132,29 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from services.errors import ConfigError
+
     w, h = (int(v) for v in args.size.split("x"))
+    if (args.fetch_latency_ms or 0) < 0 or (args.bandwidth_mbps or 0) < 0:
+        raise ConfigError("--fetch-latency-ms and --bandwidth-mbps must not be negative")
+    if args.mix_scale <= 0 or args.mix_files < len(bench_uploads.MIX):
+        raise ConfigError(
+            f"--mix-scale must be positive, --mix-files at least {len(bench_uploads.MIX)} "
+            "(one file per kind)"
+        )
+    uploads = args.mix == "uploads"
+    latency = args.fetch_latency_ms
+    bandwidth = args.bandwidth_mbps
     result = run_bench(encoder_spec=args.encoder, images=args.images, workers=args.workers,
                        max_batch=args.max_batch, size=(w, h), naive_images=args.naive_images,
                        latency_s=args.latency_seconds, compare=args.compare_encoder,
-                       delivery=args.delivery)  # fmt: skip
+                       delivery=args.delivery, mix=args.mix,
+                       fetch_latency_ms=latency if latency is not None
+                       else bench_uploads.DEFAULT_LATENCY_MS if uploads else 0.0,
+                       bandwidth_mbps=bandwidth if bandwidth is not None
+                       else bench_uploads.DEFAULT_BANDWIDTH_MBPS if uploads else 0.0,
+                       mix_scale=args.mix_scale, mix_files=args.mix_files,
+                       mix_cache=Path(args.mix_cache))  # fmt: skip
     if args.json:
         print(json.dumps(result))
     else:
@@ -148,17 +218,25 @@ def raw_throughput(detector, blobs: list[bytes], batches: list[int], repeats: in
     return {"ips": sweep[best], "best_batch": best, "sweep": sweep}
 
 
-def naive_throughput(detector, port: int, n: int) -> float:
-    """(b) one image at a time: fetch, full-size decode, preprocess, score."""
+def naive_throughput(detector, url_of: UrlOf, n: int) -> tuple[float, int]:
+    """(b) one image at a time: fetch, full-size decode, preprocess, score. Returns
+    records/s and how many were skipped (fetch or decode refused them: the broken
+    uploads), which count as handled, as dead letters do in (c)."""
+    from services.errors import InputError
     from services.fetch import fetch_bytes
     from services.images import decode
 
     policy = fetch_policy(allow_network=LOOPBACK)
+    skipped = 0
     t0 = time.perf_counter()
     for i in range(n):
-        image = decode(fetch_bytes(f"http://127.0.0.1:{port}/{i}.jpg", policy), target_size=None)
+        try:
+            image = decode(fetch_bytes(url_of(i), policy), target_size=None)
+        except InputError:
+            skipped += 1
+            continue
         detector(detector.encoder.preprocess(image)[None])
-    return n / (time.perf_counter() - t0)
+    return n / (time.perf_counter() - t0), skipped
 
 
 def register_bench_head(encoder_spec: str, tmp: Path) -> str:
@@ -170,36 +248,47 @@ def register_bench_head(encoder_spec: str, tmp: Path) -> str:
     return str(registry.root)
 
 
-class _Verdicts:
-    """Verdicts as they arrive, from the beginning of the topic."""
+class _Outputs:
+    """Verdicts and dead letters as they arrive, from the beginning of both topics."""
 
     def __init__(self, kafka: KafkaSettings, isolation_level: str = "read_uncommitted") -> None:
-        from services.kafka_io import assign_all, make_consumer
+        from kafka.structs import TopicPartition
+
+        from services.kafka_io import make_consumer
 
         self.consumer = make_consumer(kafka, group=False, isolation_level=isolation_level)
         self.arrived: dict[str, float] = {}  # id -> time.time() when read
-        wait_until(lambda: self.consumer.partitions_for_topic(TOPICS.verdicts), 120,
-                   what=f"topic {TOPICS.verdicts}")  # fmt: skip
-        assign_all(self.consumer, TOPICS.verdicts, from_beginning=True)
+        tps = []
+        for topic in (TOPICS.verdicts, TOPICS.dead_letter):
+            parts = wait_until(lambda t=topic: self.consumer.partitions_for_topic(t), 120,
+                               what=f"topic {topic}")  # fmt: skip
+            tps += [TopicPartition(topic, p) for p in sorted(parts)]
+        self.consumer.assign(tps)
+        self.consumer.seek_to_beginning(*tps)
 
-    def wait_for(self, prefix: str, n: int, timeout_s: float = 900.0) -> list[dict]:
-        got: list[dict] = []
+    def wait_for(self, prefix: str, n: int, timeout_s: float = 900.0) -> tuple[list, list]:
+        """The verdicts and the dead letters of `n` records whose ids start with `prefix`."""
+        verdicts: list[dict] = []
+        dead: list[dict] = []
 
         def more() -> int:
-            for msgs in self.consumer.poll(timeout_ms=500).values():
+            for tp, msgs in self.consumer.poll(timeout_ms=500).items():
                 now = time.time()
+                into = verdicts if tp.topic == TOPICS.verdicts else dead
                 for v in (json.loads(m.value) for m in msgs):
-                    if v["id"].startswith(prefix):
-                        got.append(v)
+                    if str(v.get("id", "")).startswith(prefix):
+                        into.append(v)
                         self.arrived.setdefault(v["id"], now)
-            return len(got)
+            return len(verdicts) + len(dead)
 
         wait_until(more, timeout_s, interval_s=0, done=lambda k: k >= n,
-                   what=f"{n} verdicts of {prefix}* records")  # fmt: skip
-        return got
+                   what=f"{n} outputs of {prefix}* records")  # fmt: skip
+        return verdicts, dead
 
 
-def _send(producer, prefix: str, port: int, n: int, rate: float | None = None) -> dict[str, float]:
+def _send(
+    producer, prefix: str, url_of: UrlOf, n: int, rate: float | None = None
+) -> dict[str, float]:
     """Send `n` records (at `rate` a second, else at once); returns id -> time.time() sent."""
     start = time.perf_counter()
     sent = {}
@@ -209,7 +298,7 @@ def _send(producer, prefix: str, port: int, n: int, rate: float | None = None) -
         sent[f"{prefix}{i}"] = time.time()
         producer.send(
             TOPICS.images,
-            json.dumps({"id": f"{prefix}{i}", "url": f"http://127.0.0.1:{port}/{i}.jpg"}).encode(),
+            json.dumps({"id": f"{prefix}{i}", "url": url_of(i)}).encode(),
         )
         if rate:
             producer.flush()
@@ -238,13 +327,18 @@ def _stage_share(metrics) -> dict[str, float]:
 
 
 def pipeline_run(
-    encoder_spec: str, port: int, n: int, workers: int, max_batch: int, latency_s: float,
+    encoder_spec: str, url_of: UrlOf, n: int, workers: int, max_batch: int, latency_s: float,
     *, exactly_once: bool = False, durable: bool = False, latency_rate: float | None = None,
+    bytes_sent: Callable[[], int] | None = None,
 ) -> dict:  # fmt: skip
-    """(c) throughput through Kafka and Ray workers, stage shares, latency at half load
-    (or at `latency_rate`); `durable`: on the durable broker, as (d) measures."""
+    """(c) outputs (verdicts and dead letters) per second through Kafka and Ray workers,
+    stage shares, latency of the verdicts at half load (or at `latency_rate`), the dead
+    letters' codes, the bytes the image server sent during the burst (`bytes_sent`: its
+    counter) and each worker's peak RSS; `durable`: on the durable broker, as (d)
+    measures."""
     from services.broker import EmbeddedBroker, free_port
     from services.cli.serve import running_service
+    from services.cli.soak import vm_rss_mib, worker_pids
     from services.kafka_io import make_producer
     from services.metrics import DriverMetrics
 
@@ -258,52 +352,99 @@ def pipeline_run(
             allow_network=LOOPBACK, exactly_once=exactly_once,
         )  # fmt: skip
         metrics = DriverMetrics()
-        with running_service(settings, metrics):
+        with running_service(settings, metrics) as base:
             isolation = "read_committed" if exactly_once else "read_uncommitted"
-            verdicts = _Verdicts(settings.worker.kafka, isolation)
+            outputs = _Outputs(settings.worker.kafka, isolation)
             producer = make_producer(settings.worker.kafka)
-            _send(producer, "warm-", port, 4 * workers)  # workers up, models warm
-            verdicts.wait_for("warm-", 4 * workers)
+            _send(producer, "warm-", url_of, 4 * workers)  # workers up, models warm
+            outputs.wait_for("warm-", 4 * workers)
+            served0 = bytes_sent() if bytes_sent else 0
             t0 = time.perf_counter()
-            _send(producer, "bench-", port, n)
-            verdicts.wait_for("bench-", n)
-            ips = n / (time.perf_counter() - t0)
+            _send(producer, "bench-", url_of, n)
+            _, dead = outputs.wait_for("bench-", n)
+            burst_s = time.perf_counter() - t0
+            served = (bytes_sent() - served0) if bytes_sent else 0
+            ips = n / burst_s
             _wait_reported(metrics, 4 * workers + n)
             shares = _stage_share(metrics)
             rate = latency_rate or ips / 2
             m = max(4, int(rate * latency_s))
             with ThreadPoolExecutor(1) as reading:  # read while sending: arrival times count
-                got = reading.submit(verdicts.wait_for, "half-", m)
-                sent = _send(producer, "half-", port, m, rate=rate)
-                lat = [v["latency_ms"] for v in got.result()]
-            seen_ms = [1000 * (verdicts.arrived[i] - t) for i, t in sent.items()]
+                got = reading.submit(outputs.wait_for, "half-", m)
+                sent = _send(producer, "half-", url_of, m, rate=rate)
+                lat = [v["latency_ms"] for v in got.result()[0]]
+            seen_ms = [1000 * (outputs.arrived[i] - t) for i, t in sent.items()]
+            peak_rss = {wid: vm_rss_mib(pid, peak=True) for wid, pid in worker_pids(base).items()}
             producer.close()
-            verdicts.consumer.close()
-    p50, p95, p99 = np.percentile(lat, [50, 95, 99])
+            outputs.consumer.close()
     seen50, seen99 = np.percentile(seen_ms, [50, 99])
     return {
         "read_latency_ms": {"p50": round(float(seen50), 1), "p99": round(float(seen99), 1)},
         "ips": ips,
         "stage_share": shares,
-        "latency_ms": {
-            "p50": round(float(p50), 1),
-            "p95": round(float(p95), 1),
-            "p99": round(float(p99), 1),
-        },
+        "latency_ms": _percentiles(lat, (50, 95, 99)),
         "latency_rate_ips": round(rate, 2),
         "latency_records": m,
+        "dead_letters": dict(sorted(Counter(d["error"]["code"] for d in dead).items())),
+        "fetched_mb_per_s": served / 1e6 / burst_s,
+        "fetched_mb": served / 1e6,
+        "worker_peak_rss_mib": {
+            wid: None if mib is None else round(mib, 1) for wid, mib in sorted(peak_rss.items())
+        },
     }
+
+
+def _percentiles(values: list[float], qs: tuple[int, ...]) -> dict[str, float | None]:
+    """{"p50": ...} in ms to 0.1; None for each when there are no values (every record of
+    a short half-load run was a dead letter)."""
+    if not values:
+        return {f"p{q}": None for q in qs}
+    return {f"p{q}": round(float(v), 1) for q, v in zip(qs, np.percentile(values, qs), strict=True)}
 
 
 def run_bench(
     *, encoder_spec: str, images: int, workers: int, max_batch: int, size: tuple[int, int],
     naive_images: int = 50, latency_s: float = 20.0, compare: list[str] = (),
-    delivery: bool = False,
+    delivery: bool = False, mix: str = "jpeg", fetch_latency_ms: float = 0.0,
+    bandwidth_mbps: float = 0.0, mix_scale: float = 1.0,
+    mix_files: int = bench_uploads.DEFAULT_FILES, mix_cache: Path = bench_uploads.DEFAULT_ROOT,
 ) -> dict:  # fmt: skip
-    blobs = bench_jpegs(16, size)
+    """(a)-(c), and (d) with `delivery`, on `mix`: "jpeg" (one size, served as they come
+    unless a latency or bandwidth is given) or "uploads" (see bench_uploads)."""
+    if mix not in MIXES:
+        raise ValueError(f"mix must be one of {', '.join(MIXES)}, not {mix!r}")
+    uploads = None
+    if mix == "uploads":
+        uploads = bench_uploads.load_mix(mix_cache, scale=mix_scale, files=mix_files)
+        blobs = uploads.decodable()
+        lookup = uploads.lookup
+    else:
+        blobs = bench_jpegs(16, size)
+
+        def lookup(path: str) -> tuple[bytes, str] | None:
+            n = path.strip("/").split(".")[0]
+            return (blobs[int(n) % len(blobs)], "image/jpeg") if n.isdigit() else None
+
     cores = len(os.sched_getaffinity(0))
-    http = _serve_bytes(blobs)
-    port = http.port
+    throttled = None
+    if uploads is not None or fetch_latency_ms or bandwidth_mbps:
+        throttled = bench_uploads.UploadServer(
+            lookup, latency_ms=fetch_latency_ms, bandwidth_mbps=bandwidth_mbps
+        ).start()
+        http = throttled
+    else:
+        http = _serve_bytes(blobs)  # as before the mixes: the body in one write
+    if uploads is not None:
+        base = http.url
+
+        def url_of(i: int) -> str:
+            return f"{base}/{uploads.entry(i).file}?r={i}"
+    else:
+        port = http.port
+
+        def url_of(i: int) -> str:
+            return f"http://127.0.0.1:{port}/{i}.jpg"
+
     try:
         detector = _detector(encoder_spec, threads=cores)
         raw = raw_throughput(detector, blobs, [1, 4, 8, 16, 32])
@@ -312,20 +453,22 @@ def run_bench(
             other = raw_throughput(_detector(spec, threads=cores), blobs, [1, 4, 8, 16, 32])
             others[spec] = {"raw_ips": round(other["ips"], 2), "best_batch": other["best_batch"],
                             "vs_default": round(other["ips"] / raw["ips"], 3)}  # fmt: skip
-        naive = naive_throughput(detector, port, naive_images)
+        naive, skipped = naive_throughput(detector, url_of, naive_images)
         del detector
-        pipe = pipeline_run(encoder_spec, port, images, workers, max_batch, latency_s)
+        counter = (lambda: throttled.bytes_sent) if throttled else None
+        pipe = pipeline_run(encoder_spec, url_of, images, workers, max_batch, latency_s,
+                            bytes_sent=counter)  # fmt: skip
         modes = (
-            delivery_runs(encoder_spec, port, images, workers, max_batch, latency_s)
+            delivery_runs(encoder_spec, url_of, images, workers, max_batch, latency_s)
             if delivery
             else None
         )
     finally:
         http.stop()
-    return {
+    result = {
         "cores": cores,
         "encoder": encoder_spec,
-        "image_size": list(size),
+        "image_size": list(size) if uploads is None else None,
         "raw_ips": round(raw["ips"], 2),
         "naive_ips": round(naive, 2),
         "pipeline_ips": round(pipe["ips"], 2),
@@ -342,16 +485,36 @@ def run_bench(
         **({"raw_compared": others} if others else {}),
         **({"delivery": modes} if modes else {}),
     }
+    if throttled is not None:
+        result["fetch_latency_ms"] = fetch_latency_ms
+        result["bandwidth_mbps"] = bandwidth_mbps
+    if uploads is not None:
+        kinds = uploads.summary()
+        result.update({
+            "mix": mix,
+            "mix_files": len(uploads.entries),
+            "mix_scale": mix_scale,
+            "mix_kinds": kinds,
+            "mix_mean_bytes": round(sum(e.bytes for e in uploads.entries) / len(uploads.entries)),
+            "raw_images": len(blobs),
+            "naive_images": naive_images,
+            "naive_skipped": skipped,
+            "pipeline_dead_letters": pipe["dead_letters"],
+            "fetched_mb_per_s": round(pipe["fetched_mb_per_s"], 2),
+            "pipeline_fetched_mb": round(pipe["fetched_mb"], 3),
+            "worker_peak_rss_mib": pipe["worker_peak_rss_mib"],
+        })  # fmt: skip
+    return result
 
 
 def delivery_runs(
-    encoder_spec: str, port: int, n: int, workers: int, max_batch: int, latency_s: float
+    encoder_spec: str, url_of: UrlOf, n: int, workers: int, max_batch: int, latency_s: float
 ) -> dict:
     """(d) at least once, then exactly once, on the durable broker; the latency of both at
     half of the first one's throughput."""
-    alo = pipeline_run(encoder_spec, port, n, workers, max_batch, latency_s, durable=True)
+    alo = pipeline_run(encoder_spec, url_of, n, workers, max_batch, latency_s, durable=True)
     rate = alo["ips"] / 2
-    eos = pipeline_run(encoder_spec, port, n, workers, max_batch, latency_s, durable=True,
+    eos = pipeline_run(encoder_spec, url_of, n, workers, max_batch, latency_s, durable=True,
                        exactly_once=True, latency_rate=rate)  # fmt: skip
     return {
         "at_least_once_ips": round(alo["ips"], 2),

@@ -1,5 +1,5 @@
-"""A short `dmguard bench --json --delivery` run on tiny settings produces every field
-(numbers not asserted)."""
+"""Short `dmguard bench --json` runs on tiny settings produce every field (numbers not
+asserted): --delivery on the JPEGs, and --mix uploads on a tiny copy of the upload mix."""
 
 import json
 import subprocess
@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from services.cli.bench_uploads import load_mix
 from services.metrics import STAGES
 from tests.conftest import TINY
 
@@ -39,3 +40,48 @@ def test_bench_json_has_every_field():
     for mode in ("at_least_once", "exactly_once"):
         lat = d[f"{mode}_read_latency_ms"]
         assert 0 < lat["p50"] <= lat["p99"]
+    assert "mix" not in result and "fetched_mb_per_s" not in result  # jpeg: the keys as before
+
+
+UPLOAD_KEYS = (
+    "cores", "encoder", "image_size", "raw_ips", "naive_ips", "pipeline_ips", "pipeline_vs_raw",
+    "pipeline_vs_naive", "best_batch", "batch_sweep", "stage_share", "latency_ms", "latency_at_ips",
+    "workers", "max_batch", "pipeline_images", "fetch_latency_ms", "bandwidth_mbps", "mix",
+    "mix_files", "mix_scale", "mix_kinds", "mix_mean_bytes", "raw_images", "naive_images",
+    "naive_skipped", "pipeline_dead_letters", "fetched_mb_per_s", "pipeline_fetched_mb",
+    "worker_peak_rss_mib",
+)  # fmt: skip
+
+
+def test_bench_uploads_json_has_every_field(tmp_path):
+    """--mix uploads on a tiny copy of the mix: 100 records go once through its 100 files, so
+    the broken three end as dead letters (the wait counts them) and every byte is fetched."""
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "bench", "--json", "--encoder", TINY, "--images", "100",
+         "--workers", "1", "--naive-images", "40", "--latency-seconds", "2", "--mix", "uploads",
+         "--mix-scale", "0.05", "--mix-cache", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(result) == set(UPLOAD_KEYS)
+    mix = load_mix(tmp_path, scale=0.05, log=pytest.fail)  # the run's cache, not made again
+    assert result["mix"] == "uploads" and result["image_size"] is None
+    assert result["fetch_latency_ms"] == 50 and result["bandwidth_mbps"] == 100  # the defaults
+    assert result["mix_kinds"] == mix.summary()
+    assert sum(k["share"] for k in result["mix_kinds"].values()) == pytest.approx(1.0)
+    assert result["mix_mean_bytes"] == round(sum(e.bytes for e in mix.entries) / 100)
+    assert result["raw_images"] == 97
+    broken = {"broken_truncated_jpeg", "broken_html", "broken_empty"}
+    skipped = sum(mix.entry(i).kind in broken for i in range(40))
+    assert result["naive_skipped"] == skipped >= 1  # the seeded order has one there
+    assert result["pipeline_dead_letters"] == {"decode_failed": 1, "not_an_image": 2}
+    assert result["pipeline_fetched_mb"] == pytest.approx(
+        sum(e.bytes for e in mix.entries) / 1e6, abs=1e-3
+    )
+    assert result["fetched_mb_per_s"] > 0
+    assert all(result[k] > 0 for k in ("raw_ips", "naive_ips", "pipeline_ips"))
+    assert set(result["stage_share"]) == set(STAGES)
+    assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
+    peak = result["worker_peak_rss_mib"]
+    assert len(peak) == 1 and all(v > 50 for v in peak.values())  # a worker with a model loaded
