@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.cli.charts import text_chart
 from services.cli.common import offline_weights
 
 TICK_S = 0.1  # the producer sends what the token bucket allows this often
@@ -70,7 +71,7 @@ def add_parser(sub) -> None:
         "steady fraction of its measured capacity with ~5% bad records, record worker RSS, "
         "lag, p99 latency and restarts each minute, and check them against the targets "
         f"(RSS growth < {RSS_GROWTH_TARGET:.0%} after warm-up, lag bounded, no restarts). "
-        "Writes soak.csv, soak.json and soak.png under --out.",
+        "Writes soak.csv, soak.json, soak.png and soak.txt (the curves as text) under --out.",
     )
     sp.add_argument(
         "--minutes", type=float, default=30.0, help="length of the soak (default %(default)s)"
@@ -149,7 +150,7 @@ def add_parser(sub) -> None:
     sp.add_argument(
         "--out",
         default=DEFAULT_OUT,
-        help="folder for soak.csv (rows), soak.json (summary) and soak.png (curves) "
+        help="folder for soak.csv (rows), soak.json (summary), soak.png and soak.txt (curves) "
         "(default %(default)s)",
     )
     sp.set_defaults(func=run)
@@ -400,6 +401,11 @@ _PANELS = (
     ("throughput (records/s)", (("outputs_per_s", "outputs", (31, 119, 180)),
                                 ("sent_per_s", "sent", (150, 150, 150)))),
 )  # fmt: skip
+# The curves as text (soak.txt, and printed at the end): what the README quotes.
+TEXT_SERIES = (
+    ("sent_per_s", "sent/s"), ("outputs_per_s", "outputs/s"), ("workers", "workers"),
+    ("lag", "lag"), ("p99_ms", "p99 ms"), ("worker_rss_sum_mib", "worker RSS MiB"),
+)  # fmt: skip
 # The step response of `--workers auto`: how many workers, against what came in.
 _STEP_PANELS = (
     ("workers", (("workers", "workers", (31, 119, 180)),)),
@@ -572,12 +578,14 @@ def worker_pids(base: str) -> dict[str, int]:
     }
 
 
-def vm_rss_mib(pid: int | str = "self") -> float | None:
-    """VmRSS of a local process in MiB; None when it is gone (or not on this machine)."""
+def vm_rss_mib(pid: int | str = "self", *, peak: bool = False) -> float | None:
+    """VmRSS of a local process in MiB (`peak`: VmHWM, the highest RSS it has had); None
+    when it is gone (or not on this machine)."""
+    field = "VmHWM:" if peak else "VmRSS:"
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
@@ -800,8 +808,12 @@ def run_soak(
                     f"workers, {encoder_name}"
                 )
                 write_plot(rows, out / "soak.png", title)  # fmt: skip
+            chart = text_chart(rows, TEXT_SERIES, x_key="elapsed_s", x_label="elapsed s")
+            (out / "soak.txt").write_text(chart + "\n")
         if rows or completed:
             _print_summary(summary, out)
+            if rows:
+                print(f"\n{chart}")
     return summary
 
 
