@@ -391,6 +391,30 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, lag_bound: float) -> dict[st
     }
 
 
+def step_response(
+    rows: Sequence[Mapping[str, Any]], steps: Sequence[tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """For each change of rate in `steps` after the first: the pool's size before it, and
+    how long after it (to the end of the row that first showed it) the pool changed size,
+    None if it did not before the next step. Rows are `row_seconds` apart, so the delays
+    are rounded up to a row."""
+    out, start = [], 0.0
+    for k, (rate, seconds) in enumerate(steps):
+        end = start + seconds
+        if k:
+            during = [r for r in rows if start < r["elapsed_s"] <= end + 1e-6]
+            before = [r for r in rows if r["elapsed_s"] <= start + 1e-6]
+            was = before[-1]["workers"] if before else None
+            moved = next((r for r in during if r["workers"] != was), None)
+            out.append({
+                "at_s": start, "rate": rate, "workers_before": was,
+                "resized_after_s": None if moved is None else round(moved["elapsed_s"] - start, 1),
+                "workers_after": during[-1]["workers"] if during else None,
+            })  # fmt: skip
+        start = end
+    return out
+
+
 # -------------------------------------------------------------------- the plot
 PLOT_SIZE = (1000, 720)
 _PANELS = (
@@ -787,6 +811,9 @@ def run_soak(
         bound = info.get("lag_bound", lag_bound if lag_bound is not None else math.inf)
         summary = {**info, "completed": completed, **summarize(rows, lag_bound=bound)}
         summary["all_targets_met"] &= completed  # a run stopped early proves nothing
+        if steps:  # the targets are a steady soak's; a step run reports how the pool followed
+            summary.update(targets={}, all_targets_met=None,
+                           step_response=step_response(rows, steps))  # fmt: skip
         (out / "soak.json").write_text(json.dumps(summary, indent=2) + "\n")
         if rows:
             encoder_name = Path(encoder_spec.split(":", 1)[-1]).name
@@ -818,8 +845,8 @@ def run_soak(
 
 
 def _print_summary(s: Mapping[str, Any], out: Path) -> None:
-    def yes(ok: bool) -> str:
-        return "met" if ok else "NOT met"
+    def yes(ok: bool | None) -> str:
+        return "n/a (a step run)" if ok is None else "met" if ok else "NOT met"
 
     t = s.get("targets", {})
     growth = s.get("worker_rss_growth")
@@ -845,6 +872,13 @@ def _print_summary(s: Mapping[str, Any], out: Path) -> None:
         f"restarts                {s.get('restarts')}  none: {yes(t.get('no_restarts', False))}",
         f"all targets             {yes(s['all_targets_met'])}"
         + ("" if s["completed"] else " (the run stopped early)"),
-        f"written                 {out / 'soak.csv'}, {out / 'soak.json'}, {out / 'soak.png'}",
+        *(
+            f"step to {st['rate']:g}/s at {st['at_s']:g} s  workers {st['workers_before']} -> "
+            f"{st['workers_after']}, resized after "
+            + ("no resize" if st["resized_after_s"] is None else f"{st['resized_after_s']:g} s")
+            for st in s.get("step_response", ())
+        ),
+        f"written                 {out / 'soak.csv'}, {out / 'soak.json'}, {out / 'soak.png'}, "
+        f"{out / 'soak.txt'}",
     ]
     print("\n".join(lines), flush=True)

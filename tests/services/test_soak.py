@@ -264,3 +264,20 @@ def test_steps_parse_and_say_the_rate_at_each_moment():
     for bad in ("10", "10x", "ax5", "0x10", "5x-1"):
         with pytest.raises(ConfigError):
             parse_steps(bad)
+
+
+def test_step_response_says_when_the_pool_followed_each_step():
+    from services.cli.soak import step_response
+
+    # Rows every 10 s; 1 worker until 150 s, 2 until 400 s, then 1; steps at 120 s and 360 s.
+    workers = {t: 1 if t < 150 or t >= 400 else 2 for t in range(10, 490, 10)}
+    rows = [{"elapsed_s": t, "workers": w} for t, w in workers.items()]
+    up, down = step_response(rows, [(2, 120), (10, 240), (2, 120)])
+    assert up == {"at_s": 120, "rate": 10, "workers_before": 1, "resized_after_s": 30,
+                  "workers_after": 2}  # fmt: skip
+    assert down["workers_before"] == 2 and down["resized_after_s"] == 40
+    assert down["workers_after"] == 1
+    # No resize before the next step: None, not the later one's delay.
+    late = [{"elapsed_s": t, "workers": 1 if t < 300 else 2} for t in range(10, 370, 10)]
+    first, second = step_response(late, [(2, 120), (10, 120), (2, 120)])
+    assert first["resized_after_s"] is None and second["resized_after_s"] == 60
