@@ -846,7 +846,7 @@ def run_soak(
 
 def _print_summary(s: Mapping[str, Any], out: Path) -> None:
     def yes(ok: bool | None) -> str:
-        return "n/a (a step run)" if ok is None else "met" if ok else "NOT met"
+        return "n/a" if ok is None else "met" if ok else "NOT met"
 
     t = s.get("targets", {})
     growth = s.get("worker_rss_growth")
@@ -863,13 +863,13 @@ def _print_summary(s: Mapping[str, Any], out: Path) -> None:
         f"worker RSS growth       {'-' if growth is None else f'{growth:+.1%}'} "
         f"({s.get('worker_rss_baseline_mib')} -> {s.get('worker_rss_last_mib')} MiB, baseline: "
         f"lowest of minutes {WARMUP_ROWS + 1}..{WARMUP_ROWS + BASELINE_ROWS})"
-        f"  target < {RSS_GROWTH_TARGET:.0%}: {yes(t.get('rss_growth_under_10pct', False))}",
+        f"  target < {RSS_GROWTH_TARGET:.0%}: {yes(t.get('rss_growth_under_10pct'))}",
         f"lag max after warm-up   {s.get('lag_max_after_warmup')} (last {s.get('lag_last')}, "
-        f"bound {s.get('lag_bound')})  bounded: {yes(t.get('lag_bounded', False))}",
+        f"bound {s.get('lag_bound')})  bounded: {yes(t.get('lag_bounded'))}",
         f"p99 latency             max {s.get('p99_ms_max')} ms, median of minutes "
         f"{s.get('p99_ms_median')} ms",
         f"driver RSS              {s.get('driver_rss_first_mib')} -> {s.get('driver_rss_last_mib')} MiB",
-        f"restarts                {s.get('restarts')}  none: {yes(t.get('no_restarts', False))}",
+        f"restarts                {s.get('restarts')}  none: {yes(t.get('no_restarts'))}",
         f"all targets             {yes(s['all_targets_met'])}"
         + ("" if s["completed"] else " (the run stopped early)"),
         *(
