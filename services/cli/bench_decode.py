@@ -18,11 +18,13 @@ The methods (`METHODS`):
   noise_floor     not a decoder: the reference's input plus uniform +-0.5 pixel-level
                   noise, the calibration of the agreement column (an encoder that moves
                   much under invisible noise cannot tell a good decoder from the reference)
-  pillow_draft    today's path: decode(target_size=S): JPEG draft mode (libjpeg-turbo
-                  DCT scaling to the smallest 1/2, 1/4, 1/8 that keeps the short side >= S)
-  pillow_reduce   pillow_draft, then Image.reduce(k) (box filter) to a short side >=
-                  `REDUCING_GAP` * S before the bicubic resize (what Pillow's
-                  thumbnail/resize(reducing_gap=) do); mostly for PNG, WebP, AVIF, GIF
+  pillow_draft    decode(target_size=S, reducing_gap=None): JPEG draft mode only
+                  (libjpeg-turbo DCT scaling to the smallest 1/2, 1/4, 1/8 that keeps
+                  the short side >= S), the other formats at full size
+  pillow_reduce   today's path, decode(target_size=S): pillow_draft, then
+                  Image.reduce(k) (box filter) to a short side >= `REDUCING_GAP` * S
+                  before the bicubic resize (what Pillow's thumbnail/resize(reducing_gap=)
+                  do); changes PNG, WebP, AVIF and the largest JPEGs
   simplejpeg      JPEG only: simplejpeg (libjpeg-turbo) scaled decode, short side >= S
   turbojpeg       JPEG only: PyTurboJPEG scaled decode (1/8 steps), short side >= S;
                   needs libturbojpeg (`DMGUARD_TURBOJPEG_LIB`, or the Debian package
@@ -63,11 +65,10 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from services.errors import DecodeError, NotAnImageError, TooLargeError
-from services.images import DEFAULT_MAX_PIXELS, MAX_SIDE, decode, sniff
+from services.images import DEFAULT_MAX_PIXELS, MAX_SIDE, REDUCING_GAP, decode, sniff
 
 PASS_COSINE = 0.99
 NOISE_PX = 0.5  # the noise_floor row: uniform +-0.5 of a pixel level, invisible
-REDUCING_GAP = 2  # reduce to >= 2x the target before the bicubic resize, as Pillow's thumbnail
 TURBOJPEG_ENV = "DMGUARD_TURBOJPEG_LIB"
 _TURBOJPEG_CACHE = (
     Path(__file__).resolve().parents[2]
@@ -153,16 +154,11 @@ def _noise_floor(data: bytes, preprocess: Preprocessor) -> np.ndarray:
 
 
 def _pillow_draft(data: bytes, preprocess: Preprocessor) -> np.ndarray:
-    return preprocess(decode(data, target_size=_size(preprocess)))
+    return preprocess(decode(data, target_size=_size(preprocess), reducing_gap=None))
 
 
 def _pillow_reduce(data: bytes, preprocess: Preprocessor) -> np.ndarray:
-    size = _size(preprocess)
-    img = decode(data, target_size=size)
-    factor = min(img.size) // (REDUCING_GAP * size)
-    if factor >= 2:
-        img = img.reduce(factor)
-    return preprocess(img)
+    return preprocess(decode(data, target_size=_size(preprocess)))
 
 
 def _size(preprocess: Preprocessor) -> int:
@@ -317,10 +313,14 @@ METHODS: tuple[Method, ...] = (
         f"calibration, not a decoder: the reference's input plus +-{NOISE_PX} px uniform noise",
         _noise_floor,
     ),
-    Method("pillow_draft", "decode(target_size=S): JPEG draft mode (today)", _pillow_draft),
+    Method(
+        "pillow_draft",
+        "decode(target_size=S, reducing_gap=None): JPEG draft mode only",
+        _pillow_draft,
+    ),
     Method(
         "pillow_reduce",
-        f"decode(target_size=S), then Image.reduce to >= {REDUCING_GAP}xS before the bicubic",
+        f"decode(target_size=S) (today): draft, then Image.reduce to >= {REDUCING_GAP}xS",
         _pillow_reduce,
     ),
     Method(

@@ -1,3 +1,4 @@
+import io
 import os
 import struct
 import subprocess
@@ -697,3 +698,42 @@ def test_a_valid_signature_and_random_bytes_behind_it(data):
 @given(mutated_images())
 def test_mutated_images_decode_or_fail_cleanly(data):
     assert outcome(data) in ("ok", "not_an_image", "too_large", "decode_failed")
+
+
+# ------------------------------------------------------------------ reduced-size decoding
+@pytest.mark.parametrize(
+    ("size", "factor"),
+    [((1920, 1080), 2), ((1600, 1200), 2), ((4032, 3024), 6), ((900, 447), 1), ((300, 200), 1)],
+)
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_large_pictures_are_box_reduced_to_twice_the_target(fmt, size, factor):
+    # Independent reference: the full decode, then Pillow's own reduce by the whole
+    # factor that keeps the short side >= 2 x 224 (none below 2 x 448).
+    data = encode(photo(*size), fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    full = decode(data, target_size=None)
+    expected = full.reduce(factor) if factor > 1 else full
+    got = decode(data, target_size=224)
+    assert got.mode == "RGB" and got.size == expected.size
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
+    assert min(got.size) >= 2 * 224 or got.size == full.size
+    unreduced = decode(data, target_size=224, reducing_gap=None)
+    assert unreduced.size == full.size
+
+
+def test_reduction_comes_after_palette_conversion_and_before_orientation():
+    # A palette PNG: reducing indices would average colours that are not neighbours.
+    pal = photo(1000, 900).quantize(colors=16)
+    data = encode(pal, "PNG")
+    assert np.array_equal(
+        np.asarray(decode(data, target_size=224)), np.asarray(pal.convert("RGB").reduce(2))
+    )
+    # Rotated 90 degrees by EXIF (orientation 6): the reduced picture comes out upright.
+    img = photo(1200, 900)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, "PNG", exif=exif.tobytes())
+    got = decode(buf.getvalue(), target_size=224)
+    assert got.size == (450, 600)
+    expected = img.reduce(2).transpose(Image.Transpose.ROTATE_270)
+    assert np.array_equal(np.asarray(got), np.asarray(expected))
