@@ -37,6 +37,10 @@ class DetectorWorker:
         logging.getLogger().setLevel(logging.WARNING)
         for name in ("actors", "services", "training"):
             logging.getLogger(name).setLevel(logging.INFO)
+        # kafka-python 3 warns whenever a step of its network loop took over 100 ms of wall
+        # time. In a worker that is the GIL held by decode and the encoder, not a bug in a
+        # coroutine: under load it is a line every few seconds that says nothing to act on.
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
         self.stats = WorkerStats()
         self._stream = StreamWorker(settings, worker_id=worker_id, stats=self.stats)
         self._started = time.time()
