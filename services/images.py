@@ -74,7 +74,7 @@ _PILLOW_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 # EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
-_ORIENTATION = {
+ORIENTATION = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
     4: Image.Transpose.FLIP_TOP_BOTTOM,
@@ -194,20 +194,14 @@ def _decode(
     reducing_gap: int | None,
 ) -> Image.Image:
     img = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
-    width, height = img.size
-    if width < 1 or height < 1:
-        raise DecodeError(f"empty image {width}x{height}")
-    if width * height > max_pixels:
-        raise TooLargeError(f"decompression bomb: {width}x{height} pixels exceeds {max_pixels}")
-    if max(width, height) > max_side:
-        raise TooLargeError(f"{width}x{height} image: a side exceeds {max_side} pixels")
+    check_size(*img.size, max_pixels=max_pixels, max_side=max_side)
     if fmt == "JPEG" and target_size:
         img.draft("RGB", (target_size, target_size))
     # The first frame of an animation (GIF, WebP, APNG): an opened image sits on
     # frame 0. Asking `is_animated` would parse the next frame's header, and fail
     # a GIF cut short there (IndexError) whose first frame is whole.
     img.load()  # first: a pixel-data error must not pass for an unreadable EXIF block
-    method = _ORIENTATION.get(_orientation(img))
+    method = ORIENTATION.get(exif_orientation(img))
     img = to_rgb(img)  # before reducing: averaging palette indices or 16-bit bytes is wrong
     if target_size and reducing_gap:
         factor = min(img.size) // (reducing_gap * target_size)
@@ -218,7 +212,24 @@ def _decode(
     return img
 
 
-def _orientation(img: Image.Image) -> int | None:
+def check_size(
+    width: int, height: int, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = MAX_SIDE
+) -> None:
+    """The header's size against the caps, before any pixel is decoded.
+
+    Raises:
+        DecodeError: a side is 0 (or negative).
+        TooLargeError: more than `max_pixels` pixels, or a side longer than `max_side`.
+    """
+    if width < 1 or height < 1:
+        raise DecodeError(f"empty image {width}x{height}")
+    if width * height > max_pixels:
+        raise TooLargeError(f"decompression bomb: {width}x{height} pixels exceeds {max_pixels}")
+    if max(width, height) > max_side:
+        raise TooLargeError(f"{width}x{height} image: a side exceeds {max_side} pixels")
+
+
+def exif_orientation(img: Image.Image) -> int | None:
     """The EXIF orientation tag, or None when absent or unreadable: a corrupt EXIF
     block costs the rotation (browsers show such files as stored), not the image."""
     try:

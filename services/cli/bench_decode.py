@@ -64,8 +64,15 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image
 
-from services.errors import DecodeError, NotAnImageError, TooLargeError
-from services.images import DEFAULT_MAX_PIXELS, MAX_SIDE, REDUCING_GAP, decode, sniff
+from services.errors import NotAnImageError
+from services.images import (
+    ORIENTATION,
+    REDUCING_GAP,
+    check_size,
+    decode,
+    exif_orientation,
+    sniff,
+)
 
 PASS_COSINE = 0.99
 NOISE_PX = 0.5  # the noise_floor row: uniform +-0.5 of a pixel level, invisible
@@ -75,17 +82,6 @@ _TURBOJPEG_CACHE = (
     / ".cache/turbojpeg/root/usr/lib/x86_64-linux-gnu/libturbojpeg.so.0"
 )
 _ENCODE_BATCH = 8
-
-# EXIF orientation -> the transpose that shows the picture upright (as services.images).
-_ORIENTATION = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 Preprocessor = Callable[[Image.Image], np.ndarray]  # training.encoders.Preprocess
 
@@ -113,29 +109,17 @@ class Method:
 
 
 # ------------------------------------------------------------------ the methods
-def _size_ok(width: int, height: int) -> None:
-    """decode's header caps, for the decoders that are not Pillow."""
-    if width < 1 or height < 1:
-        raise DecodeError(f"empty image {width}x{height}")
-    if width * height > DEFAULT_MAX_PIXELS:
-        raise TooLargeError(f"{width}x{height} pixels exceeds {DEFAULT_MAX_PIXELS}")
-    if max(width, height) > MAX_SIDE:
-        raise TooLargeError(f"{width}x{height} image: a side exceeds {MAX_SIDE} pixels")
-
-
 def _jpeg_orientation(data: bytes) -> int | None:
     """The EXIF orientation of a JPEG, read by Pillow from the header alone."""
     try:
-        exif = Image.open(io.BytesIO(data), formats=["JPEG"]).getexif()
-        value = exif.get(ExifTags.Base.Orientation)
-    except Exception:  # as services.images: a corrupt EXIF block costs the rotation only
+        return exif_orientation(Image.open(io.BytesIO(data), formats=["JPEG"]))
+    except Exception:  # as services.images: a header Pillow cannot read costs the rotation only
         return None
-    return value if isinstance(value, int) else None
 
 
 def _upright(arr: np.ndarray, orientation: int | None) -> Image.Image:
     img = Image.fromarray(arr, "RGB")
-    method = _ORIENTATION.get(orientation) if orientation is not None else None
+    method = ORIENTATION.get(orientation) if orientation is not None else None
     return img.transpose(method) if method is not None else img
 
 
@@ -170,7 +154,7 @@ def _simplejpeg(data: bytes, preprocess: Preprocessor) -> np.ndarray:
 
     size = _size(preprocess)
     height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    _size_ok(width, height)
+    check_size(width, height)
     if colorspace.upper() in ("CMYK", "YCCK"):  # libjpeg-turbo has no CMYK -> RGB
         return _pillow_draft(data, preprocess)
     short = {"min_width": size} if width <= height else {"min_height": size}
@@ -210,7 +194,7 @@ def _turbojpeg(data: bytes, preprocess: Preprocessor) -> np.ndarray:
     size = _size(preprocess)
     jpeg = _turbojpeg_instance()
     width, height, _, colorspace = jpeg.decode_header(data)
-    _size_ok(width, height)
+    check_size(width, height)
     if colorspace in (turbojpeg.TJCS_CMYK, turbojpeg.TJCS_YCCK):
         return _pillow_draft(data, preprocess)
     short = min(width, height)
@@ -259,7 +243,7 @@ def _vips_load(data: bytes, **options):
 
 def _vips_header_ok(img) -> None:
     height = img.get("page-height") if img.get_typeof("page-height") else img.height
-    _size_ok(img.width, height)
+    check_size(img.width, height)
 
 
 def _vips_rgb(img) -> Image.Image:
