@@ -1232,24 +1232,13 @@ def _send(producer, topic: str, prefix: str, port: int, n: int) -> None:
     producer.flush()
 
 
-def _stage_share(metrics) -> dict[str, float]:
-    """Each stage's share of the seconds in dmguard_stage_seconds."""
-    sums = {}
-    for family in metrics.registry.collect():
-        if family.name == "dmguard_stage_seconds":
-            for s in family.samples:
-                if s.name.endswith("_sum"):
-                    sums[s.labels["stage"]] = s.value
-    total = sum(sums.values()) or 1.0
-    return {stage: round(v / total, 3) for stage, v in sums.items()}
-
-
 def _measure_stream(
     settings, metrics, port: int, payload: dict[str, Any], left: Callable[[], float], name: str
 ) -> None:
     """Against a running serve: a warm-up (models loaded and run once), a probe for the
     rate, then as many records as that rate clears in about half of what is left, waited
     for until `left()` runs out (then `complete` is false and the rate is what arrived)."""
+    from services.cli.bench import stage_share
     from services.kafka_io import make_producer
     from services.poll import WaitTimeout, wait_until
 
@@ -1292,7 +1281,7 @@ def _measure_stream(
                 done=lambda c: c >= counted,
                 what="the workers' reports",
             )
-        payload["stage_share"] = _stage_share(metrics)
+        payload["stage_share"] = stage_share(metrics)
         say(f"{name}: {payload['ips']} images/s ({got}/{n} outputs in {elapsed:.1f} s)")
     finally:
         producer.close()
