@@ -6,7 +6,8 @@ from `.port`), served from a daemon thread between `start()` and `stop()` (or
 a `with` block), without a log line per request. GETs are answered from a
 table of routes (exact paths, the query string ignored), then by `fallback`
 (a function of the path), then from the files under `files` when given, else
-404.
+404. A subclass of `RouteHandler` given as `handler` changes how replies are
+sent (the bench's image server paces them: services/cli/bench_uploads.py).
 
     with HttpServer({"/healthz": lambda: (200, b"ok\\n", "text/plain")}) as server:
         urllib.request.urlopen(f"{server.url}/healthz")
@@ -24,8 +25,9 @@ Response = tuple[int, bytes, str]  # status, body, Content-Type
 NOT_FOUND: Response = (404, b"not found\n", "text/plain")
 
 
-class _Routes(BaseHTTPRequestHandler):
-    """Answers GET from the server's routes; anything else about HTTP is http.server's."""
+class RouteHandler(BaseHTTPRequestHandler):
+    """Answers GET from the server's routes; anything else about HTTP is http.server's.
+    Every answer goes out through `reply`, the one method a subclass overrides."""
 
     server: _Server
 
@@ -50,7 +52,7 @@ class _Routes(BaseHTTPRequestHandler):
         pass
 
 
-class _RoutesThenFiles(_Routes, SimpleHTTPRequestHandler):
+class _RoutesThenFiles(RouteHandler, SimpleHTTPRequestHandler):
     """Routes first, then the files of the folder given as `directory`."""
 
     def not_routed(self) -> Response | None:
@@ -76,10 +78,13 @@ class HttpServer:
         port: int = 0,
         keep_alive: bool = False,
         name: str = "http",
+        handler: type[RouteHandler] = RouteHandler,
     ) -> None:
+        if files is not None and handler is not RouteHandler:
+            raise ValueError("a handler of one's own serves no files")
         self.routes = dict(routes or {})
         self.fallback = fallback
-        base = _Routes if files is None else _RoutesThenFiles
+        base = handler if files is None else _RoutesThenFiles
         handler = type("Handler", (base,), {"protocol_version": "HTTP/1.1"}) if keep_alive else base
         if files is not None:
             handler = partial(handler, directory=str(files))

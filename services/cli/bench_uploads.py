@@ -37,11 +37,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageDraw, ImageFilter, ImageFont
+
+from services.http import HttpServer, Response, RouteHandler
 
 GENERATOR_VERSION = 1  # bump when what is generated changes: caches of other versions are rebuilt
 DEFAULT_ROOT = Path(".cache/bench")
@@ -394,25 +395,25 @@ def _error_page(rng: np.random.Generator) -> bytes:
 
 
 # -------------------------------------------------------------------- the server
-class _Paced(BaseHTTPRequestHandler):
-    """GET: waits the server's latency, then sends the body at most at its bandwidth."""
+class _Paced(RouteHandler):
+    """Each reply after the server's latency, its body at most at its bandwidth (the
+    class attributes, set per server by UploadServer), every byte counted."""
 
-    protocol_version = "HTTP/1.1"  # keep-alive, as a CDN
-    server: _PacedServer
     CHUNK = 64 * 1024
+    latency_s: float = 0.0
+    bytes_per_s: float = 0.0
+    count: Callable[[int], None]
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        found = self.server.lookup(self.path.split("?", 1)[0])
-        body, content_type = found if found is not None else (b"not found\n", "text/plain")
-        if self.server.latency_s > 0:
-            time.sleep(self.server.latency_s)
-        self.send_response(200 if found is not None else 404)
+    def reply(self, status: int, body: bytes, content_type: str) -> None:
+        if self.latency_s > 0:
+            time.sleep(self.latency_s)
+        self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         try:
             for chunk in self._paced(body):
-                self.server.count(len(chunk))  # first: a client that has it all sees it counted
+                self.count(len(chunk))  # first: a client that has it all sees it counted
                 self.wfile.write(chunk)
         except OSError:  # the client gave up (its own timeout): nothing to tell it
             self.close_connection = True
@@ -420,7 +421,7 @@ class _Paced(BaseHTTPRequestHandler):
     def _paced(self, body: bytes) -> Iterator[bytes]:
         """`body` in chunks, each released no earlier than the bandwidth allows for the
         bytes up to its end: the last byte leaves at least len/bandwidth after the first."""
-        rate = self.server.bytes_per_s
+        rate = self.bytes_per_s
         if rate <= 0:
             yield body
             return
@@ -432,55 +433,30 @@ class _Paced(BaseHTTPRequestHandler):
                 time.sleep(delay)
             yield chunk
 
-    def log_message(self, *args) -> None:  # a line per image GET: keep quiet
-        pass
 
-
-class _PacedServer(ThreadingHTTPServer):
-    daemon_threads = True
-    lookup: Callable[[str], tuple[bytes, str] | None]
-    latency_s: float
-    bytes_per_s: float
-    count: Callable[[int], None]
-
-
-class UploadServer:
+class UploadServer(HttpServer):
     """GET PATH answered from `lookup(PATH) -> (body, Content-Type)` (else 404) on
     127.0.0.1, after `latency_ms`, at most `bandwidth_mbps` (10^6 bits/s) per response
-    (0: unlimited); one thread per connection. `bytes_sent` counts body bytes."""
+    (0: unlimited); keep-alive, one thread per connection. `bytes_sent` counts body bytes."""
 
     def __init__(
         self, lookup: Callable[[str], tuple[bytes, str] | None], *,
         latency_ms: float = DEFAULT_LATENCY_MS, bandwidth_mbps: float = DEFAULT_BANDWIDTH_MBPS,
     ) -> None:  # fmt: skip
-        self._server = _PacedServer(("127.0.0.1", 0), _Paced)
-        self._server.lookup = lookup
-        self._server.latency_s = latency_ms / 1000
-        self._server.bytes_per_s = bandwidth_mbps * 1e6 / 8
-        self._server.count = self._count
         self._lock = threading.Lock()
         self.bytes_sent = 0
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="bench-uploads", daemon=True
-        )
+        paced = type("PacedHandler", (_Paced,), {
+            "latency_s": latency_ms / 1000,
+            "bytes_per_s": bandwidth_mbps * 1e6 / 8,
+            "count": staticmethod(self._count),
+        })  # fmt: skip
+
+        def found(path: str) -> Response | None:
+            hit = lookup(path)
+            return None if hit is None else (200, hit[0], hit[1])
+
+        super().__init__(fallback=found, keep_alive=True, name="bench-uploads", handler=paced)
 
     def _count(self, n: int) -> None:
         with self._lock:
             self.bytes_sent += n
-
-    def start(self) -> UploadServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> UploadServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

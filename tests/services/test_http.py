@@ -51,3 +51,13 @@ def test_without_files_nothing_of_the_working_folder_is_served(tmp_path, monkeyp
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=5)
         assert err.value.code == 501
+
+
+def test_a_handler_of_its_own_serves_no_files(tmp_path):
+    from services.http import RouteHandler
+
+    class Mine(RouteHandler):
+        pass
+
+    with pytest.raises(ValueError, match="serves no files"):
+        HttpServer(files=tmp_path, handler=Mine)
