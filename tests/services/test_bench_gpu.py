@@ -445,6 +445,15 @@ def test_a_stage_result_is_read_and_a_crash_is_a_failure(tmp_path):
 
 
 # -------------------------------------------------------------------- no GPU
+def the_one_no_cuda_line(done: subprocess.CompletedProcess) -> str:
+    """Exit 2, nothing on stdout, one line on stderr saying there is no CUDA device."""
+    assert done.returncode == 2, done.stderr
+    assert done.stdout == ""
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bench-gpu: no CUDA device: "), lines
+    return lines[0]
+
+
 def test_without_a_gpu_it_stops_at_once_with_one_line(tmp_path):
     out = tmp_path / "x.json"
     for extra in ([], ["--check"]):
@@ -456,11 +465,8 @@ def test_without_a_gpu_it_stops_at_once_with_one_line(tmp_path):
             text=True,
             timeout=120,
         )
-        assert done.returncode == 2, done.stderr
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
-        assert len(lines) == 1 and lines[0].startswith("bench-gpu: no CUDA device: "), lines
-        assert "CUDA_VISIBLE_DEVICES=''" in lines[0]
-        assert done.stdout == "" and not out.exists()
+        assert "CUDA_VISIBLE_DEVICES=''" in the_one_no_cuda_line(done)
+        assert not out.exists()
 
 
 def test_gpu_sh_without_a_gpu_stops_before_installing_anything(tmp_path):
@@ -480,10 +486,7 @@ def test_gpu_sh_without_a_gpu_stops_before_installing_anything(tmp_path):
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2, done.stderr
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("bench-gpu: no CUDA device: "), lines
-    assert done.stdout == ""
+    the_one_no_cuda_line(done)
     assert not site.exists() and not (tmp_path / "b.json").exists()
 
 
