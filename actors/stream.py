@@ -51,6 +51,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,7 @@ from training.encoders import Preprocess
 from training.errors import RegistryError
 from training.feature_log import FeatureLogWriter
 from training.registry import Registry
+from training.views import view_pixels
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,9 @@ class Job:
     timestamp_ms: int
     value: bytes | None
     record: ImageRecord | None = None
-    pixels: np.ndarray | None = None  # (3, S, S) float32 after preprocessing
+    pixels: np.ndarray | None = (
+        None  # (3, S, S) float32 after preprocessing; (1+V, 3, S, S) with views
+    )
     error: InputError | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -117,24 +121,31 @@ class Job:
 
 
 def fetch_pixels(
-    url: str, policy: FetchPolicy, preprocess: Preprocess, max_pixels: int = DEFAULT_MAX_PIXELS
+    url: str,
+    policy: FetchPolicy,
+    preprocess: Preprocess,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    views: Sequence[str] = (),
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Fetch (guarded), decode at the encoder's scale, preprocess: (pixels, stage seconds).
-    Raises InputError with a dead-letter code. The worker and `dmguard score` share it."""
+    """Fetch (guarded), decode at the encoder's scale, preprocess with the head's test-time
+    `views` (training.views.view_pixels): (pixels, stage seconds). Raises InputError with a
+    dead-letter code. The worker and `dmguard score` share it."""
     t0 = time.perf_counter()
     data = fetch_bytes(url, policy)
     t1 = time.perf_counter()
     image = decode(data, target_size=preprocess.image_size, max_pixels=max_pixels)
-    pixels = preprocess(image)
+    pixels = view_pixels(image, preprocess, views)
     return pixels, {"fetch": t1 - t0, "decode": time.perf_counter() - t1}
 
 
-def fetch_and_preprocess(job: Job, settings: WorkerSettings, preprocess: Preprocess) -> Job:
+def fetch_and_preprocess(
+    job: Job, settings: WorkerSettings, preprocess: Preprocess, views: Sequence[str] = ()
+) -> Job:
     """Runs in a fetch thread. Never raises: failures land in `job.error`."""
     assert job.record is not None
     try:
         job.pixels, job.timings = fetch_pixels(
-            job.record.url, settings.fetch, preprocess, settings.max_pixels
+            job.record.url, settings.fetch, preprocess, settings.max_pixels, views
         )
     except InputError as exc:
         job.error = exc
@@ -403,9 +414,7 @@ class StreamWorker:
 
     def _submit(self, job: Job, pool: ThreadPoolExecutor) -> None:
         self._in_flight += 1
-        future = pool.submit(
-            fetch_and_preprocess, job, self.settings, self.detector.encoder.preprocess
-        )
+        future = pool.submit(fetch_and_preprocess, job, self.settings, self.detector.preprocess)
         future.add_done_callback(lambda f: self._done.put(f.result()))
 
     def _collect(self, *, block: bool) -> None:
@@ -428,11 +437,11 @@ class StreamWorker:
                 self._batcher.add(job, time.monotonic())
 
     def _run_batch(self, jobs: list[Job], pool: ThreadPoolExecutor) -> None:
-        size = self.detector.encoder.preprocess.image_size
-        stale = [j for j in jobs if j.pixels.shape[-1] != size]  # encoder changed under them
+        shape = self.detector.pixel_shape
+        stale = [j for j in jobs if j.pixels.shape != shape]  # encoder or views changed
         for job in stale:
             self._submit(job, pool)
-        jobs = [j for j in jobs if j.pixels.shape[-1] == size]
+        jobs = [j for j in jobs if j.pixels.shape == shape]
         if not jobs:
             return
         scored, embeddings, scores = self._score(jobs)

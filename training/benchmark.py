@@ -9,11 +9,12 @@ generator and every real collection is, in turn, held out entirely.
 
 Within the training side, one more group of whole sources is held back as the
 calibration sources: the head stops early on them and its threshold is chosen
-on them (`target_fpr` of their real images, overall and in each content
-group: `training.evaluate.threshold_for_group_fpr`, the rule `dmguard train`
-applies to the head it ships). So the "FPR at
-the shipped threshold" is measured on real collections that neither the head
-nor its threshold saw.
+on them (`target_fpr` of their real images overall, in each content group and
+in each real collection, the worst case; the abstain band from the pooled
+`uncertain_fpr` point: `training.evaluate.operating_point`, the rule `dmguard
+train` applies to the head it ships). So the "FPR at the shipped threshold" is
+measured on real collections that neither the head nor its threshold saw, and
+beside the pooled rate each block names its worst held-out real collection.
 
 The figures are pooled over the folds' held-out scores and reported overall,
 per content tag (people, animal, ...: "how does it do on people" is the
@@ -25,10 +26,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import roc_auc, threshold_for_group_fpr, tpr_at_fpr
+from training.evaluate import operating_point, roc_auc, tpr_at_fpr, verdict_shares
+from training.views import as_bytes, combine
 
 # fit(X, y, X_val, y_val, weights) -> score(X) -> P(generated)
 Fit = Callable[
@@ -36,6 +39,8 @@ Fit = Callable[
     Callable[[np.ndarray], np.ndarray],
 ]
 PEOPLE = "people"
+# A held-out real collection needs this many images (in a block) to be named its worst.
+MIN_SOURCE_REAL = 5
 
 
 @dataclass
@@ -51,6 +56,19 @@ class BenchmarkData:
     # their original row is on the training side.
     aug_X: np.ndarray | None = None
     aug_of: np.ndarray | None = None
+    # Test-time views of the same rows (training.views): when given, a row's score is
+    # `training.views.combine` of its clean and view scores, as a detector with views serves.
+    views: dict[str, np.ndarray] = field(default_factory=dict)
+    # File format per row ("jpg", "webp", ...): reported per format when there are several
+    # (a set of untouched originals, whose formats differ by class).
+    formats: list[str] | None = None
+
+    def scored(self, model: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> np.ndarray:
+        """The scores of `rows` as served: the clean features' alone, or combined with views."""
+        if not self.views:
+            return model(self.X[rows])
+        each = [model(self.X[rows])] + [model(V[rows]) for V in self.views.values()]
+        return combine(np.stack(each, axis=1))
 
 
 def source_folds(
@@ -99,6 +117,7 @@ def leave_source_out(
     folds: int = 5,
     seeds: Sequence[int] = (0, 1, 2),
     target_fpr: float = 0.05,
+    uncertain_fpr: float = 0.2,
     calibration_fraction: float = 0.25,
     balance: Callable[[np.ndarray, list[str]], np.ndarray] | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
@@ -114,6 +133,7 @@ def leave_source_out(
         row_fold = np.array([fold_of[s] for s in data.sources])
         held = np.zeros(len(y))
         cut = np.zeros(len(y))
+        band = np.full(len(y), np.nan)  # the abstain band's lower edge (NaN: none)
         variant_scores = {name: np.zeros(len(y)) for name in data.variants}
         for f in range(folds):
             test = np.flatnonzero(row_fold == f)
@@ -133,16 +153,21 @@ def leave_source_out(
                 groups += [data.contents[i] for i in data.aug_of[take]]
             weights = balance(y_fit, groups) if balance else None
             model = fit(X_fit, y_fit, data.X[cal_rows], y[cal_rows], weights)
-            threshold = threshold_for_group_fpr(
-                y[cal_rows], model(data.X[cal_rows]), [data.contents[i] for i in cal_rows],
-                target_fpr,
-            )  # fmt: skip
-            held[test] = model(data.X[test])
+            threshold, uncertain_from = operating_point(
+                y[cal_rows],
+                data.scored(model, cal_rows),
+                target_fpr=target_fpr,
+                uncertain_fpr=uncertain_fpr,
+                groups=[data.contents[i] for i in cal_rows],
+                sources=[data.sources[i] for i in cal_rows],
+            )
+            held[test] = data.scored(model, test)
             cut[test] = threshold
+            band[test] = np.nan if uncertain_from is None else uncertain_from
             for name, Xv in data.variants.items():
                 variant_scores[name][test] = model(Xv[test])
             progress(f"seed {seed} fold {f + 1}/{folds}: {len(fit_rows)} train rows")
-        runs.append(_figures(y, held, cut, data, variant_scores, target_fpr))
+        runs.append(_figures(y, held, cut, band, data, variant_scores, target_fpr))
     return _average(runs)
 
 
@@ -150,6 +175,7 @@ def _figures(
     y: np.ndarray,
     scores: np.ndarray,
     thresholds: np.ndarray,
+    bands: np.ndarray,
     data: BenchmarkData,
     variants: dict[str, np.ndarray],
     target_fpr: float,
@@ -168,13 +194,25 @@ def _figures(
             "fpr_at_threshold": _num(cc[yy == 0].mean()) if (yy == 0).any() else None,
             "tpr_at_threshold": _num(cc[yy == 1].mean()) if (yy == 1).any() else None,
         }
+        out.update(_worst_source(sources[mask & (y == 0)], called[mask & (y == 0)]))
+        for label, name in ((0, "real"), (1, "gen")):
+            rows = mask & (y == label)
+            shares = verdict_shares(scores[rows], thresholds[rows], bands[rows])
+            out.update({f"{name}_as_{verdict}": v for verdict, v in shares.items()})
         for name, vs in variants.items():
             out[f"auc {name}"] = _num(roc_auc(yy, vs[mask]))
         return out
 
+    formats = np.asarray(data.formats if data.formats is not None else [""] * len(y))
+    by_format = sorted(set(formats.tolist()))
     return {
         "overall": block(np.ones(len(y), bool)),
         "per_content": {c: block(contents == c) for c in sorted(set(contents.tolist()))},
+        **(
+            {"per_format": {f: block(formats == f) for f in by_format}}
+            if len(by_format) > 1
+            else {}
+        ),
         "per_source": {
             s: {
                 "label": int(y[sources == s][0]),
@@ -187,6 +225,20 @@ def _figures(
     }
 
 
+def _worst_source(sources: np.ndarray, called: np.ndarray) -> dict:
+    """The held-out real collection (with at least MIN_SOURCE_REAL images here) that the
+    threshold calls "generated" most often: {"worst_source": "name (n)", "worst_source_fpr"}."""
+    rates = {
+        s: (float(called[sources == s].mean()), int((sources == s).sum()))
+        for s in set(sources.tolist())
+        if (sources == s).sum() >= MIN_SOURCE_REAL
+    }
+    if not rates:
+        return {"worst_source": None, "worst_source_fpr": None}
+    name = max(sorted(rates), key=lambda s: rates[s][0])
+    return {"worst_source": f"{name} ({rates[name][1]})", "worst_source_fpr": rates[name][0]}
+
+
 def _average(runs: list[dict]) -> dict:
     """Mean over seeds of every number (and its spread for the headline blocks)."""
 
@@ -195,7 +247,8 @@ def _average(runs: list[dict]) -> dict:
             return {k: merge([v[k] for v in values if k in v]) for k in values[0]}
         nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if not nums:
-            return values[0]
+            names = [v for v in values if isinstance(v, str)]
+            return " / ".join(dict.fromkeys(names)) if names else values[0]
         if all(isinstance(v, int) for v in nums):
             return nums[0]  # counts do not change with the seed
         return round(float(np.mean(nums)), 4)
@@ -245,6 +298,7 @@ def run_benchmark(
     cfg,
     *,
     augment: int = 0,
+    views: Sequence[str] = (),
     folds: int = 5,
     seeds: Sequence[int] = (0, 1, 2),
     cache_dir,
@@ -277,6 +331,8 @@ def run_benchmark(
         return X
 
     variants = {REENCODED: aligned(embed(reencode(160, 60)))}
+    side = 224  # CLIP ViT-B/16's input (the offline weights): decoding reduces towards it
+    view_X = {name: aligned(embed(as_bytes(name, side))) for name in views}
     aug_X, aug_of = [], []
     for k in range(augment):
         emb = embed(launder(k))
@@ -290,13 +346,17 @@ def run_benchmark(
         variants=variants,
         aug_X=np.concatenate(aug_X) if aug_X else None,
         aug_of=np.array(aug_of) if aug_X else None,
+        views=view_X,
+        formats=[Path(s.location).suffix.lower().lstrip(".") for s in clean.samples],
     )
     out = leave_source_out(
         data, head_fit(cfg), folds=folds, seeds=seeds, target_fpr=cfg.target_fpr,
+        uncertain_fpr=cfg.uncertain_fpr,
         balance=reweigh if cfg.balance else None, progress=log,
     )  # fmt: skip
     out["setup"] = {
         "encoder": encoder, "features": cfg.features, "pooled_blocks": cfg.tower_blocks,
+        "depth": cfg.depth, "hidden_dim": cfg.hidden_dim, "views": list(views),
         "loss": cfg.loss, "augment": augment, "balance": "content" if cfg.balance else None,
         "folds": folds, "images": len(clean.samples), "skipped": len(clean.bad),
     }  # fmt: skip

@@ -9,6 +9,7 @@ calibration (`Detector.calibration`), read once when the head is loaded.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from training.encoders import Encoder, load_encoder
 from training.features import encode, width
 from training.head import HeadConfig, MLPHead, head_input, score
 from training.registry import HeadMeta, Registry
+from training.views import combine
 
 
 class Detector:
@@ -103,6 +105,17 @@ class Detector:
         text_emb[idx] = self.encoder.encode_texts([texts[i] for i in idx])  # type: ignore[index]
         return text_emb
 
+    @property
+    def views(self) -> tuple[str, ...]:
+        """The test-time views this head scores beside the centre crop (training.views)."""
+        return tuple(self.meta.views)
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """The shape of one image's pixels (training.views.view_pixels with this head's views)."""
+        size = self.encoder.preprocess.image_size
+        return (3, size, size) if not self.views else (1 + len(self.views), 3, size, size)
+
     def __call__(
         self,
         pixels: np.ndarray,
@@ -114,7 +127,16 @@ class Detector:
         features are what the head reads (`meta.features`: the final embedding, or
         transformer blocks' class tokens); the feature log keeps them for retraining.
         `texts[i]` is record i's caption (None or "" for none), read by a head that uses text.
-        `timings`, when given, receives the seconds spent in "embed" and "score"."""
+        `timings`, when given, receives the seconds spent in "embed" and "score".
+
+        Pixels with views, (B, 1+V, 3, S, S) from `training.views.view_pixels`, are embedded and scored
+        view by view; each image's score is `training.views.combine` of its views', and its
+        features are the centre crop's (what the head would read without views)."""
+        views = 1
+        if pixels.ndim == 5:
+            views = pixels.shape[1]
+            pixels = pixels.reshape(-1, *pixels.shape[2:])  # (B * (1+V), 3, S, S)
+            texts = None if texts is None else [t for t in texts for _ in range(views)]
         t0 = time.perf_counter()
         image_features = encode(self.encoder, pixels, self.meta.features)
         t1 = time.perf_counter()
@@ -126,6 +148,9 @@ class Detector:
             input_dim=self.head.config.input_dim,
         )
         scores = score(self.head, features, device=self.encoder.placement.device)
+        if views > 1:
+            scores = combine(scores.reshape(-1, views)).astype(scores.dtype)  # (B,)
+            image_features = image_features[::views]  # the centre crops', (B, F)
         if timings is not None:
             timings.update(embed=t1 - t0, score=time.perf_counter() - t1)
         return image_features, scores
@@ -138,6 +163,7 @@ def register_untrained_head(
     seed: int = 0,
     threshold: float = 0.5,
     promote: bool = True,
+    views: Sequence[str] = (),
 ) -> HeadMeta:
     """Register a head with random weights for `encoder_spec`.
 
@@ -149,7 +175,11 @@ def register_untrained_head(
     torch.manual_seed(seed)
     head = MLPHead(HeadConfig(input_dim=encoder.dim))
     meta = registry.save(
-        head, encoder=encoder_spec, threshold=threshold, extra={"note": "untrained: random weights"}
+        head,
+        encoder=encoder_spec,
+        threshold=threshold,
+        views=views,
+        extra={"note": "untrained: random weights"},
     )
     if promote:
         registry.promote(meta.version)

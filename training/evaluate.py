@@ -126,21 +126,73 @@ def threshold_for_group_fpr(
     target_fpr: float,
     *,
     min_real: int = 5,
+    sources: Sequence[str] | None = None,
 ) -> float:
-    """The lowest threshold whose false-positive rate is <= target_fpr overall and in every
-    group (content tag) with at least `min_real` real images.
+    """The lowest threshold whose false-positive rate is <= target_fpr overall, in every
+    group (content tag) and in every source (real photo collection) with at least
+    `min_real` real images: the worst case, not the pooled rate.
 
     An upload stream is mostly people while a labelled set's real photos are mostly
     landscapes and animals: a threshold set on all real images alike passes the target
-    on the set and calls far more real people "generated". Held to every group, it
-    meets the target for people too (where people are among the held-out images)."""
-    cut = threshold_for_fpr(labels, scores, target_fpr)
-    if groups is None:
-        return cut
+    on the set and calls far more real people "generated". And one collection's real
+    photos (a studio's portraits, one phone's snapshots) can score alike and far from the
+    rest: pooled with the others they pass, alone they do not. Held to every group and
+    every source, the threshold meets the target on each of them."""
     labels = np.asarray(labels).astype(bool)
-    groups_arr = np.asarray(groups)
-    for g in sorted(set(groups_arr[~labels].tolist())):
-        rows = groups_arr == g
-        if int((rows & ~labels).sum()) >= min_real:
-            cut = max(cut, threshold_for_fpr(labels[rows], np.asarray(scores)[rows], target_fpr))
+    scores = np.asarray(scores, dtype=np.float64)
+    cut = threshold_for_fpr(labels, scores, target_fpr)
+    for grouping in (groups, sources):
+        if grouping is None:
+            continue
+        names = np.asarray(grouping)
+        for g in sorted(set(names[~labels].tolist())):
+            rows = names == g
+            if int((rows & ~labels).sum()) >= min_real:
+                cut = max(cut, threshold_for_fpr(labels[rows], scores[rows], target_fpr))
     return cut
+
+
+def operating_point(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    *,
+    target_fpr: float,
+    uncertain_fpr: float,
+    groups: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
+    min_real: int = 5,
+) -> tuple[float, float | None]:
+    """(threshold, lower edge of the abstain band) from held-out rows.
+
+    The threshold holds `target_fpr` overall, per group and per source
+    (`threshold_for_group_fpr`); the band starts where `uncertain_fpr` of all held-out
+    real images would pass (pooled), so the scores between the pooled point and the
+    worst-case threshold are "uncertain". None when that edge is not below the threshold
+    (or `uncertain_fpr` <= `target_fpr`: no band)."""
+    threshold = threshold_for_group_fpr(
+        labels, scores, groups, target_fpr, min_real=min_real, sources=sources
+    )
+    if uncertain_fpr <= target_fpr:
+        return threshold, None
+    edge = threshold_for_fpr(labels, scores, uncertain_fpr)
+    return threshold, (edge if edge < threshold else None)
+
+
+def verdict_shares(
+    scores: np.ndarray, threshold: np.ndarray | float, uncertain_from: np.ndarray | float | None
+) -> dict[str, float | None]:
+    """The share of "real", "uncertain" and "generated" verdicts among these scores, by the
+    serving rule (training.calibration.verdict_for); thresholds may differ per row."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if not len(scores):
+        return {"real": None, "uncertain": None, "generated": None}
+    threshold = np.broadcast_to(np.asarray(threshold, dtype=np.float64), scores.shape)
+    lower = threshold if uncertain_from is None else np.asarray(uncertain_from, dtype=np.float64)
+    lower = np.broadcast_to(np.where(np.isnan(lower), threshold, lower), scores.shape)
+    generated = scores >= threshold
+    uncertain = ~generated & (scores >= lower)
+    return {
+        "real": float((~generated & ~uncertain).mean()),
+        "uncertain": float(uncertain.mean()),
+        "generated": float(generated.mean()),
+    }

@@ -17,7 +17,8 @@ import numpy as np
 from training.balance import clusters, reweigh
 from training.calibration import Calibration, fit_platt
 from training.errors import TrainingDataError
-from training.evaluate import evaluate, threshold_for_fpr, threshold_for_group_fpr
+from training.evaluate import evaluate
+from training.evaluate import operating_point as cut_and_band
 from training.head import score
 from training.promotion import decide_promotion
 from training.registry import HeadMeta, Registry
@@ -68,10 +69,10 @@ def train_register(
     )
     val_scores = score(head, X[val_idx])
     val_groups = [str(groups[i] or "untagged") for i in val_idx] if groups and any(groups) else None
-    threshold, uncertain_from, calibration = operating_point(
-        y[val_idx], val_scores, cfg, val_groups
-    )
     val_sources = [sources[i] for i in val_idx]
+    threshold, uncertain_from, calibration = operating_point(
+        y[val_idx], val_scores, cfg, val_groups, val_sources
+    )
     metrics = evaluate(y[val_idx], val_scores, threshold, val_sources)
     decision = decide_promotion(
         registry,
@@ -159,18 +160,23 @@ def operating_point(
     val_scores: np.ndarray,
     cfg: TrainConfig,
     groups: Sequence[str] | None = None,
+    sources: Sequence[str] | None = None,
 ) -> tuple[float, float | None, Calibration | None]:
     """(threshold, lower edge of the abstain band, calibration), all from held-out rows:
-    the threshold passes `cfg.target_fpr` of the held-out real images, overall and in
-    each content group (`groups`) with enough real images, the band starts
-    where `cfg.uncertain_fpr` of them would pass (None when that is not below the
-    threshold), and Platt scaling is fitted on the held-out scores (None, logged, when
-    it cannot be: one class, or scores that rank the classes backwards)."""
-    threshold = threshold_for_group_fpr(y_val, val_scores, groups, cfg.target_fpr)
-    uncertain_from = None
-    if cfg.uncertain_fpr > cfg.target_fpr:
-        edge = threshold_for_fpr(y_val, val_scores, cfg.uncertain_fpr)
-        uncertain_from = edge if edge < threshold else None
+    the threshold passes `cfg.target_fpr` of the held-out real images overall, in each
+    content group (`groups`) and in each real collection (`sources`) with enough real
+    images, the band starts where `cfg.uncertain_fpr` of them would pass
+    (`training.evaluate.operating_point`), and Platt scaling is fitted on the held-out
+    scores (None, logged, when it cannot be: one class, or scores that rank the classes
+    backwards)."""
+    threshold, uncertain_from = cut_and_band(
+        y_val,
+        val_scores,
+        target_fpr=cfg.target_fpr,
+        uncertain_fpr=cfg.uncertain_fpr,
+        groups=groups,
+        sources=sources,
+    )
     try:
         calibration = fit_platt(val_scores, y_val)
     except ValueError as exc:

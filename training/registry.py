@@ -29,6 +29,7 @@ import os
 import re
 import stat
 import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +41,7 @@ from training.calibration import Calibration
 from training.errors import EncoderMismatchError, RegistryError
 from training.features import check_kind
 from training.head import HeadConfig, MLPHead
+from training.views import check_views
 
 # `v` then 1..999999999 without leading zeros. Checked with fullmatch: `$` would
 # also accept a trailing newline.
@@ -85,6 +87,9 @@ class HeadMeta:
     # What the head reads from the image tower (training.features): "embedding" (heads
     # saved before there was a choice), "blocks" or "blocks:A-B".
     features: str = "embedding"
+    # Test-time views scored beside the centre crop and combined (training.views); empty:
+    # the centre crop alone. The threshold and band were chosen on the combined score.
+    views: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # promotion decisions, hyper-parameters
 
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +155,13 @@ def _meta_problem(d: object, version: str) -> str | None:
         check_kind(features if isinstance(features, str) else repr(features))
     except ValueError as exc:
         return f"features: {exc}"
+    views = d.get("views", [])
+    if not isinstance(views, list) or not all(isinstance(v, str) for v in views):
+        return f"views must be a list of view names, not {views!r}"
+    try:
+        check_views(views)
+    except ValueError as exc:
+        return f"views: {exc}"
     u = d.get("uncertain_from")
     if u is not None and (not _is_real(u) or not 0.0 <= u <= t):
         return (
@@ -332,6 +344,7 @@ class Registry:
         calibration: Calibration | dict[str, Any] | None = None,
         uncertain_from: float | None = None,
         features: str = "embedding",
+        views: Sequence[str] = (),
     ) -> HeadMeta:
         """Store `head` as a new version (not promoted; call `promote`).
 
@@ -361,6 +374,7 @@ class Registry:
             # only numbers become floats: anything else is refused below, by _meta_problem
             uncertain_from=float(uncertain_from) if _is_real(uncertain_from) else uncertain_from,
             features=features,
+            views=list(views),
             extra=extra or {},
         )
         shadowed = sorted(set(meta.extra) & _META_FIELDS)

@@ -176,6 +176,7 @@ def retrain_once(s: RetrainSettings, *, labels: tuple[dict[str, int], int] | Non
         s.train, text_dim=X.shape[1] - X_fb.shape[1], features=meta.features,
         tower_blocks=meta.extra.get("train_config", {}).get("tower_blocks", 0),
         hidden_dim=meta.extra.get("train_config", {}).get("hidden_dim", 0),
+        depth=meta.extra.get("train_config", {}).get("depth", 3),
     )  # fmt: skip
     try:
         new_meta = train_register(

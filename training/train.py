@@ -63,13 +63,19 @@ class TrainConfig:
     # > 0: the rows are the class tokens of this many transformer blocks (training.features,
     # "blocks"), pooled by the head before its MLP (HeadConfig.tower_blocks).
     tower_blocks: int = 0
-    hidden_dim: int = 0
+    hidden_dim: int = 0  # the head's width; 0: as wide as its input (the paper's head)
+    # Hidden Linear-BN-LeakyReLU-Dropout blocks of the head: 3 is the paper's MLP, 0 a
+    # linear head (logistic regression on the features, trained with the same loss and SAM).
+    depth: int = 3
     # What the head reads from the image tower (training.features); stored with the head.
-    features: str = "embedding"  # the head's width; 0: as wide as its input (the paper's head)
+    features: str = "embedding"
 
     def head_config(self, input_dim: int) -> HeadConfig:
         return HeadConfig(
-            input_dim=input_dim, hidden_dim=self.hidden_dim, tower_blocks=self.tower_blocks
+            input_dim=input_dim,
+            hidden_dim=self.hidden_dim,
+            blocks=self.depth,
+            tower_blocks=self.tower_blocks,
         )
 
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

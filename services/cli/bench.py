@@ -24,6 +24,10 @@ with a delay and a bandwidth cap per response; records cycle over the files. Bro
 uploads are skipped in (b) and end as dead letters in (c), which counts them as outputs.
 It adds the bytes fetched per second in (c), the peak RSS of each worker (VmHWM) and the
 mix's shares and mean bytes per kind.
+
+--views NAMES measures (c) once more, right after, with a head that scores those
+test-time views beside the centre crop (training/views.py), and reports the ratio: what
+looking more than once costs per image.
 """
 
 from __future__ import annotations
@@ -142,6 +146,13 @@ def add_parser(sub) -> None:
         "for, so the shares follow the mix) (default %(default)s)",
     )
     sp.add_argument(
+        "--views",
+        default="",
+        metavar="NAMES",
+        help="also measure (c) with a head that scores these test-time views beside the "
+        "centre crop (comma-separated: flip, whole, zoom), and the ratio to (c)",
+    )
+    sp.add_argument(
         "--compare-encoder",
         action="append",
         default=[],
@@ -153,6 +164,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from services.cli.train import parse_views
     from services.errors import ConfigError
 
     w, h = (int(v) for v in args.size.split("x"))
@@ -179,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
                        bandwidth_mbps=bandwidth if bandwidth is not None
                        else bench_uploads.DEFAULT_BANDWIDTH_MBPS if uploads else 0.0,
                        mix_scale=args.mix_scale, mix_files=args.mix_files,
-                       mix_cache=Path(args.mix_cache))  # fmt: skip
+                       mix_cache=Path(args.mix_cache), views=parse_views(args.views))  # fmt: skip
     code = 0
     if args.peer:  # a failed peer run must not cost the minutes of (a)-(c) measured above
         with tempfile.TemporaryDirectory(prefix="dmguard-peer-") as tmp:
@@ -301,12 +313,12 @@ def naive_throughput(detector, url_of: UrlOf, n: int) -> tuple[float, int]:
     return n / (time.perf_counter() - t0), skipped
 
 
-def register_bench_head(encoder_spec: str, tmp: Path) -> str:
+def register_bench_head(encoder_spec: str, tmp: Path, views: tuple[str, ...] = ()) -> str:
     from training.detector import register_untrained_head
     from training.registry import Registry
 
     registry = Registry(tmp / "registry")
-    register_untrained_head(registry, encoder_spec)
+    register_untrained_head(registry, encoder_spec, views=views)
     return str(registry.root)
 
 
@@ -392,13 +404,13 @@ def stage_share(metrics) -> dict[str, float]:
 def pipeline_run(
     encoder_spec: str, url_of: UrlOf, n: int, workers: int, max_batch: int, latency_s: float,
     *, exactly_once: bool = False, durable: bool = False, latency_rate: float | None = None,
-    bytes_sent: Callable[[], int] | None = None,
+    bytes_sent: Callable[[], int] | None = None, views: tuple[str, ...] = (),
 ) -> dict:  # fmt: skip
     """(c) outputs (verdicts and dead letters) per second through Kafka and Ray workers,
     stage shares, latency of the verdicts at half load (or at `latency_rate`), the dead
     letters' codes, the bytes the image server sent during the burst (`bytes_sent`: its
     counter) and each worker's peak RSS; `durable`: on the durable broker, as (d)
-    measures."""
+    measures; `views`: the head scores these test-time views too."""
     from services.broker import EmbeddedBroker, free_port
     from services.cli.serve import running_service
     from services.cli.soak import vm_rss_mib, worker_pids
@@ -410,7 +422,7 @@ def pipeline_run(
         EmbeddedBroker(durable_dir=Path(tmp) / "broker" if durable else None) as broker,
     ):
         settings = serve_settings(
-            bootstrap=broker.bootstrap, client_extra={}, registry=register_bench_head(encoder_spec, Path(tmp)),
+            bootstrap=broker.bootstrap, client_extra={}, registry=register_bench_head(encoder_spec, Path(tmp), views),
             workers=workers, metrics_host="127.0.0.1", metrics_port=free_port(), max_batch=max_batch,
             allow_network=LOOPBACK, exactly_once=exactly_once,
         )  # fmt: skip
@@ -471,9 +483,11 @@ def run_bench(
     delivery: bool = False, mix: str = "jpeg", fetch_latency_ms: float = 0.0,
     bandwidth_mbps: float = 0.0, mix_scale: float = 1.0,
     mix_files: int = bench_uploads.DEFAULT_FILES, mix_cache: Path = bench_uploads.DEFAULT_ROOT,
+    views: tuple[str, ...] = (),
 ) -> dict:  # fmt: skip
     """(a)-(c), and (d) with `delivery`, on `mix`: "jpeg" (one size, served as they come
-    unless a latency or bandwidth is given) or "uploads" (see bench_uploads)."""
+    unless a latency or bandwidth is given) or "uploads" (see bench_uploads); with `views`,
+    (c) again with a head that scores those test-time views."""
     if mix not in MIXES:
         raise ValueError(f"mix must be one of {', '.join(MIXES)}, not {mix!r}")
     uploads = None
@@ -526,6 +540,13 @@ def run_bench(
             if delivery
             else None
         )
+        looked = (
+            pipeline_run(
+                encoder_spec, url_of, images, workers, max_batch, latency_s, views=views
+            )  # fmt: skip
+            if views
+            else None
+        )
     finally:
         http.stop()
     result = {
@@ -548,6 +569,14 @@ def run_bench(
         **({"raw_compared": others} if others else {}),
         **({"delivery": modes} if modes else {}),
     }
+    if looked is not None:
+        result["views"] = {
+            "views": list(views),
+            "pipeline_ips": round(looked["ips"], 2),
+            "vs_pipeline": round(looked["ips"] / pipe["ips"], 3),
+            "stage_share": looked["stage_share"],
+            "latency_ms": looked["latency_ms"],
+        }
     if throttled is not None:
         result["fetch_latency_ms"] = fetch_latency_ms
         result["bandwidth_mbps"] = bandwidth_mbps

@@ -46,7 +46,7 @@ def score_one(detector, target: str, policy: FetchPolicy) -> tuple[str | dict, b
     url = target if "://" in target else Path(target).resolve().as_uri()
     start = time.time() * 1000
     try:
-        pixels, _ = fetch_pixels(url, policy, detector.encoder.preprocess)
+        pixels, _ = fetch_pixels(url, policy, detector.encoder.preprocess, views=detector.views)
         _, scores = detector(pixels[None])
     except InputError as exc:
         return {"id": target, "url": url, "error": {"code": exc.code, "message": str(exc)}}, True

@@ -80,7 +80,14 @@ def add_parser(sub) -> None:
     lso.add_argument("--encoder", default=None, help="encoder spec (default: the offline CLIP weights)")  # fmt: skip
     lso.add_argument("--augment", type=int, default=2,
                      help="laundered copies of each training image (JPEG/WebP, downscale, crop)")  # fmt: skip
-    lso.add_argument("--folds", type=int, default=5)
+    lso.add_argument(
+        "--views",
+        default="",
+        metavar="NAMES",
+        help="test-time views scored beside the centre crop and averaged, comma-separated "
+        "(flip, whole, zoom: training/views.py); default none",
+    )
+    lso.add_argument("--folds", type=int, default=5, help="folds the sources are dealt into")
     lso.add_argument("--seeds", type=int, default=3, help="repeat with this many seeds and average")
     training_args(sp)
     sp.set_defaults(func=run_eval)
@@ -100,6 +107,13 @@ def training_args(sp: argparse.ArgumentParser) -> None:
         "instead of reading their concatenation",
     )  # fmt: skip
     sp.add_argument("--hidden-dim", type=int, default=0, help="head width (0: its input width)")
+    sp.add_argument(
+        "--head-depth",
+        type=int,
+        default=3,
+        help="hidden Linear-BN-LeakyReLU-Dropout blocks of the head: 3 is the paper's MLP "
+        "(default), 0 a linear head on the features",
+    )
     sp.add_argument(
         "--no-balance", action="store_true",
         help="do not reweigh training rows so that label and content (or embedding cluster) "
@@ -138,7 +152,8 @@ def train_config(args: argparse.Namespace):
     except ValueError as exc:
         raise ConfigError(f"--features: {exc}") from None
     return TrainConfig(
-        features=args.features, hidden_dim=args.hidden_dim, balance=not args.no_balance,
+        features=args.features, hidden_dim=args.hidden_dim, depth=args.head_depth,
+        balance=not args.no_balance,
         loss=args.loss, gamma=args.gamma, alpha=args.alpha, rho=args.rho, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, patience=args.patience, seed=args.seed, workers=args.workers,
         target_fpr=args.target_fpr, use_gpu=args.use_gpu, modality_dropout=args.modality_dropout,
@@ -264,6 +279,16 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_views(text: str) -> tuple[str, ...]:
+    """--views as a tuple of view names; ConfigError for an unknown or repeated one."""
+    from training.views import check_views
+
+    try:
+        return check_views([name.strip() for name in text.split(",") if name.strip()])
+    except ValueError as exc:
+        raise ConfigError(f"--views: {exc}") from None
+
+
 def run_leave_source_out(args: argparse.Namespace) -> int:
     from training.benchmark import run_benchmark
     from training.data import load_samples
@@ -274,7 +299,7 @@ def run_leave_source_out(args: argparse.Namespace) -> int:
     encoder = resolve_encoder(args.encoder)
     out = run_benchmark(
         load_samples(args.data), encoder, pooled(train_config(args), encoder, args.pool_blocks),
-        augment=args.augment,
+        augment=args.augment, views=parse_views(args.views),
         folds=args.folds, seeds=range(args.seed, args.seed + args.seeds),
         cache_dir=Path(args.cache) / "embeddings", workers=args.workers,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),

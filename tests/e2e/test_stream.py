@@ -268,6 +268,25 @@ def test_every_record_accounted_for_with_the_right_code(shared_stream):
         pixels, _ = fetch_pixels(sent["url"], policy, detector.encoder.preprocess)
         emb, score = detector(pixels[None])
         offline_emb[rid], offline_score[rid] = emb[0], float(score[0])
+    # `dmguard score` (score_one) and `dmguard eval` (the embedding actors' _Embedder, then
+    # the head) score the same images as the line above, so all three paths agree.
+    from services.cli.score import score_one
+    from services.fetch import fetch_bytes
+    from training.embeddings import _Embedder
+    from training.head import score as head_score
+
+    some = list(good)[: len(IMAGE_KINDS) * 2]  # every kind of image, twice
+    by_score_cmd = {
+        rid: json.loads(score_one(detector, good[rid]["url"], policy)[0]) for rid in some
+    }
+    blobs = [fetch_bytes(good[rid]["url"], policy) for rid in some]
+    embedder = _Embedder("open_clip:dmguard-tiny", threads=1)
+    features, errors = embedder.embed(blobs, detector.meta.features)
+    assert errors == [None] * len(some)
+    by_eval = head_score(detector.head, np.stack(features))
+    for rid, eval_score in zip(some, by_eval, strict=True):
+        assert abs(by_score_cmd[rid]["score"] - offline_score[rid]) <= SCORE_TOL, rid
+        assert abs(float(eval_score) - offline_score[rid]) <= SCORE_TOL, rid
     # The images are told apart by what they are scored: a record given its neighbour's
     # score would be caught by SCORE_TOL nearly always, and by its embedding always.
     ordered = [offline_score[rid] for rid in good]

@@ -181,3 +181,78 @@ def test_per_source_metrics_match_an_independent_computation():
         assert_matches(got, reference_metrics(y[mask], s[mask], 0.45))
     assert out["per_source"]["cam"]["auc"] is None and out["per_source"]["gen"]["n_real"] == 0
     assert out["per_source"]["mixed"]["auc"] is not None
+
+
+def _lowest_passing_cut(y, s, groupings, target, min_real):
+    """Brute force: the lowest candidate threshold (each score and one ulp above it) whose
+    FPR is within `target` overall and in every grouping's group with >= min_real reals."""
+    y = np.asarray(y, bool)
+    candidates = sorted(set(s.tolist()) | {float(np.nextafter(v, np.inf)) for v in s})
+    for t in candidates:
+        sets = [np.ones(len(y), bool)] + [
+            np.asarray(g) == name
+            for g in groupings
+            for name in set(np.asarray(g)[~y].tolist())
+            if ((np.asarray(g) == name) & ~y).sum() >= min_real
+        ]
+        if all((s[m & ~y] >= t).mean() <= target for m in sets):
+            return t
+    return candidates[-1]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_threshold_holds_the_worst_source_and_group_to_the_target(seed):
+    """One real collection scores high (a studio's portraits): pooled, and within its
+    content group, it passes; alone it does not. The threshold is the lowest that holds it
+    and every content group."""
+    from training.evaluate import threshold_for_group_fpr
+
+    rng = np.random.default_rng(seed)
+    s = np.r_[rng.uniform(0, 0.4, 350), rng.uniform(0.3, 0.9, 12), rng.uniform(0.5, 1, 80)]
+    y = np.r_[np.zeros(362), np.ones(80)].astype(bool)
+    studio = slice(350, 362)
+    sources = ["snapshots"] * 300 + ["zoo"] * 50 + ["studio"] * 12 + ["gen"] * 80
+    groups = ["people"] * 300 + ["animal"] * 50 + ["people"] * 92
+    by_group = threshold_for_group_fpr(y, s, groups, 0.05)
+    assert (s[studio] >= by_group).mean() > 0.05  # what the source rule is for
+    cut = threshold_for_group_fpr(y, s, groups, 0.05, sources=sources)
+    assert cut == _lowest_passing_cut(y, s, [groups, sources], 0.05, 5)
+    assert (s[studio] >= cut).mean() <= 0.05
+    # a source with fewer real images than min_real is not held on its own
+    few = threshold_for_group_fpr(y, s, None, 0.05, sources=sources, min_real=13)
+    assert few == _lowest_passing_cut(y, s, [], 0.05, 13) == threshold_for_fpr(y, s, 0.05)
+
+
+def test_operating_point_band_starts_at_the_pooled_point_below_the_worst_case_cut():
+    from training.evaluate import operating_point
+
+    rng = np.random.default_rng(3)
+    s = np.r_[rng.uniform(0, 0.4, 150), rng.uniform(0.3, 0.9, 12), rng.uniform(0.5, 1, 80)]
+    y = np.r_[np.zeros(162), np.ones(80)]
+    sources = ["a"] * 150 + ["studio"] * 12 + ["gen"] * 80
+    cut, band = operating_point(y, s, target_fpr=0.05, uncertain_fpr=0.2, sources=sources)
+    reals = np.sort(s[:162])[::-1]
+    # the band edge: just above the real score that would make the pooled FPR exceed 20%
+    assert band == np.nextafter(reals[int(0.2 * 162)], np.inf) and band < cut
+    assert (s[:162] >= band).mean() <= 0.2 < (s[:162] >= reals[int(0.2 * 162)]).mean()
+    _, none = operating_point(y, s, target_fpr=0.05, uncertain_fpr=0.05, sources=sources)
+    assert none is None
+
+
+def test_verdict_shares_count_each_verdict_by_the_serving_rule():
+    from training.calibration import verdict_for
+    from training.evaluate import verdict_shares
+
+    rng = np.random.default_rng(5)
+    s = rng.uniform(0, 1, 200)
+    cut = rng.choice([0.6, 0.7], 200)
+    band = np.where(rng.random(200) < 0.3, np.nan, cut - 0.2)  # some rows without a band
+    shares = verdict_shares(s, cut, band)
+    expected = [
+        verdict_for(float(v), float(t), None if np.isnan(b) else float(b))
+        for v, t, b in zip(s, cut, band, strict=True)
+    ]
+    for verdict in ("real", "uncertain", "generated"):
+        assert shares[verdict] == pytest.approx(expected.count(verdict) / 200)
+    assert verdict_shares(s, 0.5, None)["uncertain"] == 0.0
+    assert verdict_shares(np.zeros(0), 0.5, None)["real"] is None

@@ -26,7 +26,8 @@ SIDE = 384
 JPEG_QUALITY = 90
 # Bumped when the set's files change shape; a cached set of another format is rebuilt.
 # 2: content and style columns, tags from training/content_tags.csv, more sources.
-FORMAT = 2
+# 3: the untouched originals beside the normalised images (originals.csv); more real people.
+FORMAT = 3
 FIELDS = ["path", "label", "source", "generator", "content", "style", "split", "origin"]
 LABELS = {0: "real", 1: "generated"}
 
@@ -94,6 +95,7 @@ def build_demo_set(
         tags = load_tags()
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "originals").mkdir(exist_ok=True)
     rows, seen, bad, duplicates, untagged = [], set(), [], 0, []
     for item in progress(items):
         try:
@@ -109,12 +111,15 @@ def build_demo_set(
         path = out / "images" / f"{digest}.jpg"
         if not path.exists():
             path.write_bytes(data)
+        original = f"originals/{digest}.{original_suffix(item.data)}"
+        if not (out / original).exists():
+            (out / original).write_bytes(item.data)
         if item.origin not in tags:
             untagged.append(item.origin)
         content, style = tags.get(item.origin, UNTAGGED)
         rows.append({"path": f"images/{digest}.jpg", "label": item.label, "source": item.source,
                      "generator": item.generator, "content": content, "style": style,
-                     "origin": item.origin})  # fmt: skip
+                     "origin": item.origin, "original": original})  # fmt: skip
     labels = np.array([r["label"] for r in rows])
     if len(set(labels.tolist())) < 2:
         raise ValueError("the demo set needs both real and generated images")
@@ -127,9 +132,15 @@ def build_demo_set(
         rows[i]["split"] = "heldout"
     for name, keep in (("manifest", None), ("train", "train"), ("heldout", "heldout")):
         with (out / f"{name}.csv").open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, FIELDS)
+            writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(r for r in rows if keep is None or r["split"] == keep)
+    # The same rows as their sources ship them (format, size, metadata untouched): what a
+    # detector meets in an upload stream, where format and size differ by class.
+    with (out / "originals.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, "path": r["original"]} for r in rows)
     summary = {
         "format": FORMAT,
         "images": len(rows),
@@ -153,6 +164,13 @@ def build_demo_set(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def original_suffix(data: bytes) -> str:
+    """The file suffix of an original's format as Pillow reads it ("jpg", "png", "webp")."""
+    with Image.open(io.BytesIO(data)) as image:
+        fmt = (image.format or "bin").lower()
+    return {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
 
 
 def content_counts(rows: list[dict]) -> dict:
