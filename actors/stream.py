@@ -414,7 +414,13 @@ class StreamWorker:
 
     def _submit(self, job: Job, pool: ThreadPoolExecutor) -> None:
         self._in_flight += 1
-        future = pool.submit(fetch_and_preprocess, job, self.settings, self.detector.preprocess)
+        future = pool.submit(
+            fetch_and_preprocess,
+            job,
+            self.settings,
+            self.detector.encoder.preprocess,
+            self.detector.views,
+        )
         future.add_done_callback(lambda f: self._done.put(f.result()))
 
     def _collect(self, *, block: bool) -> None:
