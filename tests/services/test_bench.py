@@ -49,17 +49,18 @@ UPLOAD_KEYS = (
     "workers", "max_batch", "pipeline_images", "fetch_latency_ms", "bandwidth_mbps", "mix",
     "mix_files", "mix_scale", "mix_kinds", "mix_mean_bytes", "raw_images", "naive_images",
     "naive_skipped", "pipeline_dead_letters", "fetched_mb_per_s", "pipeline_fetched_mb",
-    "worker_peak_rss_mib",
+    "worker_peak_rss_mib", "views",
 )  # fmt: skip
 
 
 def test_bench_uploads_json_has_every_field(tmp_path):
     """--mix uploads on a tiny copy of the mix: 100 records go once through its 100 files, so
-    the broken three end as dead letters (the wait counts them) and every byte is fetched."""
+    the broken three end as dead letters (the wait counts them) and every byte is fetched.
+    --views: (c) again with a head that scores two test-time views, and the ratio."""
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "bench", "--json", "--encoder", TINY, "--images", "100",
          "--workers", "1", "--naive-images", "40", "--latency-seconds", "2", "--mix", "uploads",
-         "--mix-scale", "0.05", "--mix-cache", str(tmp_path)],
+         "--mix-scale", "0.05", "--mix-cache", str(tmp_path), "--views", "flip,zoom"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -85,3 +86,8 @@ def test_bench_uploads_json_has_every_field(tmp_path):
     assert set(result["latency_ms"]) == {"p50", "p95", "p99"}
     peak = result["worker_peak_rss_mib"]
     assert len(peak) == 1 and all(v > 50 for v in peak.values())  # a worker with a model loaded
+    looked = result["views"]
+    assert looked["views"] == ["flip", "zoom"] and looked["pipeline_ips"] > 0
+    ratio = looked["pipeline_ips"] / result["pipeline_ips"]
+    assert looked["vs_pipeline"] == pytest.approx(ratio, abs=6e-4)
+    assert set(looked["stage_share"]) == set(STAGES)
