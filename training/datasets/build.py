@@ -45,6 +45,8 @@ def collect(
         ("OpenPeople and InvokeAI (PyPI)", generated.generated_images),
         ("photos in PyPI packages", photos.pypi_photos),
         ("photos in npm packages", photos.npm_photos),
+        ("photos in crates.io crates", photos.crates_photos),
+        ("photos in Maven Central jars", photos.maven_photos),
     ]
     if use_apt:
         groups.append(("photos in Debian packages", photos.debian_photos))
