@@ -6,28 +6,20 @@ Debian's archive, the npm registry, crates.io and Maven Central are not.
 without its dependencies (we take files out of it, we do not install it);
 `apt_download` fetches one Debian package and unpacks it with `dpkg-deb -x` (no
 root); `npm_download` fetches one npm package tarball with `npm pack`;
-`crate_download` fetches one `.crate` file the way cargo does (from the
-registry's download address, checked against the index's checksum, without its
-dependencies); `maven_download` fetches one artifact (a jar, or a classified
-jar such as `tests`) with `mvn dependency:copy`. All cache what they fetched in
-`dest`.
+`crate_download` fetches one `.crate` file with `cargo fetch`; `maven_download`
+fetches one artifact (a jar, or a classified jar such as `tests`) with `mvn
+dependency:copy`. All cache what they fetched in `dest`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
-
-CRATES_INDEX = "https://index.crates.io"  # cargo's sparse index of crates.io
-CRATES_DOWNLOAD = "https://static.crates.io/crates"  # its "dl" address, as cargo uses it
 
 
 class PackageError(RuntimeError):
@@ -127,52 +119,43 @@ def apt_download(package: str, dest: Path, version: str | None = None) -> Path:
     return root
 
 
-def _crate_index_path(name: str) -> str:
-    """Where the sparse index keeps `name`'s entries ("serde" -> "se/rd/serde")."""
-    name = name.lower()
-    if len(name) <= 2:
-        return f"{len(name)}/{name}"
-    if len(name) == 3:
-        return f"3/{name[0]}/{name}"
-    return f"{name[:2]}/{name[2:4]}/{name}"
-
-
-def _http_get(url: str, what: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=120) as response:
-            return response.read()
-    except (urllib.error.URLError, OSError) as e:
-        raise PackageError(f"cannot download {what}: {url}: {e}") from e
-
-
-def crate_checksum(name: str, version: str) -> str:
-    """The sha256 that crates.io's index gives for `name` `version` (what cargo checks)."""
-    what = f"crate {name}=={version}"
-    body = _http_get(f"{CRATES_INDEX}/{_crate_index_path(name)}", what).decode()
-    for line in body.splitlines():
-        entry = json.loads(line)
-        if entry.get("vers") == version:
-            return entry["cksum"]
-    raise PackageError(f"cannot download {what}: the crates.io index has no such version")
-
-
 def crate_download(name: str, version: str, dest: Path) -> Path:
     """The `.crate` file (a gzipped tar; files in it are under `NAME-VERSION/`) of crate
-    `name` at exactly `version`, fetched into `dest` once, from the address cargo
-    downloads it from and checked against the index's sha256."""
+    `name` at exactly `version`, fetched into `dest` once with cargo, the ordinary client:
+    `cargo fetch` of a scratch package that depends on it, with a CARGO_HOME of its own
+    under `dest` (cargo checks the registry's checksum; the crate's dependencies come
+    along, as sources, and are not used)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     target = dest / f"{name}-{version}.crate"
     if target.is_file():
         return target
     what = f"crate {name}=={version}"
-    expected = crate_checksum(name, version)
-    data = _http_get(f"{CRATES_DOWNLOAD}/{name}/{version}/download", what)
-    if hashlib.sha256(data).hexdigest() != expected:
-        raise PackageError(f"cannot download {what}: its sha256 is not the index's")
-    partial = target.with_suffix(".part")
-    partial.write_bytes(data)
-    partial.replace(target)
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        raise PackageError(f"cannot download {what}: cargo is not installed on this machine")
+    home = dest / "cargo-home"
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        (Path(tmp) / "src").mkdir()
+        (Path(tmp) / "src" / "lib.rs").touch()
+        (Path(tmp) / "Cargo.toml").write_text(
+            '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n\n'
+            f'[dependencies]\n{name} = "={version}"\n'
+        )
+        try:
+            done = subprocess.run(
+                [cargo, "fetch", "--quiet"],
+                cwd=tmp,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "CARGO_HOME": str(home)},
+            )
+        except OSError as e:
+            raise PackageError(f"cannot download {what}: {e}") from e
+    found = sorted(home.glob(f"registry/cache/*/{name}-{version}.crate"))
+    if done.returncode != 0 or not found:
+        raise PackageError(f"cannot download {what}: {done.stderr.strip()[-500:]}")
+    shutil.copyfile(found[0], target)
     return target
 
 

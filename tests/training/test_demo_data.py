@@ -327,3 +327,44 @@ def test_pip_download_reports_a_failed_fetch(tmp_path, monkeypatch):
     monkeypatch.setattr(packages.subprocess, "run", fail)
     with pytest.raises(packages.PackageError, match="No matching distribution"):
         packages.pip_download("nope==0.0.1", tmp_path)
+
+
+def test_crate_download_asks_cargo_for_exactly_that_version_once(tmp_path, monkeypatch):
+    """cargo fetch of a scratch package pinned to `=VERSION`, with a CARGO_HOME under the
+    cache; the .crate comes out of that home's registry cache, and the next call is free."""
+    calls = []
+
+    def cargo_fetch(cmd, cwd=None, env=None, **_):
+        calls.append((cmd, (Path(cwd) / "Cargo.toml").read_text(), env["CARGO_HOME"]))
+        cache = Path(env["CARGO_HOME"]) / "registry/cache/index.example-1a2b"
+        cache.mkdir(parents=True, exist_ok=True)
+        (cache / "rustface-0.1.7.crate").write_bytes(b"crate")
+        (cache / "rustface-0.1.6.crate").write_bytes(b"another version")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(packages.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(packages.subprocess, "run", cargo_fetch)
+    path = packages.crate_download("rustface", "0.1.7", tmp_path)
+    assert path == tmp_path / "rustface-0.1.7.crate" and path.read_bytes() == b"crate"
+    ((cmd, manifest, home),) = calls
+    assert cmd[1:] == ["fetch", "--quiet"] and 'rustface = "=0.1.7"' in manifest
+    assert Path(home).is_relative_to(tmp_path)
+    assert packages.crate_download("rustface", "0.1.7", tmp_path) == path and len(calls) == 1
+
+
+def test_crate_and_maven_downloads_say_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setattr(packages.shutil, "which", lambda name: None)
+    with pytest.raises(packages.PackageError, match="cargo is not installed"):
+        packages.crate_download("rustface", "0.1.7", tmp_path)
+    with pytest.raises(packages.PackageError, match="Maven .mvn. is not installed"):
+        packages.maven_download("org.openimaj:test-resources:1.3.10", tmp_path)
+    with pytest.raises(packages.PackageError, match="group:artifact:version"):
+        packages.maven_download("org.openimaj:test-resources", tmp_path)
+    monkeypatch.setattr(packages.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(
+        packages.subprocess,
+        "run",
+        lambda cmd, **_: subprocess.CompletedProcess(cmd, 101, "", "error: no matching package"),
+    )
+    with pytest.raises(packages.PackageError, match="no matching package"):
+        packages.crate_download("no-such-crate", "9.9.9", tmp_path)

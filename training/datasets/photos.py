@@ -27,7 +27,8 @@ cropped_image.jpg, 800px-Christophe_Henner, the Giunchedi -cmyk/-grayscale/.png
 variants; ss.jpg, a second webcam frame of OpenIMAJ's sinaface) and the copy of the
 Kodak DC210 party photo that imageio-metadata repeats from imageio-jpeg, facexlib's
 test2.jpg (a face-restoration demo: its smoothness may be a network's), rust-faces'
-kate_siegel.jpg (a stock agency's watermark across it). TwelveMonkeys' test jars share
+photos (its dependencies are yanked, so cargo cannot fetch it; one of them also carries
+a stock agency's watermark). TwelveMonkeys' test jars share
 one corpus: one source.
 """
 
@@ -155,7 +156,6 @@ PYPI_SDIST_PHOTOS = {
 # crates.io: crate -> (version, source, members of the .crate, under NAME-VERSION/).
 CRATES_PHOTOS = {
     "rustface": ("0.1.7", "rustface", ["rustface-0.1.7/test.png"]),
-    "rust-faces": ("1.0.0", "rust-faces", ["rust-faces-1.0.0/tests/data/images/faces.jpg"]),
 }  # fmt: skip
 # Maven Central: "group:artifact:version[:classifier]" -> (source, members of the jar).
 # TwelveMonkeys' test jars share one corpus of files, so they are one source.
