@@ -89,3 +89,32 @@ def test_calibration_sources_never_take_a_whole_class():
     src = ["r1", "r2", "g1", "g2", "g3"]
     held = calibration_sources(y, src, 0.5, seed=0)
     assert {"r1", "r2"} - held and {"g1", "g2", "g3"} - held and held
+
+
+def test_each_block_names_its_worst_real_collection_and_the_verdict_mix():
+    """The worst held-out real collection is the one the per-source figures call
+    "generated" most often (among those with enough images), and the verdict shares of
+    the real images add up, their "generated" share being the FPR at the threshold
+    (every figure is rounded to 4 decimals)."""
+    data = _data(per_source=30)
+    # one real collection that scores like the generated ones: the threshold's worst case
+    hot = [i for i, s in enumerate(data.sources) if s == "real-3"]
+    data.X[hot, 0] += 0.9
+    out = leave_source_out(data, lambda X, y, Xv, yv, w: lambda Z: Z[:, 0], folds=3, seeds=(0,))
+    rates = {
+        s: v["called_generated"]
+        for s, v in out["per_source"].items()
+        if v["label"] == 0 and v["n"] >= 5
+    }
+    worst = max(rates, key=rates.get)
+    assert worst == "real-3" and rates[worst] > 0.3
+    block = out["overall"]
+    assert block["worst_source"] == f"real-3 ({out['per_source']['real-3']['n']})"
+    assert block["worst_source_fpr"] == pytest.approx(rates[worst], abs=1e-3)
+    shares = [block[f"real_as_{v}"] for v in ("real", "uncertain", "generated")]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-3)
+    assert block["real_as_generated"] == pytest.approx(block["fpr_at_threshold"], abs=1e-3)
+    assert block["real_as_uncertain"] > 0  # the band exists: scores between the two cuts
+    gen = [block[f"gen_as_{v}"] for v in ("real", "uncertain", "generated")]
+    assert sum(gen) == pytest.approx(1.0, abs=1e-3)
+    assert block["gen_as_generated"] == pytest.approx(block["tpr_at_threshold"], abs=1e-3)
