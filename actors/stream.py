@@ -109,9 +109,8 @@ class Job:
     timestamp_ms: int
     value: bytes | None
     record: ImageRecord | None = None
-    pixels: np.ndarray | None = (
-        None  # (3, S, S) float32 after preprocessing; (1+V, 3, S, S) with views
-    )
+    # (3, S, S) float32 after preprocessing; (1+V, 3, S, S) with the head's views
+    pixels: np.ndarray | None = None
     error: InputError | None = None
     timings: dict[str, float] = field(default_factory=dict)
 

@@ -47,7 +47,7 @@ import numpy as np
 from PIL import Image
 
 from services.cli import bench_peer, bench_uploads
-from services.cli.common import offline_weights
+from services.cli.common import offline_weights, parse_views
 from services.config import KafkaSettings, Topics, fetch_policy, serve_settings
 from services.http import HttpServer
 from services.poll import WaitTimeout, wait_until
@@ -164,7 +164,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from services.cli.train import parse_views
     from services.errors import ConfigError
 
     w, h = (int(v) for v in args.size.split("x"))
@@ -541,9 +540,7 @@ def run_bench(
             else None
         )
         looked = (
-            pipeline_run(
-                encoder_spec, url_of, images, workers, max_batch, latency_s, views=views
-            )  # fmt: skip
+            pipeline_run(encoder_spec, url_of, images, workers, max_batch, latency_s, views=views)
             if views
             else None
         )

@@ -12,6 +12,7 @@ from services.config import (
     default_registry,
     kafka_settings,
 )
+from services.errors import ConfigError
 
 DEVICES = ["auto", "cuda", "cpu"]
 
@@ -41,3 +42,13 @@ def offline_weights() -> Path | None:
     """The offline CLIP weights, when `dmguard models` has fetched them."""
     onnx = Path(default_models_dir()) / "clip-vit-b16-int8.onnx"
     return onnx.resolve() if onnx.exists() else None
+
+
+def parse_views(text: str) -> tuple[str, ...]:
+    """--views as a tuple of view names; ConfigError for an unknown or repeated one."""
+    from training.views import check_views  # not at import: the CLI starts without numpy
+
+    try:
+        return check_views([name.strip() for name in text.split(",") if name.strip()])
+    except ValueError as exc:
+        raise ConfigError(f"--views: {exc}") from None

@@ -17,7 +17,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from services.cli.common import kafka_args, kafka_from, offline_weights, registry_arg
+from services.cli.common import (
+    kafka_args,
+    kafka_from,
+    offline_weights,
+    parse_views,
+    registry_arg,
+)
 from services.config import Topics, default_feature_log
 from services.errors import ConfigError, DmguardError
 
@@ -277,16 +283,6 @@ def run_eval(args: argparse.Namespace) -> int:
         }
     print(json.dumps(out))
     return 0
-
-
-def parse_views(text: str) -> tuple[str, ...]:
-    """--views as a tuple of view names; ConfigError for an unknown or repeated one."""
-    from training.views import check_views
-
-    try:
-        return check_views([name.strip() for name in text.split(",") if name.strip()])
-    except ValueError as exc:
-        raise ConfigError(f"--views: {exc}") from None
 
 
 def run_leave_source_out(args: argparse.Namespace) -> int:
