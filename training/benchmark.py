@@ -356,7 +356,8 @@ def run_benchmark(
     )  # fmt: skip
     out["setup"] = {
         "encoder": encoder, "features": cfg.features, "pooled_blocks": cfg.tower_blocks,
-        "depth": cfg.depth, "hidden_dim": cfg.hidden_dim, "views": list(views),
+        "depth": cfg.depth, "hidden_dim": cfg.hidden_dim,
+        "standardize": cfg.standardize, "views": list(views),
         "loss": cfg.loss, "augment": augment, "balance": "content" if cfg.balance else None,
         "folds": folds, "images": len(clean.samples), "skipped": len(clean.bad),
     }  # fmt: skip

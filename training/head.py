@@ -32,6 +32,10 @@ class HeadConfig:
     negative_slope: float = 0.01  # LeakyReLU
     tower_blocks: int = 0  # > 0: x is this many blocks' class tokens, pooled first (see above)
     pool_dim: int = 256  # P, the width of the pooled block tokens
+    # Standardise each input feature with the training rows' mean and standard deviation
+    # (buffers set by `MLPHead.fit_standardizer`, saved with the head). A linear head
+    # on CLIP block tokens trains far better on standardised inputs (docs/detection.md).
+    standardize: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,8 +70,23 @@ class MLPHead(nn.Module):
             d_in = width
         layers.append(nn.Linear(d_in, 1))
         self.net = nn.Sequential(*layers)
+        if config.standardize:
+            self.register_buffer("input_mean", torch.zeros(config.input_dim))
+            self.register_buffer("input_scale", torch.ones(config.input_dim))
+
+    def fit_standardizer(self, X: np.ndarray, eps: float = 1e-6) -> None:
+        """Set the input standardisation from the training rows X (N, D)."""
+        if not self.config.standardize:
+            raise ValueError("this head does not standardise its inputs")
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.config.input_dim or len(X) < 2:
+            raise ValueError(f"need (N >= 2, {self.config.input_dim}) rows, got {X.shape}")
+        self.input_mean.copy_(torch.from_numpy(X.mean(axis=0)).float())
+        self.input_scale.copy_(torch.from_numpy(1.0 / (X.std(axis=0) + eps)).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (B,)
+        if self.config.standardize:
+            x = (x - self.input_mean) * self.input_scale
         if self.config.tower_blocks:
             tokens = self.project(x.view(len(x), self.config.tower_blocks, -1))  # (B, L, P)
             x = (tokens * self.block_weights()[None, :, None]).sum(dim=1)  # (B, P)

@@ -188,6 +188,7 @@ def _config_problem(cfg: object) -> str | None:
         "negative_slope": _is_real,
         "tower_blocks": lambda v: _is_int(v) and 0 <= v <= 1024,
         "pool_dim": lambda v: _is_int(v) and 0 < v <= 65536,
+        "standardize": lambda v: isinstance(v, bool),
     }
     for key, ok in checks.items():
         if key in cfg and not ok(cfg[key]):

@@ -177,6 +177,7 @@ def retrain_once(s: RetrainSettings, *, labels: tuple[dict[str, int], int] | Non
         tower_blocks=meta.extra.get("train_config", {}).get("tower_blocks", 0),
         hidden_dim=meta.extra.get("train_config", {}).get("hidden_dim", 0),
         depth=meta.extra.get("train_config", {}).get("depth", 3),
+        standardize=meta.extra.get("train_config", {}).get("standardize", False),
     )  # fmt: skip
     try:
         new_meta = train_register(

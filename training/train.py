@@ -67,6 +67,8 @@ class TrainConfig:
     # Hidden Linear-BN-LeakyReLU-Dropout blocks of the head: 3 is the paper's MLP, 0 a
     # linear head (logistic regression on the features, trained with the same loss and SAM).
     depth: int = 3
+    # Standardise the head's inputs with the training rows' statistics (HeadConfig.standardize).
+    standardize: bool = False
     # What the head reads from the image tower (training.features); stored with the head.
     features: str = "embedding"
 
@@ -76,6 +78,7 @@ class TrainConfig:
             hidden_dim=self.hidden_dim,
             blocks=self.depth,
             tower_blocks=self.tower_blocks,
+            standardize=self.standardize,
         )
 
     def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -126,6 +129,8 @@ def fit_epochs(
     """
     torch.manual_seed(cfg.seed)
     head = MLPHead(cfg.head_config(X.shape[1]))
+    if cfg.standardize:  # every worker holds all training rows: the same statistics
+        head.fit_standardizer(X)
     if resume:
         head.load_state_dict(resume["head"])
     model = wrap(head.to(device))

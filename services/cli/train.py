@@ -121,6 +121,12 @@ def training_args(sp: argparse.ArgumentParser) -> None:
         "(default), 0 a linear head on the features",
     )
     sp.add_argument(
+        "--standardize",
+        action="store_true",
+        help="standardise each input feature with the training rows' mean and standard "
+        "deviation (stored in the head); the demo's linear head uses it",
+    )
+    sp.add_argument(
         "--no-balance", action="store_true",
         help="do not reweigh training rows so that label and content (or embedding cluster) "
         "are independent",
@@ -159,7 +165,7 @@ def train_config(args: argparse.Namespace):
         raise ConfigError(f"--features: {exc}") from None
     return TrainConfig(
         features=args.features, hidden_dim=args.hidden_dim, depth=args.head_depth,
-        balance=not args.no_balance,
+        standardize=args.standardize, balance=not args.no_balance,
         loss=args.loss, gamma=args.gamma, alpha=args.alpha, rho=args.rho, lr=args.lr, epochs=args.epochs,
         batch_size=args.batch_size, patience=args.patience, seed=args.seed, workers=args.workers,
         target_fpr=args.target_fpr, use_gpu=args.use_gpu, modality_dropout=args.modality_dropout,
