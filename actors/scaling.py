@@ -17,7 +17,7 @@ never idle and falls behind even slowly will not catch up): enough workers, at t
 current rate per worker, for what arrives plus the lag cleared in `drain_s`,
 with `headroom`. The second test reacts to a step in the input within one
 window instead of waiting for the backlog to build up (and some brokers'
-end offsets undercount a batched backlog, README). Down: no lag to speak of
+end offsets undercount a batched backlog, docs/delivery.md). Down: no lag to speak of
 and the workers idle: as many as would be `target_busy` busy. Never below
 `min_workers`, never above `max_workers` (which the pool caps at the input
 partitions), and no change within `cooldown_s` of the last one, so that the

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU benchmark (services/cli/bench_gpu.py, whose docstring documents its JSON) on a
+# The GPU benchmark (benchmarks/bench_gpu.py, whose docstring documents its JSON) on a
 # machine with an NVIDIA GPU, offline, in under 8 minutes, install included.
 #
 #   benchmarks/gpu.sh wheels       where pip reaches PyPI (make gpu-wheels): download into
@@ -152,11 +152,11 @@ run_bench() {
   local arg
   for arg in "$@"; do
     if [[ $arg == -h || $arg == --help ]]; then
-      PYTHONPATH="$repo" exec "$PYTHON" -m services.cli.bench_gpu --help
+      PYTHONPATH="$repo" exec "$PYTHON" -m benchmarks.bench_gpu --help
     fi
   done
   # 1. A CUDA device, before anything is installed: without one, one line and exit 2.
-  PYTHONPATH="$repo" "$PYTHON" -m services.cli.bench_gpu --check || exit $?
+  PYTHONPATH="$repo" "$PYTHON" -m benchmarks.bench_gpu --check || exit $?
 
   # 2. The packages this Python lacks, from the wheelhouse.
   local modules=() entry dist module version
@@ -206,7 +206,7 @@ print(" ".join(m for m in sys.argv[1:] if u.find_spec(m) is None))' "${modules[@
   say "running the benchmark: budget ${budget} s, JSON $json, log $log"
   mkdir -p "$(dirname "$json")"
   local rc=0
-  PYTHONUNBUFFERED=1 "$PYTHON" -m services.cli.bench_gpu --budget "$budget" --json "$json" "$@" \
+  PYTHONUNBUFFERED=1 "$PYTHON" -m benchmarks.bench_gpu --budget "$budget" --json "$json" "$@" \
     2> >(tee "$log" >&2) || rc=$?
   return "$rc"
 }

@@ -1,4 +1,4 @@
-"""The timing script behind `dmguard bench --peer` (services/cli/bench_peer.py).
+"""The timing script behind `dmguard bench --peer` (benchmarks/bench_peer.py).
 
     python -I peer_timing.py --runner RUNNER --threads N [--repeats K] [--batches 1,2,4,8]
                              [--encoder SPEC] [--import-root DIR] FILE...
@@ -20,7 +20,7 @@ for everyone. The runners:
                    its defaults: no explanation, no TTA, no document gate; C2PA
                    reading is on but c2pa-python is not installed (not a sahu65
                    dependency), so that step is one failed import per call.
-  dmguard-one      `services.cli.score.score_one`, what `dmguard score PATH` runs per
+  dmguard-one      `actors.single.score_one`, what `dmguard score PATH` runs per
                    target: the file through the fetch guard as a file:// URL, decoded
                    at the encoder's scale, preprocessed, encoder + head, verdict JSON.
   dmguard-batched  the worker's batched path, serially in this one thread: each file
@@ -177,8 +177,8 @@ def run_dmguard(files: list[Path], args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
+    from actors.single import score_one
     from actors.stream import fetch_pixels
-    from services.cli.score import score_one
     from services.config import fetch_policy
     from services.records import ImageRecord, Verdict
 

@@ -1,4 +1,4 @@
-"""The plumbing every layer uses (errors, settings, records, URL fetching, image
-decoding, Kafka clients, metrics, HTTP, polling, the embedded broker, reading
-outputs), in the top-level modules; and, in `services.cli`, the programs on top
-of everything. Imports go one way: docs/architecture.md, "Layout"."""
+"""The plumbing every layer uses: errors, settings, records, URL fetching, image
+decoding, Kafka clients, metrics, HTTP, polling, the embedded broker and reading
+outputs. The bottom layer: it imports no other dmguard package
+(docs/architecture.md, "Layout")."""

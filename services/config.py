@@ -18,6 +18,7 @@ import difflib
 import inspect
 import os
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from services.errors import ConfigError
@@ -264,6 +265,12 @@ def default_state_dir() -> str | None:
 
 def default_models_dir() -> str:
     return os.environ.get("DMGUARD_MODELS", ".cache/models")
+
+
+def offline_weights() -> Path | None:
+    """The offline CLIP weights, when `dmguard models` has fetched them."""
+    onnx = Path(default_models_dir()) / "clip-vit-b16-int8.onnx"
+    return onnx.resolve() if onnx.exists() else None
 
 
 # ----------------------------------------------------------------- building settings

@@ -7,7 +7,7 @@ a `with` block), without a log line per request. GETs are answered from a
 table of routes (exact paths, the query string ignored), then by `fallback`
 (a function of the path), then from the files under `files` when given, else
 404. A subclass of `RouteHandler` given as `handler` changes how replies are
-sent (the bench's image server paces them: services/cli/bench_uploads.py).
+sent (the bench's image server paces them: benchmarks/bench_uploads.py).
 
     with HttpServer({"/healthz": lambda: (200, b"ok\\n", "text/plain")}) as server:
         urllib.request.urlopen(f"{server.url}/healthz")

@@ -37,7 +37,7 @@ DEFAULT_MAX_PIXELS = 64_000_000  # 8000 x 8000
 # Pillow's own `reducing_gap` for resize and thumbnail, and what JPEG's DCT
 # scaling already does. For a 1080p PNG, a 1600x1200 WebP and a 12 MP AVIF the
 # decode-to-tensor cost falls 1.33x, 1.15x and 1.06x (`python -m
-# services.cli.bench_decode`, rows pillow_draft vs pillow_reduce), the embedding
+# benchmarks.bench_decode`, rows pillow_draft vs pillow_reduce), the embedding
 # agreeing with full decode within the noise floor of the INT8 encoder.
 REDUCING_GAP = 2
 # The pixel cap alone lets a 1 x 64,000,000 strip through: 64 million PNG scan

@@ -289,7 +289,7 @@ class OnnxEncoder:
     offline CLIP tower): a verdict would depend on what else arrived with it, and
     training (batch 32) would see other embeddings than serving. Such a model runs
     one image per call; measured here that costs nothing (15.9 images/s per image
-    vs 15.4 batched on 2 threads; README, "INT8 or float32").
+    vs 15.4 batched on 2 threads; docs/operations.md, "INT8 or float32").
     """
 
     def __init__(self, spec: str, path: str, *, placement: Placement, threads: int) -> None:

@@ -11,8 +11,8 @@ Semantics dominate the final embedding: a head on it learns what generated
 images tend to show (portraits, stylised scenes) as much as how they were
 made. The earlier blocks still carry low-level statistics of the pixels, which
 is what RINE (Koutlis & Papadopoulos, ECCV 2024) reads from every block; the
-leave-source-out benchmark compares the two kinds (README, "Detection
-quality"). Each block is normalised on its own because the residual stream's
+leave-source-out benchmark compares the two kinds (docs/detection.md,
+"What was tried"). Each block is normalised on its own because the residual stream's
 norm grows with depth: unnormalised, the last blocks would dominate.
 
 A head records its kind in its metadata (`features`), and serving, training

@@ -11,7 +11,7 @@ between batch 8 and batch 1 here). Rewriting each pattern as
 `MatMul(x, (Wq - W_zp) * W_scale)` gives a float32 model with the same
 (int8-rounded) weights whose output for an image does not depend on its
 batch-mates. Which of the two is faster is measured by `dmguard bench
---compare-encoder` (see the README); `dmguard models --float32` makes it.
+--compare-encoder` (docs/operations.md); `dmguard models --float32` makes it.
 """
 
 from __future__ import annotations

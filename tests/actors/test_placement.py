@@ -46,7 +46,7 @@ def test_worker_resources(gpus_per_worker, cluster_gpus, expect):
 
 
 def test_custom_resources_travel_with_the_worker_and_cli_flag():
-    from services.cli import build_parser
+    from dmguard import build_parser
 
     args = build_parser().parse_args(["serve", "--worker-resources", '{"detector": 1}'])
     settings = ServeSettings(worker_resources=args.worker_resources)

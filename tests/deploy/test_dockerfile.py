@@ -61,5 +61,14 @@ def test_dockerignore_keeps_local_state_out():
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     ignored = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
     assert {".git", ".venv", ".cache", "registry"} <= ignored
-    for needed in ("README.md", "pyproject.toml", "services", "actors", "training", "requirements"):
+    for needed in (
+        "README.md",
+        "pyproject.toml",
+        "dmguard",
+        "benchmarks",
+        "services",
+        "actors",
+        "training",
+        "requirements",
+    ):
         assert needed not in ignored

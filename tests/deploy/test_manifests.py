@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.cli import build_parser
+from dmguard import build_parser
 from services.config import KafkaSettings, Topics, kafka_extra_from_env
 from tests.deploy.crd_schemas import SCHEMAS
 from tests.deploy.tools import DEPLOY, ROOT, render, the

@@ -73,7 +73,7 @@ def shared_stream(tmp_path_factory) -> Iterator[SharedStream]:
 def durable_broker(tmp_path):
     """A broker of the test's own on durable storage (noida-db): it can be stopped and
     started again on it, it honours transactions, and its end offsets are exact (the
-    in-memory Tansu's are not when records arrive in batches: see the README)."""
+    in-memory Tansu's are not when records arrive in batches: see docs/delivery.md)."""
     from services.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(durable_dir=tmp_path / "broker").start()

@@ -47,7 +47,7 @@ class Service:
             **(env or {}),
         }
         cmd = [
-            sys.executable, "-m", "services.cli", "serve", "--workers", str(workers),
+            sys.executable, "-m", "dmguard", "serve", "--workers", str(workers),
             "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
             "--allow-network", "127.0.0.1/32", *extra,
         ]  # fmt: skip

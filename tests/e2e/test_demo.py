@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from services.cli import demo
+from dmguard import demo
 from services.outputs import Outputs
 from tests.images import encode, generated_like, real_like
 from training.demo_data import RawImage, build_demo_set
@@ -37,7 +37,7 @@ def test_demo_runs_to_its_summary_and_leaves_a_head(tmp_path, onnx_weights):
     summary = build_demo_set(_small_set(), data, seed=0)
     held = summary["heldout"]["real"] + summary["heldout"]["generated"]
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "demo", "--data", str(data), "--registry", str(tmp_path / "registry"),
+        [sys.executable, "-m", "dmguard", "demo", "--data", str(data), "--registry", str(tmp_path / "registry"),
          "--cache", str(tmp_path / "cache"), "--epochs", "6", "--workers", "2"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

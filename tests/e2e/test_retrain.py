@@ -75,7 +75,7 @@ def test_labels_retrain_promote_and_hot_swap(
         env = {**os.environ, "DMGUARD_BOOTSTRAP": broker.bootstrap, "DMGUARD_REGISTRY": str(tiny_registry.root),
                "DMGUARD_FEATURE_LOG": str(tmp_path / "feature-log")}  # fmt: skip
         done = subprocess.run(
-            [sys.executable, "-m", "services.cli", "retrain", "--once", "--min-new-labels", "50", "--epochs", "8",
+            [sys.executable, "-m", "dmguard", "retrain", "--once", "--min-new-labels", "50", "--epochs", "8",
              "--workers", "2", "--batch-size", "16", "--cache", str(tmp_path / "cache")],
             capture_output=True, text=True, timeout=300, env=env,
         )  # fmt: skip

@@ -270,7 +270,7 @@ def test_every_record_accounted_for_with_the_right_code(shared_stream):
         offline_emb[rid], offline_score[rid] = emb[0], float(score[0])
     # `dmguard score` (score_one) and `dmguard eval` (the embedding actors' _Embedder, then
     # the head) score the same images as the line above, so all three paths agree.
-    from services.cli.score import score_one
+    from actors.single import score_one
     from services.fetch import fetch_bytes
     from training.embeddings import _Embedder
     from training.head import score as head_score

@@ -119,7 +119,7 @@ def test_tail_read_committed_hides_an_aborted_transaction(tmp_path):
 
         def tail(*extra: str) -> list[str]:
             done = subprocess.run(
-                [sys.executable, "-m", "services.cli", "tail", "--bootstrap", broker.bootstrap,
+                [sys.executable, "-m", "dmguard", "tail", "--bootstrap", broker.bootstrap,
                  "--from-beginning", "--timeout", "3", *extra],
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip

@@ -222,7 +222,7 @@ def test_an_old_cached_set_is_rebuilt_and_a_current_one_reused(tmp_path, monkeyp
 
 
 def test_data_build_command_prints_label_by_content_and_sources(tmp_path, monkeypatch, capsys):
-    from services.cli import main
+    from dmguard import main
     from training.datasets import build
 
     monkeypatch.setattr(build, "collect", lambda *a, **k: iter(_slice()))

@@ -59,7 +59,7 @@ def test_train_with_captions_registers_a_text_head(tmp_path):
     manifest.write_text("\n".join(json.dumps(r) for r in rows))
     reg = tmp_path / "registry"
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "train", "--data", str(manifest), "--encoder", TINY, "--epochs", "3",
+        [sys.executable, "-m", "dmguard", "train", "--data", str(manifest), "--encoder", TINY, "--epochs", "3",
          "--workers", "2", "--batch-size", "16", "--registry", str(reg), "--cache", str(tmp_path / "cache")],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip

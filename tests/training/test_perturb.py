@@ -117,14 +117,14 @@ def test_a_non_numeric_value_is_a_config_error():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_eval_metrics_change_under_each_perturbation(tmp_path, tiny_registry):
-    from services.cli.train import run_eval
+    from dmguard.train import run_eval
 
     data = tmp_path / "data"
     for label, make in (("real", real_like), ("fake", generated_like)):
         (data / label).mkdir(parents=True)
         for i in range(6):
             (data / label / f"{i}.png").write_bytes(png(make(i, size=64)))
-    from services.cli import build_parser
+    from dmguard import build_parser
 
     args = build_parser().parse_args([
         "eval", "--data", str(data), "--registry", str(tiny_registry.root),

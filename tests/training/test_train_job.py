@@ -88,7 +88,7 @@ def test_promotion_refuses_a_worse_head_and_accepts_a_better_one(tmp_path):
 def test_train_with_ray_train_registers_and_eval_reports_every_field(tmp_path, record_property):
     data = synthetic_folder(tmp_path / "data")
     reg = tmp_path / "registry"
-    cmd = [sys.executable, "-m", "services.cli"]
+    cmd = [sys.executable, "-m", "dmguard"]
     t0 = time.monotonic()
     done = subprocess.run(
         [*cmd, "train", "--data", str(data), "--encoder", TINY, "--epochs", "4", "--workers", "2",

@@ -1,4 +1,4 @@
-"""`dmguard bench --peer` (services/cli/bench_peer.py): the subprocess protocol with a
+"""`dmguard bench --peer` (benchmarks/bench_peer.py): the subprocess protocol with a
 fake peer interpreter, the missing-venv error, the ratio arithmetic, the timing
 script's own arithmetic; then real runs: dmguard's runners on the tiny encoder, and a
 short real comparison against sahu65 when `make peer` has built its venv."""
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.cli import bench_peer
-from services.cli.bench_peer import PeerError, peer_comparison, ratios, time_dmguard, time_peer
+from benchmarks import bench_peer
+from benchmarks.bench_peer import PeerError, peer_comparison, ratios, time_dmguard, time_peer
 from tests.conftest import TINY, require_onnx_weights
 from tests.images import photo
 
@@ -249,7 +249,7 @@ def test_a_real_comparison_with_sahu65_on_three_images(images):
 
 # ------------------------------------------------------------------ wired into `dmguard bench`
 def test_bench_peer_without_the_venv_fails_before_measuring_anything(tmp_path, capsys):
-    from services.cli import main
+    from dmguard import main
 
     started = time.perf_counter()
     missing = tmp_path / "no-venv" / "bin" / "python"
@@ -260,8 +260,9 @@ def test_bench_peer_without_the_venv_fails_before_measuring_anything(tmp_path, c
 
 
 def test_peer_files_follow_the_mix_and_leave_out_what_the_peer_refuses(tmp_path):
-    from services.cli import bench_uploads, build_parser
-    from services.cli.bench import peer_files
+    from benchmarks import bench_uploads
+    from dmguard import build_parser
+    from dmguard.bench import peer_files
 
     def chosen(n: int) -> tuple[list[Path], dict]:
         args = build_parser().parse_args(
@@ -286,8 +287,9 @@ def test_peer_files_follow_the_mix_and_leave_out_what_the_peer_refuses(tmp_path)
 
 
 def test_peer_files_of_the_jpeg_mix_are_the_bench_jpegs(tmp_path):
-    from services.cli import build_parser
-    from services.cli.bench import bench_jpegs, peer_files
+    from benchmarks.bench import bench_jpegs
+    from dmguard import build_parser
+    from dmguard.bench import peer_files
 
     args = build_parser().parse_args(["bench", "--size", "64x48", "--peer-files", "3"])
     files, left_out = peer_files(args, tmp_path)
@@ -296,7 +298,8 @@ def test_peer_files_of_the_jpeg_mix_are_the_bench_jpegs(tmp_path):
 
 
 def test_a_failed_peer_run_keeps_what_was_measured_and_exits_1(tmp_path, monkeypatch, capsys):
-    from services.cli import bench, main
+    from benchmarks import bench
+    from dmguard import main
 
     exe, _ = fake_python(tmp_path)
     monkeypatch.setattr(bench, "run_bench", lambda **_: {"raw_ips": 17.5})

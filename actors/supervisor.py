@@ -1,12 +1,13 @@
-"""`dmguard serve`: the driver. Starts (or joins) Ray, runs the WorkerPool,
-serves /metrics, /healthz and /readyz, and on SIGTERM/SIGINT drains the
-workers, commits and returns 0. `running_service` runs the same driver in a
-thread of this process (the demo and the bench)."""
+"""The serving driver: starts (or joins) Ray, runs the WorkerPool, serves /metrics,
+/healthz and /readyz, resizes the pool under `--workers auto`, and when told to stop
+(SIGTERM/SIGINT, or `stop`) drains the workers, commits and returns 0.
+
+`run_service` is what `dmguard serve` runs; `running_service` runs the same driver in
+a thread of this process (the demo and the benchmarks), ready when its block starts.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
 import signal
@@ -18,16 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from services.cli.common import DEVICES, kafka_args, registry_arg
-from services.config import (
-    ServeSettings,
-    WorkerSettings,
-    default_feature_log,
-    default_state_dir,
-    serve_settings,
-)
-from services.fetch import DEFAULT_MAX_BYTES, FetchPolicy
-from services.images import DEFAULT_MAX_PIXELS
+from services.config import ServeSettings
 
 if TYPE_CHECKING:
     from services.metrics import DriverMetrics
@@ -39,159 +31,6 @@ BROKER_CHECK_S = 5.0
 SCALE_CHECK_S = 5.0  # how often `--workers auto` samples the fleet
 
 
-# -------------------------------------------------------------------- the command
-def add_parser(sub) -> None:
-    sp = sub.add_parser("serve", help="run the detector on the stream until SIGTERM/SIGINT")
-    kafka_args(sp)
-    registry_arg(sp)
-    sp.add_argument(
-        "--workers",
-        type=_workers,
-        default=ServeSettings.workers,
-        help="DetectorWorker actors (one per GPU, or per CPU slot), or `auto`: as many as "
-        "the stream needs, from the consumer lag and how busy the workers are, between "
-        "--min-workers and --max-workers",
-    )
-    sp.add_argument("--min-workers", type=int, default=ServeSettings.min_workers,
-                    help="with --workers auto: the fewest workers (default %(default)s)")  # fmt: skip
-    sp.add_argument("--max-workers", type=int, default=ServeSettings.max_workers,
-                    help="with --workers auto: the most workers (default: one per input "
-                         "partition, which is also the cap)")  # fmt: skip
-    sp.add_argument("--scale-window", type=float, default=ServeSettings.scale_window_s,
-                    metavar="SECONDS",
-                    help="with --workers auto: judge the last this many seconds of lag and "
-                         "load (default %(default)s)")  # fmt: skip
-    sp.add_argument("--scale-cooldown", type=float, default=ServeSettings.scale_cooldown_s,
-                    metavar="SECONDS",
-                    help="with --workers auto: decide again no sooner than this after a "
-                         "resize (default %(default)s)")  # fmt: skip
-    sp.add_argument("--metrics-port", type=int, default=ServeSettings.metrics_port)
-    sp.add_argument("--metrics-host", default=ServeSettings.metrics_host)
-    sp.add_argument(
-        "--max-batch", type=int, default=WorkerSettings.max_batch, help="largest model batch"
-    )
-    sp.add_argument(
-        "--max-wait-ms",
-        type=int,
-        default=WorkerSettings.max_wait_ms,
-        help="longest an image waits for its batch to fill",
-    )
-    sp.add_argument(
-        "--fetch-threads",
-        type=int,
-        default=WorkerSettings.fetch_threads,
-        help="fetch/decode threads per worker",
-    )
-    sp.add_argument(
-        "--allow-private-urls",
-        action="store_true",
-        help="fetch from loopback/private/link-local addresses too (never on a public service)",
-    )
-    sp.add_argument(
-        "--allow-network",
-        action="append",
-        metavar="CIDR",
-        help="allow one private network only, e.g. 127.0.0.1/32 (repeatable)",
-    )
-    sp.add_argument(
-        "--allow-file-urls", action="store_true", help="accept file:// URLs (local testing)"
-    )
-    sp.add_argument(
-        "--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest image download"
-    )
-    sp.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest decoded image"
-    )
-    sp.add_argument(
-        "--fetch-timeout",
-        type=float,
-        default=FetchPolicy.total_timeout_s,
-        help="seconds one fetch may take in all: DNS, connect, headers and body "
-        "(default %(default)s)",
-    )
-    sp.add_argument("--group-id", default="dmguard", help="Kafka consumer group of the workers")
-    sp.add_argument("--cpus-per-worker", type=float, default=ServeSettings.cpus_per_worker)
-    sp.add_argument(
-        "--gpus-per-worker",
-        type=float,
-        default=None,
-        help="GPUs per worker, fractional allowed (default: 1 where the cluster has GPUs, else 0)",
-    )
-    sp.add_argument(
-        "--worker-resources",
-        type=_resources,
-        default={},
-        metavar="JSON",
-        help="Ray custom resources each worker reserves, e.g. '{\"detector\": 1}' to keep "
-        "the workers on the nodes started with `ray start --resources` offering them",
-    )
-    sp.add_argument("--device", choices=DEVICES, default="auto")
-    sp.add_argument("--feature-log", default=default_feature_log(),
-                    help="folder or URI where workers log embeddings for retraining "
-                         "(default: $DMGUARD_FEATURE_LOG or %(default)s)")  # fmt: skip
-    sp.add_argument("--no-feature-log", action="store_true", help="do not log embeddings")
-    sp.add_argument("--state-dir", default=default_state_dir(),
-                    help="where workers note what they were processing, so that a record "
-                         "that crashes its worker twice is dead-lettered instead of crashing "
-                         "it for ever; every node must see it (default: $DMGUARD_STATE_DIR or "
-                         "REGISTRY/worker-state)")  # fmt: skip
-    sp.add_argument(
-        "--exactly-once",
-        action="store_true",
-        help="each worker commits its outputs and the offsets they answer in one Kafka "
-        "transaction: read_committed readers see one output per record, also after a "
-        "crash (default: at least once, duplicates possible after a crash)",
-    )
-    sp.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = serve_settings(
-        bootstrap=args.bootstrap, group_id=args.group_id, registry=args.registry,
-        workers=args.min_workers if args.workers == "auto" else args.workers,
-        autoscale=args.workers == "auto", min_workers=args.min_workers,
-        max_workers=args.max_workers, scale_window_s=args.scale_window,
-        scale_cooldown_s=args.scale_cooldown, cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker, metrics_host=args.metrics_host,
-        metrics_port=args.metrics_port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        fetch_threads=args.fetch_threads, max_pixels=args.max_pixels, device=args.device,
-        feature_log=None if args.no_feature_log else args.feature_log, state_dir=args.state_dir,
-        allow_private_urls=args.allow_private_urls, allow_network=args.allow_network,
-        allow_file_urls=args.allow_file_urls, max_bytes=args.max_bytes,
-        fetch_timeout=args.fetch_timeout, exactly_once=args.exactly_once,
-        worker_resources=args.worker_resources,
-    )  # fmt: skip
-    return run_service(settings)
-
-
-def _workers(text: str) -> int | str:
-    """--workers: a positive number, or `auto`."""
-    if text == "auto":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a number of workers, or auto") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("at least 1 worker")
-    return n
-
-
-def _resources(text: str) -> dict[str, float]:
-    """--worker-resources: a JSON object of resource name -> positive amount."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) and v > 0
-        for k, v in value.items()
-    ):
-        raise argparse.ArgumentTypeError('a JSON object of positive amounts, e.g. {"detector": 1}')
-    return {k: float(v) for k, v in value.items()}
-
-
-# -------------------------------------------------------------------- the driver
 class Readiness:
     """/readyz: workers up with a head loaded, the broker answering, and the
     registry readable (a worker that cannot read it keeps serving its last good

@@ -9,7 +9,7 @@ import sys
 import uuid
 from collections.abc import Iterable
 
-from services.cli.common import kafka_args, kafka_from
+from dmguard.common import kafka_args, kafka_from
 from services.config import Topics
 from services.records import message_key
 

@@ -1,6 +1,6 @@
-"""Text charts (services.cli.charts): block heights worked out by hand."""
+"""Text charts (benchmarks.charts): block heights worked out by hand."""
 
-from services.cli.charts import BLOCKS, sparkline, text_chart
+from benchmarks.charts import BLOCKS, sparkline, text_chart
 
 
 def test_sparkline_maps_the_smallest_to_the_lowest_block_and_the_largest_to_the_highest():

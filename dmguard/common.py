@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from services.config import (
     KafkaSettings,
     default_bootstrap,
-    default_models_dir,
     default_registry,
     kafka_settings,
 )
@@ -36,12 +34,6 @@ def registry_arg(sp: argparse.ArgumentParser) -> None:
 def kafka_from(args: argparse.Namespace, **overrides) -> KafkaSettings:
     """`--bootstrap` plus the DMGUARD_KAFKA_* client settings."""
     return kafka_settings(args.bootstrap, **overrides)
-
-
-def offline_weights() -> Path | None:
-    """The offline CLIP weights, when `dmguard models` has fetched them."""
-    onnx = Path(default_models_dir()) / "clip-vit-b16-int8.onnx"
-    return onnx.resolve() if onnx.exists() else None
 
 
 def parse_views(text: str) -> tuple[str, ...]:

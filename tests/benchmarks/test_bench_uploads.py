@@ -1,4 +1,4 @@
-"""The upload mix of `dmguard bench --mix uploads` (services/cli/bench_uploads.py): seeded
+"""The upload mix of `dmguard bench --mix uploads` (benchmarks/bench_uploads.py): seeded
 and cached, the stated shares, every kind decoding (or failing) as intended through the
 service's own decode, and the image server's latency and bandwidth (a lower bound on the
 time of a fetch; speed is never asserted)."""
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.cli import bench_uploads
-from services.cli.bench_uploads import (
+from benchmarks import bench_uploads
+from benchmarks.bench_uploads import (
     KINDS,
     MIX,
     UploadServer,
@@ -26,7 +26,7 @@ from services.cli.bench_uploads import (
     load_mix,
     mix_folder,
 )
-from services.cli.soak import vm_rss_mib
+from benchmarks.soak import vm_rss_mib
 from services.errors import InputError
 from services.images import decode, sniff
 

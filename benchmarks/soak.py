@@ -23,7 +23,6 @@ Not part of `make test`: a soak runs for tens of minutes.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -40,8 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.cli.charts import text_chart
-from services.cli.common import offline_weights
+from benchmarks.charts import text_chart
 
 TICK_S = 0.1  # the producer sends what the token bucket allows this often
 STATUS_EVERY_S = 5.0  # /status is read this often, so that restarts between rows are seen
@@ -60,129 +58,6 @@ ROW_FIELDS = (
 
 def say(message: str) -> None:
     print(f"[soak] {message}", file=sys.stderr, flush=True)
-
-
-# -------------------------------------------------------------------- the command
-def add_parser(sub) -> None:
-    sp = sub.add_parser(
-        "soak",
-        help="run the service for a long time at a steady load; record its health each minute",
-        description="Run the service in-process (embedded broker, local image server) at a "
-        "steady fraction of its measured capacity with ~5% bad records, record worker RSS, "
-        "lag, p99 latency and restarts each minute, and check them against the targets "
-        f"(RSS growth < {RSS_GROWTH_TARGET:.0%} after warm-up, lag bounded, no restarts). "
-        "Writes soak.csv, soak.json, soak.png and soak.txt (the curves as text) under --out.",
-    )
-    sp.add_argument(
-        "--minutes", type=float, default=30.0, help="length of the soak (default %(default)s)"
-    )
-    sp.add_argument(
-        "--rate",
-        type=float,
-        default=None,
-        metavar="R",
-        help="records/s to send; skips the capacity measurement (default: --fraction "
-        "of the measured capacity)",
-    )
-    sp.add_argument(
-        "--fraction",
-        type=float,
-        default=0.8,
-        help="target rate as a fraction of the measured capacity (default %(default)s)",
-    )
-    sp.add_argument(
-        "--capacity-images",
-        type=int,
-        default=300,
-        help="records in the saturating burst that measures capacity (default %(default)s)",
-    )
-    sp.add_argument(
-        "--bad-fraction",
-        type=float,
-        default=0.05,
-        help="share of bad records, spread over " + ", ".join(BAD_KINDS) + " (default %(default)s)",
-    )
-    weights = offline_weights()
-    sp.add_argument(
-        "--encoder",
-        default=f"onnx:{weights}" if weights else "open_clip:dmguard-tiny",
-        help="encoder spec (default: %(default)s)",
-    )
-    sp.add_argument(
-        "--workers",
-        default=str(len(os.sched_getaffinity(0))),
-        help="DetectorWorker actors, or `auto` (serve --workers auto, from 1 to "
-        "--max-workers) (default: one per core, %(default)s)",
-    )
-    sp.add_argument(
-        "--max-workers", type=int, default=0,
-        help="with --workers auto: the most workers (default: one per input partition)",
-    )  # fmt: skip
-    sp.add_argument(
-        "--steps",
-        default=None,
-        metavar="RATExSECONDS,...",
-        help="send at these rates for these long, one after the other, instead of "
-        "--minutes at --rate/--fraction: e.g. 2x120,10x240,2x240 (a step response, "
-        "for --workers auto; rows are worth shortening with --row-seconds)",
-    )
-    sp.add_argument(
-        "--max-batch", type=int, default=16, help="largest model batch (default %(default)s)"
-    )
-    sp.add_argument(
-        "--row-seconds",
-        type=float,
-        default=60.0,
-        help="seconds between rows (default %(default)s: one a minute, numbered as minutes; "
-        "shorter for a quick try)",
-    )
-    sp.add_argument(
-        "--lag-bound",
-        type=float,
-        default=None,
-        metavar="RECORDS",
-        help="lag above this after warm-up fails the 'lag bounded' target "
-        f"(default: {LAG_BOUND_SECONDS:g} s of input at the target rate)",
-    )
-    sp.add_argument(
-        "--seed", type=int, default=0, help="seed of the record mix (default %(default)s)"
-    )
-    sp.add_argument(
-        "--out",
-        default=DEFAULT_OUT,
-        help="folder for soak.csv (rows), soak.json (summary), soak.png and soak.txt (curves) "
-        "(default %(default)s)",
-    )
-    sp.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Exit code 0 when every target was met, 1 when one was not."""
-    from services.errors import ConfigError
-
-    if args.minutes <= 0 or args.row_seconds <= 0:
-        raise ConfigError("--minutes and --row-seconds must be positive")
-    if not 0 < args.fraction <= 1.5:
-        raise ConfigError("--fraction must be in (0, 1.5]")
-    if not 0 <= args.bad_fraction <= 1:
-        raise ConfigError("--bad-fraction must be in [0, 1]")
-    if args.rate is not None and args.rate <= 0:
-        raise ConfigError("--rate must be positive")
-    autoscale = args.workers == "auto"
-    workers = 1 if autoscale else int(args.workers) if args.workers.isdigit() else 0
-    if args.capacity_images < 1 or workers < 1:
-        raise ConfigError("--capacity-images must be at least 1, --workers a number or auto")
-    steps = parse_steps(args.steps) if args.steps else None
-    summary = run_soak(
-        encoder_spec=args.encoder, workers=workers, max_batch=args.max_batch,
-        autoscale=autoscale, max_workers=args.max_workers, steps=steps,
-        minutes=sum(sec for _, sec in steps) / 60 if steps else args.minutes,
-        rate=steps[0][0] if steps else args.rate, fraction=args.fraction,
-        capacity_images=args.capacity_images, bad_fraction=args.bad_fraction,
-        row_seconds=args.row_seconds, lag_bound=args.lag_bound, seed=args.seed,
-        out=Path(args.out),
-    )  # fmt: skip
-    return 0 if summary["all_targets_met"] or steps else 1
 
 
 # -------------------------------------------------------------------- the pure parts
@@ -425,7 +300,7 @@ _PANELS = (
     ("throughput (records/s)", (("outputs_per_s", "outputs", (31, 119, 180)),
                                 ("sent_per_s", "sent", (150, 150, 150)))),
 )  # fmt: skip
-# The curves as text (soak.txt, and printed at the end): what the README quotes.
+# The curves as text (soak.txt, and printed at the end): what docs/benchmarks.md quotes.
 TEXT_SERIES = (
     ("sent_per_s", "sent/s"), ("outputs_per_s", "outputs/s"), ("workers", "workers"),
     ("lag", "lag"), ("p99_ms", "p99 ms"), ("worker_rss_sum_mib", "worker RSS MiB"),
@@ -534,7 +409,7 @@ def _test_images() -> dict[str, bytes]:
     """Good images of a few sizes and formats, by path."""
     from PIL import Image
 
-    from services.cli.bench import bench_jpegs
+    from benchmarks.bench import bench_jpegs
 
     images = {}
     for w, h in ((320, 240), (640, 480), (1024, 768), (1600, 1200)):
@@ -725,9 +600,9 @@ def run_soak(
 ) -> dict[str, Any]:
     """The whole soak; returns the summary (also written to OUT/soak.json). Everything it
     starts is stopped on the way out, Ctrl-C included; the rows so far are kept then."""
+    from actors.supervisor import running_service
+    from benchmarks.bench import LOOPBACK, TOPICS, register_bench_head
     from services.broker import EmbeddedBroker, free_port
-    from services.cli.bench import LOOPBACK, TOPICS, register_bench_head
-    from services.cli.serve import running_service
     from services.config import serve_settings
     from services.http import NOT_FOUND, HttpServer
     from services.kafka_io import make_producer

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.cli import build_parser
-from services.cli.soak import (
+from benchmarks.soak import (
     BAD_KINDS,
     PLOT_SIZE,
     ROW_FIELDS,
@@ -29,6 +28,7 @@ from services.cli.soak import (
     summarize,
     write_plot,
 )
+from dmguard import build_parser
 from services.metrics import LATENCY_BUCKETS, DriverMetrics, WorkerStats
 
 BOUNDS = (*LATENCY_BUCKETS, math.inf)
@@ -255,7 +255,7 @@ def test_the_command_is_registered_with_its_defaults(capsys):
 
 
 def test_steps_parse_and_say_the_rate_at_each_moment():
-    from services.cli.soak import parse_steps, rate_at
+    from benchmarks.soak import parse_steps, rate_at
     from services.errors import ConfigError
 
     steps = parse_steps("2x120, 10x240,2x60")
@@ -267,7 +267,7 @@ def test_steps_parse_and_say_the_rate_at_each_moment():
 
 
 def test_step_response_says_when_the_pool_followed_each_step():
-    from services.cli.soak import step_response
+    from benchmarks.soak import step_response
 
     # Rows every 10 s; 1 worker until 150 s, 2 until 400 s, then 1; steps at 120 s and 360 s.
     workers = {t: 1 if t < 150 or t >= 400 else 2 for t in range(10, 490, 10)}

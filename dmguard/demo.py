@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.cli.common import registry_arg
+from dmguard.common import registry_arg
 from services.config import KafkaSettings, Topics
 from services.outputs import Outputs, duplicates, output_key
 from services.poll import WaitTimeout, wait_until
@@ -402,8 +402,8 @@ def metrics_lines(text: str) -> str:
 
 # ------------------------------------------------------------------ the whole demo
 def run_demo(s: DemoSettings) -> int:
+    from actors.supervisor import running_service
     from services.broker import EmbeddedBroker, free_port
-    from services.cli.serve import running_service
     from services.config import serve_settings
     from services.kafka_io import produce
     from services.metrics import DriverMetrics

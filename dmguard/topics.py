@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from services.cli.common import kafka_args, kafka_from
+from dmguard.common import kafka_args, kafka_from
 from services.config import Topics
 
 

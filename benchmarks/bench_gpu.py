@@ -1,4 +1,4 @@
-"""`python -m services.cli.bench_gpu`: the GPU benchmark, one run, one JSON, under a time budget.
+"""`python -m benchmarks.bench_gpu`: the GPU benchmark, one run, one JSON, under a time budget.
 
 On a machine with an NVIDIA GPU (benchmarks/gpu.sh installs what it needs and runs
 this), with random-weight open_clip encoders (speed does not depend on the weights;
@@ -84,7 +84,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = "dmguard-bench-gpu/1"
-MODULE = "services.cli.bench_gpu"
+MODULE = "benchmarks.bench_gpu"
 POINT_KEYS = ("ips", "ms_per_batch", "iters", "max_memory_mib", "nvidia_smi_mib", "note")
 STAGE_KEYS = ("status", "reason", "seconds")
 STATUSES = ("ok", "skipped", "failed", "timeout")
@@ -1107,16 +1107,16 @@ def pipeline_stage(
     checkpoint: Callable[[dict[str, Any]], None] = lambda p: None,
 ) -> dict[str, Any]:
     """`serve` through the embedded broker, as `dmguard bench` (c) runs it (its JPEGs and
-    its untrained head, from services.cli.bench), with k workers per GPU, each reserving
+    its untrained head, from benchmarks.bench), with k workers per GPU, each reserving
     1/k of it; sized to fit the deadline: a warm-up, a probe for the rate, then as many
     records as the rate clears in about half of what is left.
 
     Not bench's `pipeline_run`: that one cannot ask for fractional GPUs, waits up to 900 s
     for its outputs and adds a latency run at half load; this one is bounded by its
     deadline throughout."""
+    from actors.supervisor import running_service
+    from benchmarks.bench import LOOPBACK, bench_jpegs, register_bench_head
     from services.broker import EmbeddedBroker, free_port
-    from services.cli.bench import LOOPBACK, bench_jpegs, register_bench_head
-    from services.cli.serve import running_service
     from services.config import serve_settings
     from services.http import HttpServer
     from services.metrics import DriverMetrics
@@ -1238,7 +1238,7 @@ def _measure_stream(
     """Against a running serve: a warm-up (models loaded and run once), a probe for the
     rate, then as many records as that rate clears in about half of what is left, waited
     for until `left()` runs out (then `complete` is false and the rate is what arrived)."""
-    from services.cli.bench import stage_share
+    from benchmarks.bench import stage_share
     from services.kafka_io import make_producer
     from services.poll import WaitTimeout, wait_until
 

@@ -14,19 +14,7 @@ import logging
 import sys
 import traceback
 
-from services.cli import (
-    bench,
-    broker,
-    data,
-    demo,
-    heads,
-    score,
-    serve,
-    soak,
-    stream_io,
-    topics,
-    train,
-)
+from dmguard import bench, broker, data, demo, heads, score, serve, soak, stream_io, topics, train
 from services.errors import BrokerError, DmguardError
 
 # In `dmguard --help` order.

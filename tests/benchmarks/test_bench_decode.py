@@ -1,4 +1,4 @@
-"""services/cli/bench_decode.py: the decode benchmark's methods make the encoder's input,
+"""benchmarks/bench_decode.py: the decode benchmark's methods make the encoder's input,
 and its agreement measure tells a broken decoder from a right one (times not asserted)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.cli import bench_decode
-from services.cli.bench_decode import METHODS, PASS_COSINE, Method, compare_decoders, format_table
+from benchmarks import bench_decode
+from benchmarks.bench_decode import METHODS, PASS_COSINE, Method, compare_decoders, format_table
 from services.errors import InputError
 from services.images import decode, to_rgb
 from tests.conftest import TINY

@@ -17,14 +17,13 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from services.cli.common import (
+from dmguard.common import (
     kafka_args,
     kafka_from,
-    offline_weights,
     parse_views,
     registry_arg,
 )
-from services.config import Topics, default_feature_log
+from services.config import Topics, default_feature_log, offline_weights
 from services.errors import ConfigError, DmguardError
 
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from services.cli.bench_uploads import load_mix
+from benchmarks.bench_uploads import load_mix
 from services.metrics import STAGES
 from tests.conftest import TINY
 
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 
 def test_bench_json_has_every_field():
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "bench", "--json", "--encoder", TINY, "--images", "20",
+        [sys.executable, "-m", "dmguard", "bench", "--json", "--encoder", TINY, "--images", "20",
          "--workers", "1", "--naive-images", "5", "--latency-seconds", "2", "--size", "160x120", "--delivery"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -58,7 +58,7 @@ def test_bench_uploads_json_has_every_field(tmp_path):
     the broken three end as dead letters (the wait counts them) and every byte is fetched.
     --views: (c) again with a head that scores two test-time views, and the ratio."""
     done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "bench", "--json", "--encoder", TINY, "--images", "100",
+        [sys.executable, "-m", "dmguard", "bench", "--json", "--encoder", TINY, "--images", "100",
          "--workers", "1", "--naive-images", "40", "--latency-seconds", "2", "--mix", "uploads",
          "--mix-scale", "0.05", "--mix-cache", str(tmp_path), "--views", "flip,zoom"],
         capture_output=True, text=True, timeout=600,

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
+from dmguard import build_parser, heads, main
+from dmguard.stream_io import messages_from_lines
 from services.broker import EmbeddedBroker, free_port, kafka_answers
-from services.cli import build_parser, heads, main
-from services.cli.stream_io import messages_from_lines
 from services.poll import wait_until
 from tests.conftest import TINY
 from tests.images import encode, jpeg, photo
@@ -21,7 +21,7 @@ COMMANDS = ["broker", "topics", "serve", "produce", "tail", "score", "init-head"
 
 
 def dmguard(*args, env=None, timeout=120, **kw):
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dmguard", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, **kw)  # fmt: skip
 
 
@@ -49,7 +49,7 @@ def test_produce_turns_bare_urls_into_records_and_passes_json_through():
 def test_broker_command_prints_ready_and_stops_on_sigterm(durable, tmp_path):
     port = free_port()
     extra = ["--durable", str(tmp_path / "state")] if durable else []
-    proc = subprocess.Popen([sys.executable, "-m", "services.cli", "broker", "--port", str(port), *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "dmguard", "broker", "--port", str(port), *extra],
                             stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         line = proc.stdout.readline().strip()
@@ -142,7 +142,7 @@ def test_score_a_url_gives_the_same_verdict_as_the_file(tmp_path, image_server):
     ],
 )
 def test_training_flags_reach_the_training_config(flags, expected):
-    from services.cli.train import train_config
+    from dmguard.train import train_config
     from training.train import TrainConfig
 
     args = build_parser().parse_args(["train", "--data", "x", *flags])

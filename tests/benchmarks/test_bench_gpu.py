@@ -1,4 +1,4 @@
-"""The GPU benchmark's parts that run without a GPU (services/cli/bench_gpu.py,
+"""The GPU benchmark's parts that run without a GPU (benchmarks/bench_gpu.py,
 benchmarks/gpu.sh): its arguments, the JSON it writes and the table it prints (on
 made-up numbers), the time budget, stopping a stage over its share, the no-GPU exit,
 and the CPU half of the decode comparison. The GPU measurements themselves need a GPU
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.cli import bench_gpu as bg
+from benchmarks import bench_gpu as bg
 
 REPO = Path(__file__).resolve().parents[2]
 NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -458,7 +458,7 @@ def test_without_a_gpu_it_stops_at_once_with_one_line(tmp_path):
     out = tmp_path / "x.json"
     for extra in ([], ["--check"]):
         done = subprocess.run(
-            [sys.executable, "-m", "services.cli.bench_gpu", "--json", str(out), *extra],
+            [sys.executable, "-m", "benchmarks.bench_gpu", "--json", str(out), *extra],
             cwd=REPO,
             env=NO_GPU,
             capture_output=True,

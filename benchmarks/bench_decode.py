@@ -41,7 +41,7 @@ EXIF orientation is applied, alpha goes on white, and CMYK JPEGs (which
 libjpeg-turbo cannot turn into RGB) fall back to Pillow. What each still lacks
 to stand behind `decode` is in its `gaps`.
 
-Run standalone: `python -m services.cli.bench_decode --images DIR --encoder SPEC`
+Run standalone: `python -m benchmarks.bench_decode --images DIR --encoder SPEC`
 (DIR: a folder of image files; `--images generated` makes a few large ones).
 """
 
@@ -78,7 +78,7 @@ PASS_COSINE = 0.99
 NOISE_PX = 0.5  # the noise_floor row: uniform +-0.5 of a pixel level, invisible
 TURBOJPEG_ENV = "DMGUARD_TURBOJPEG_LIB"
 _TURBOJPEG_CACHE = (
-    Path(__file__).resolve().parents[2]
+    Path(__file__).resolve().parents[1]
     / ".cache/turbojpeg/root/usr/lib/x86_64-linux-gnu/libturbojpeg.so.0"
 )
 _ENCODE_BATCH = 8
@@ -666,11 +666,11 @@ def read_folder(folder: str | Path) -> list[tuple[str, bytes]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from services.cli.common import offline_weights
+    from services.config import offline_weights
 
     weights = offline_weights()
     p = argparse.ArgumentParser(
-        prog="python -m services.cli.bench_decode",
+        prog="python -m benchmarks.bench_decode",
         description="Time ways of decoding images to the encoder's input, against the reference.",
     )
     p.add_argument(

@@ -1,7 +1,0 @@
-"""`python -m services.cli`: the same as the `dmguard` console script."""
-
-import sys
-
-from services.cli import main
-
-sys.exit(main())
