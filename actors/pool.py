@@ -85,8 +85,10 @@ class WorkerPool:
             if cluster.get(name, 0.0) < amount:
                 log.warning(
                     "no node of the Ray cluster offers %s of resource %r yet: the workers "
-                    "wait until one joins", amount, name,
-                )  # fmt: skip
+                    "wait until one joins",
+                    amount,
+                    name,
+                )
         worker_settings = self.settings.worker
         if worker_settings.threads <= 1:
             worker_settings = replace(
@@ -100,8 +102,10 @@ class WorkerPool:
         if self.partitions < wanted:
             log.warning(
                 "%d workers but only %d input partitions: %d workers will idle",
-                wanted, self.partitions, wanted - self.partitions,
-            )  # fmt: skip
+                wanted,
+                self.partitions,
+                wanted - self.partitions,
+            )
         self._remote = ray.remote(DetectorWorker).options(
             **resources, max_restarts=-1, max_task_retries=0, max_concurrency=4
         )
@@ -142,8 +146,11 @@ class WorkerPool:
         try:
             grown = self._new_actors(len(self.actors), max(0, workers - len(self.actors)), 120.0)
         except GetTimeoutError:  # no room in the cluster (yet): stay as we are
-            log.warning("no room in the Ray cluster for %d workers; staying at %d",
-                        workers, len(self.actors))  # fmt: skip
+            log.warning(
+                "no room in the Ray cluster for %d workers; staying at %d",
+                workers,
+                len(self.actors),
+            )
             return len(self.actors)
         self._settle_assigns()
         releases = [a.assign.remote((), timeout_s) for a in self.actors]
@@ -187,8 +194,9 @@ class WorkerPool:
         """Apply every report that has arrived, and give a worker Ray restarted its
         partitions again; returns how many workers answered."""
         if self._assigning:
-            done, _ = ray.wait(list(self._assigning.values()), num_returns=len(self._assigning),
-                               timeout=0)  # fmt: skip
+            done, _ = ray.wait(
+                list(self._assigning.values()), num_returns=len(self._assigning), timeout=0
+            )
             for i in [i for i, ref in self._assigning.items() if ref in done]:
                 try:
                     ray.get(self._assigning.pop(i))

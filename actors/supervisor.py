@@ -149,9 +149,11 @@ def _autoscaler(settings: ServeSettings, partitions: int):
 
     most = min(settings.max_workers or partitions, partitions)
     return Autoscaler(
-        min_workers=min(settings.min_workers, most), max_workers=most,
-        window_s=settings.scale_window_s, cooldown_s=settings.scale_cooldown_s,
-    )  # fmt: skip
+        min_workers=min(settings.min_workers, most),
+        max_workers=most,
+        window_s=settings.scale_window_s,
+        cooldown_s=settings.scale_cooldown_s,
+    )
 
 
 def _maybe_resize(scaler, pool, metrics: DriverMetrics, readiness: Readiness) -> None:
@@ -159,8 +161,9 @@ def _maybe_resize(scaler, pool, metrics: DriverMetrics, readiness: Readiness) ->
     from actors.scaling import Sample
 
     now = time.monotonic()
-    scaler.observe(Sample(now, metrics.lag_total(), metrics.records_counted(),
-                          metrics.idle_total()))  # fmt: skip
+    scaler.observe(
+        Sample(now, metrics.lag_total(), metrics.records_counted(), metrics.idle_total())
+    )
     current = len(pool.actors)
     wanted = scaler.desired(current, now)
     if wanted == current:
@@ -191,9 +194,11 @@ def running_service(
 
     stop = threading.Event()
     thread = threading.Thread(
-        target=run_service, args=(settings,), kwargs={"stop": stop, "metrics": metrics},
+        target=run_service,
+        args=(settings,),
+        kwargs={"stop": stop, "metrics": metrics},
         daemon=True,
-    )  # fmt: skip
+    )
     thread.start()
     base = f"http://127.0.0.1:{settings.metrics_port}"
 

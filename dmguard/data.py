@@ -49,10 +49,13 @@ def run_build(args: argparse.Namespace) -> int:
 
 def describe(summary: dict, out: Path) -> str:
     """The summary as tables: label x content (photo + art), then sources."""
-    lines = [f"{summary['images']} images in {out} (split {summary['split']}: "
-             f"train {summary['train']['real']} real / {summary['train']['generated']} generated, "
-             f"held out {summary['heldout']['real']} real / {summary['heldout']['generated']} "
-             f"generated)", ""]  # fmt: skip
+    lines = [
+        f"{summary['images']} images in {out} (split {summary['split']}: "
+        f"train {summary['train']['real']} real / {summary['train']['generated']} generated, "
+        f"held out {summary['heldout']['real']} real / {summary['heldout']['generated']} "
+        f"generated)",
+        "",
+    ]
     content = summary["content"]
     labels = list(content)
     kinds = list(next(iter(content.values())))
@@ -69,10 +72,13 @@ def describe(summary: dict, out: Path) -> str:
     lines += ["", f"{'source':<28}{'label':>10}{'images':>8}{'split':>9}", "-" * 55]
     for name, s in summary["sources"].items():
         lines.append(f"{name:<28}{s['label']:>10}{s['images']:>8}{s['split']:>9}")
-    lines += ["", f"untagged: {summary['untagged']}"
-              + (f" (e.g. {summary['untagged_origins'][0]})" if summary["untagged"] else ""),
-              f"exact duplicates dropped: {summary.get('duplicates', 0)}; "
-              f"unreadable files: {len(summary['bad'])}"]  # fmt: skip
+    lines += [
+        "",
+        f"untagged: {summary['untagged']}"
+        + (f" (e.g. {summary['untagged_origins'][0]})" if summary["untagged"] else ""),
+        f"exact duplicates dropped: {summary.get('duplicates', 0)}; "
+        f"unreadable files: {len(summary['bad'])}",
+    ]
     for skipped in summary.get("skipped", []):
         lines.append(f"not fetched: {skipped}")
     return "\n".join(lines)

@@ -74,9 +74,11 @@ def add_parser(sub) -> None:
     sp.add_argument("--train-workers", type=int, default=2, help="Ray Train workers")
     sp.add_argument("--epochs", type=int, default=40)
     sp.add_argument(
-        "--benchmark-seeds", type=int, default=1,
+        "--benchmark-seeds",
+        type=int,
+        default=1,
         help="seeds of the leave-source-out benchmark the demo prints (0: skip it)",
-    )  # fmt: skip
+    )
     sp.add_argument("--max-batch", type=int, default=16)
     sp.add_argument("--metrics-port", type=int, default=0, help="0: any free port")
     sp.add_argument("--seed", type=int, default=0)
@@ -85,13 +87,23 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_demo(DemoSettings(
-        data=Path(args.data), downloads=Path(args.downloads), registry=Path(args.registry),
-        cache=Path(args.cache), encoder=args.encoder, workers=args.workers,
-        train_workers=args.train_workers, epochs=args.epochs, max_batch=args.max_batch,
-        metrics_port=args.metrics_port, keep=args.keep, seed=args.seed,
-        benchmark_seeds=args.benchmark_seeds,
-    ))  # fmt: skip
+    return run_demo(
+        DemoSettings(
+            data=Path(args.data),
+            downloads=Path(args.downloads),
+            registry=Path(args.registry),
+            cache=Path(args.cache),
+            encoder=args.encoder,
+            workers=args.workers,
+            train_workers=args.train_workers,
+            epochs=args.epochs,
+            max_batch=args.max_batch,
+            metrics_port=args.metrics_port,
+            keep=args.keep,
+            seed=args.seed,
+            benchmark_seeds=args.benchmark_seeds,
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -116,9 +128,11 @@ class DemoSettings:
         from training.train import TrainConfig
 
         return TrainConfig(
-            epochs=self.epochs, workers=self.train_workers, seed=self.seed,
+            epochs=self.epochs,
+            workers=self.train_workers,
+            seed=self.seed,
             **{**HEAD_RECIPE, **self.train},
-        )  # fmt: skip
+        )
 
 
 # The best head measured with the robust loss on the leave-source-out benchmark
@@ -164,21 +178,39 @@ def train_head(s: DemoSettings, encoder: str) -> dict:
 
     cfg = s.train_config()
     samples = load_samples(s.data / "train.csv")
-    emb = embed_samples(samples, encoder, cache_dir=s.cache / "embeddings", workers=s.train_workers,
-                        with_text=False, features=cfg.features)  # fmt: skip
+    emb = embed_samples(
+        samples,
+        encoder,
+        cache_dir=s.cache / "embeddings",
+        workers=s.train_workers,
+        with_text=False,
+        features=cfg.features,
+    )
     if emb.bad:
         say(f"{len(emb.bad)} training images could not be read: {emb.bad[:3]}")
     t0 = time.monotonic()
     meta = train_register(
-        emb.X, emb.labels, emb.sources, encoder=encoder, registry=Registry(s.registry), cfg=cfg,
-        storage=s.cache / "ray-train", extra={"data": {"src": str((s.data / "train.csv").resolve())}},
+        emb.X,
+        emb.labels,
+        emb.sources,
+        encoder=encoder,
+        registry=Registry(s.registry),
+        cfg=cfg,
+        storage=s.cache / "ray-train",
+        extra={"data": {"src": str((s.data / "train.csv").resolve())}},
         groups=[x.content for x in emb.samples],
-    )  # fmt: skip
+    )
     promotion = meta.extra["promotion"]
-    say(f"trained {meta.version} in {time.monotonic() - t0:.0f} s on {len(samples)} images; "
-        f"promoted: {promotion['promoted']} ({promotion['reason']})")  # fmt: skip
-    return {"version": meta.version, "metrics": meta.metrics, "promotion": promotion,
-            "threshold": meta.threshold}  # fmt: skip
+    say(
+        f"trained {meta.version} in {time.monotonic() - t0:.0f} s on {len(samples)} images; "
+        f"promoted: {promotion['promoted']} ({promotion['reason']})"
+    )
+    return {
+        "version": meta.version,
+        "metrics": meta.metrics,
+        "promotion": promotion,
+        "threshold": meta.threshold,
+    }
 
 
 def benchmark_lines(s: DemoSettings, encoder: str) -> str:
@@ -189,10 +221,15 @@ def benchmark_lines(s: DemoSettings, encoder: str) -> str:
 
     say("leave-source-out benchmark: 5 folds, every source held out in turn")
     out = run_benchmark(
-        load_samples(s.data / "manifest.csv"), encoder, s.train_config(),
-        seeds=range(s.seed, s.seed + s.benchmark_seeds), cache_dir=s.cache / "embeddings",
-        workers=s.train_workers, progress=False, log=say,
-    )  # fmt: skip
+        load_samples(s.data / "manifest.csv"),
+        encoder,
+        s.train_config(),
+        seeds=range(s.seed, s.seed + s.benchmark_seeds),
+        cache_dir=s.cache / "embeddings",
+        workers=s.train_workers,
+        progress=False,
+        log=say,
+    )
     return "\n".join(benchmark_table(out))
 
 
@@ -260,8 +297,9 @@ class StreamResult:
         return self.expected - seen
 
 
-def stream(kafka: KafkaSettings, reader, records: list[tuple[str, bytes]],
-           timeout_s: float) -> StreamResult:  # fmt: skip
+def stream(
+    kafka: KafkaSettings, reader, records: list[tuple[str, bytes]], timeout_s: float
+) -> StreamResult:
     """Send the records, then read until each has an output (or the timeout passes).
     Keys are unique per stream, so the outputs for `records` are those with their keys."""
     from tqdm import tqdm
@@ -329,8 +367,9 @@ def wait_feature_log(feature_log: Path, ids: set[str], timeout_s: float = 60.0) 
         return ids & set(read_feature_log(str(feature_log)).column("id").to_pylist())
 
     try:
-        have = wait_until(logged, timeout_s, interval_s=1.0, done=ids.__eq__,
-                          what="the feature log")  # fmt: skip
+        have = wait_until(
+            logged, timeout_s, interval_s=1.0, done=ids.__eq__, what="the feature log"
+        )
     except WaitTimeout as exc:
         have = exc.last
     return len(have)
@@ -388,8 +427,12 @@ def stream_table(title: str, result: StreamResult, metrics: dict) -> str:
 def scrape_when_counted(url: str, metrics, records: int, timeout_s: float = 20.0) -> str:
     """/metrics once the driver has counted `records` records (workers report every second)."""
     try:
-        wait_until(metrics.records_counted, timeout_s, done=lambda n: n >= records,
-                   what=f"{records} records counted")  # fmt: skip
+        wait_until(
+            metrics.records_counted,
+            timeout_s,
+            done=lambda n: n >= records,
+            what=f"{records} records counted",
+        )
     except WaitTimeout:
         pass  # show what there is
     return _get_text(url)
@@ -414,10 +457,12 @@ def run_demo(s: DemoSettings) -> int:
 
     t_start = time.monotonic()
     summary = ensure_demo_set(s.data, s.downloads, seed=s.seed, log=say)
-    say(f"demo set: {summary['images']} images in {s.data} "
+    say(
+        f"demo set: {summary['images']} images in {s.data} "
         f"(train {summary['train']['real']} real / {summary['train']['generated']} generated, "
         f"held out {summary['heldout']['real']} real / {summary['heldout']['generated']} generated, "
-        f"split {summary['split']})")  # fmt: skip
+        f"split {summary['split']})"
+    )
     encoder = s.encoder or _offline_encoder()
     held = read_split(s.data, "heldout")
     feature_log = s.cache / "demo" / "feature-log"
@@ -440,10 +485,16 @@ def run_demo(s: DemoSettings) -> int:
             print("\n" + report[-1], flush=True)
         metrics_port = s.metrics_port or free_port()
         serve = serve_settings(
-            bootstrap=broker.bootstrap, client_extra={}, registry=str(s.registry), workers=s.workers,
-            metrics_host="127.0.0.1", metrics_port=metrics_port, max_batch=s.max_batch,
-            feature_log=str(feature_log), allow_network=LOOPBACK,
-        )  # fmt: skip
+            bootstrap=broker.bootstrap,
+            client_extra={},
+            registry=str(s.registry),
+            workers=s.workers,
+            metrics_host="127.0.0.1",
+            metrics_port=metrics_port,
+            max_batch=s.max_batch,
+            feature_log=str(feature_log),
+            allow_network=LOOPBACK,
+        )
         kafka = serve.worker.kafka
         say(
             f"starting serve: {s.workers} workers, metrics on http://127.0.0.1:{metrics_port}/metrics"
@@ -455,8 +506,10 @@ def run_demo(s: DemoSettings) -> int:
 
         # 1. the held-out split as a live stream, with bad records mixed in
         truth = {f"held-{i}": row for i, row in enumerate(held)}
-        records = [(rid, json.dumps({"id": rid, "url": f"{base_url}/{row['path']}"}).encode())
-                   for rid, row in truth.items()]  # fmt: skip
+        records = [
+            (rid, json.dumps({"id": rid, "url": f"{base_url}/{row['path']}"}).encode())
+            for rid, row in truth.items()
+        ]
         records[len(records) // 2 : len(records) // 2] = bad_records(base_url)
         say(
             f"streaming {len(records)} records ({len(truth)} held-out images, {len(records) - len(truth)} bad)"
@@ -474,19 +527,32 @@ def run_demo(s: DemoSettings) -> int:
         # 2. labels for group A, one retrain, the hot swap
         group_a, group_b = split_groups(held, s.seed)
         ids_a = {rid for rid, row in truth.items() if row in group_a}
-        label_values = [json.dumps({"id": rid, "label": "generated" if truth[rid]["label"] == "1" else "real"}).encode()
-                        for rid in sorted(ids_a)]  # fmt: skip
+        label_values = [
+            json.dumps(
+                {"id": rid, "label": "generated" if truth[rid]["label"] == "1" else "real"}
+            ).encode()
+            for rid in sorted(ids_a)
+        ]
         produce(kafka, TOPICS.labels, [(None, value) for value in label_values])
         t_labels = time.monotonic()
-        say(f"sent {len(label_values)} labels (group A: {len({truth[i]['source'] for i in ids_a})} sources); "
-            "waiting for the feature log")  # fmt: skip
+        say(
+            f"sent {len(label_values)} labels (group A: {len({truth[i]['source'] for i in ids_a})} sources); "
+            "waiting for the feature log"
+        )
         logged = wait_feature_log(feature_log, ids_a)
         say(f"feature log holds {logged}/{len(ids_a)} labelled ids; retraining")
-        retrain = retrain_once(RetrainSettings(
-            kafka=kafka, labels_topic=TOPICS.labels, registry=str(s.registry), feature_log=str(feature_log),
-            cache=s.cache, min_new_labels=max(1, len(ids_a) // 2), tolerance=RETRAIN_TOLERANCE,
-            train=s.train_config(),
-        ))  # fmt: skip
+        retrain = retrain_once(
+            RetrainSettings(
+                kafka=kafka,
+                labels_topic=TOPICS.labels,
+                registry=str(s.registry),
+                feature_log=str(feature_log),
+                cache=s.cache,
+                min_new_labels=max(1, len(ids_a) // 2),
+                tolerance=RETRAIN_TOLERANCE,
+                train=s.train_config(),
+            )
+        )
         swap_s = None
         if retrain.get("trained") and retrain.get("promoted"):
             waited = wait_for_head(f"{status_base}/status", retrain["version"])
@@ -496,14 +562,18 @@ def run_demo(s: DemoSettings) -> int:
 
         # 3. group B again, as new records: the new head beside the old on unseen sources
         truth_b = {f"again-{i}": row for i, row in enumerate(group_b)}
-        records_b = [(rid, json.dumps({"id": rid, "url": f"{base_url}/{row['path']}"}).encode())
-                     for rid, row in truth_b.items()]  # fmt: skip
+        records_b = [
+            (rid, json.dumps({"id": rid, "url": f"{base_url}/{row['path']}"}).encode())
+            for rid, row in truth_b.items()
+        ]
         second = stream(kafka, reader, records_b, s.timeout_s)
         before = judged(first, {rid: row for rid, row in truth.items() if row in group_b})
         after = judged(second, truth_b)
-        report.append(stream_table("stream 2: group B (no labels) again, after the retrain", second, after)
-                      + f"\n(the same {len(group_b)} images in stream 1: AUC {_fmt(before.get('auc'))}, "
-                      f"head {', '.join(before.get('head_versions', {}))})")  # fmt: skip
+        report.append(
+            stream_table("stream 2: group B (no labels) again, after the retrain", second, after)
+            + f"\n(the same {len(group_b)} images in stream 1: AUC {_fmt(before.get('auc'))}, "
+            f"head {', '.join(before.get('head_versions', {}))})"
+        )
         print("\n" + report[-1], flush=True)
         if second.lost:
             return _lost(second)
@@ -511,8 +581,11 @@ def run_demo(s: DemoSettings) -> int:
         text = scrape_when_counted(f"{status_base}/metrics", metrics, first.sent + second.sent)
         report.append("== key lines of /metrics\n" + metrics_lines(text))
         print("\n" + report[-1], flush=True)
-        print(f"\ndemo finished in {time.monotonic() - t_start:.0f} s; the head stays in {s.registry} "
-              f"(try: dmguard eval --data {s.data / 'heldout.csv'})", flush=True)  # fmt: skip
+        print(
+            f"\ndemo finished in {time.monotonic() - t_start:.0f} s; the head stays in {s.registry} "
+            f"(try: dmguard eval --data {s.data / 'heldout.csv'})",
+            flush=True,
+        )
         if s.keep:
             _keep_running(broker.bootstrap, base_url, status_base)
     return 0
@@ -536,14 +609,19 @@ def _retrain_lines(retrain: dict, swap_s: float | None) -> str:
         f"- {RETRAIN_TOLERANCE})",
     ]
     if swap_s is not None:
-        lines.append(f"hot swap              every worker on {retrain['version']} {swap_s:.1f} s after "
-                     "the labels were sent (no restart)")  # fmt: skip
+        lines.append(
+            f"hot swap              every worker on {retrain['version']} {swap_s:.1f} s after "
+            "the labels were sent (no restart)"
+        )
     return "\n".join(lines)
 
 
 def _lost(result: StreamResult) -> int:
-    print(f"\nERROR: {len(result.lost)} records were neither judged nor dead-lettered: "
-          f"{sorted(result.lost)[:10]}", file=sys.stderr)  # fmt: skip
+    print(
+        f"\nERROR: {len(result.lost)} records were neither judged nor dead-lettered: "
+        f"{sorted(result.lost)[:10]}",
+        file=sys.stderr,
+    )
     return 1
 
 

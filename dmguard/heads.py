@@ -54,8 +54,12 @@ def run_models(args: argparse.Namespace) -> int:
 
     path = fetch_weights(args.name, Path(args.cache)).resolve()  # refuses unknown names
     known = KNOWN[args.name]
-    out = {"name": args.name, "encoder": f"onnx:{path}", "sha256": known.sha256,
-           "licence": known.licence}  # fmt: skip
+    out = {
+        "name": args.name,
+        "encoder": f"onnx:{path}",
+        "sha256": known.sha256,
+        "licence": known.licence,
+    }
     if args.float32:
         out["float32_encoder"] = f"onnx:{float32_weights(Path(args.cache)).resolve()}"
     print(json.dumps(out))

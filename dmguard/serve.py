@@ -32,19 +32,35 @@ def add_parser(sub) -> None:
         "the stream needs, from the consumer lag and how busy the workers are, between "
         "--min-workers and --max-workers",
     )
-    sp.add_argument("--min-workers", type=int, default=ServeSettings.min_workers,
-                    help="with --workers auto: the fewest workers (default %(default)s)")  # fmt: skip
-    sp.add_argument("--max-workers", type=int, default=ServeSettings.max_workers,
-                    help="with --workers auto: the most workers (default: one per input "
-                         "partition, which is also the cap)")  # fmt: skip
-    sp.add_argument("--scale-window", type=float, default=ServeSettings.scale_window_s,
-                    metavar="SECONDS",
-                    help="with --workers auto: judge the last this many seconds of lag and "
-                         "load (default %(default)s)")  # fmt: skip
-    sp.add_argument("--scale-cooldown", type=float, default=ServeSettings.scale_cooldown_s,
-                    metavar="SECONDS",
-                    help="with --workers auto: decide again no sooner than this after a "
-                         "resize (default %(default)s)")  # fmt: skip
+    sp.add_argument(
+        "--min-workers",
+        type=int,
+        default=ServeSettings.min_workers,
+        help="with --workers auto: the fewest workers (default %(default)s)",
+    )
+    sp.add_argument(
+        "--max-workers",
+        type=int,
+        default=ServeSettings.max_workers,
+        help="with --workers auto: the most workers (default: one per input "
+        "partition, which is also the cap)",
+    )
+    sp.add_argument(
+        "--scale-window",
+        type=float,
+        default=ServeSettings.scale_window_s,
+        metavar="SECONDS",
+        help="with --workers auto: judge the last this many seconds of lag and "
+        "load (default %(default)s)",
+    )
+    sp.add_argument(
+        "--scale-cooldown",
+        type=float,
+        default=ServeSettings.scale_cooldown_s,
+        metavar="SECONDS",
+        help="with --workers auto: decide again no sooner than this after a "
+        "resize (default %(default)s)",
+    )
     sp.add_argument("--metrics-port", type=int, default=ServeSettings.metrics_port)
     sp.add_argument("--metrics-host", default=ServeSettings.metrics_host)
     sp.add_argument(
@@ -106,15 +122,21 @@ def add_parser(sub) -> None:
         "the workers on the nodes started with `ray start --resources` offering them",
     )
     sp.add_argument("--device", choices=DEVICES, default="auto")
-    sp.add_argument("--feature-log", default=default_feature_log(),
-                    help="folder or URI where workers log embeddings for retraining "
-                         "(default: $DMGUARD_FEATURE_LOG or %(default)s)")  # fmt: skip
+    sp.add_argument(
+        "--feature-log",
+        default=default_feature_log(),
+        help="folder or URI where workers log embeddings for retraining "
+        "(default: $DMGUARD_FEATURE_LOG or %(default)s)",
+    )
     sp.add_argument("--no-feature-log", action="store_true", help="do not log embeddings")
-    sp.add_argument("--state-dir", default=default_state_dir(),
-                    help="where workers note what they were processing, so that a record "
-                         "that crashes its worker twice is dead-lettered instead of crashing "
-                         "it for ever; every node must see it (default: $DMGUARD_STATE_DIR or "
-                         "REGISTRY/worker-state)")  # fmt: skip
+    sp.add_argument(
+        "--state-dir",
+        default=default_state_dir(),
+        help="where workers note what they were processing, so that a record "
+        "that crashes its worker twice is dead-lettered instead of crashing "
+        "it for ever; every node must see it (default: $DMGUARD_STATE_DIR or "
+        "REGISTRY/worker-state)",
+    )
     sp.add_argument(
         "--exactly-once",
         action="store_true",
@@ -127,20 +149,34 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = serve_settings(
-        bootstrap=args.bootstrap, group_id=args.group_id, registry=args.registry,
+        bootstrap=args.bootstrap,
+        group_id=args.group_id,
+        registry=args.registry,
         workers=args.min_workers if args.workers == "auto" else args.workers,
-        autoscale=args.workers == "auto", min_workers=args.min_workers,
-        max_workers=args.max_workers, scale_window_s=args.scale_window,
-        scale_cooldown_s=args.scale_cooldown, cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker, metrics_host=args.metrics_host,
-        metrics_port=args.metrics_port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-        fetch_threads=args.fetch_threads, max_pixels=args.max_pixels, device=args.device,
-        feature_log=None if args.no_feature_log else args.feature_log, state_dir=args.state_dir,
-        allow_private_urls=args.allow_private_urls, allow_network=args.allow_network,
-        allow_file_urls=args.allow_file_urls, max_bytes=args.max_bytes,
-        fetch_timeout=args.fetch_timeout, exactly_once=args.exactly_once,
+        autoscale=args.workers == "auto",
+        min_workers=args.min_workers,
+        max_workers=args.max_workers,
+        scale_window_s=args.scale_window,
+        scale_cooldown_s=args.scale_cooldown,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        fetch_threads=args.fetch_threads,
+        max_pixels=args.max_pixels,
+        device=args.device,
+        feature_log=None if args.no_feature_log else args.feature_log,
+        state_dir=args.state_dir,
+        allow_private_urls=args.allow_private_urls,
+        allow_network=args.allow_network,
+        allow_file_urls=args.allow_file_urls,
+        max_bytes=args.max_bytes,
+        fetch_timeout=args.fetch_timeout,
+        exactly_once=args.exactly_once,
         worker_resources=args.worker_resources,
-    )  # fmt: skip
+    )
     return run_service(settings)
 
 

@@ -30,11 +30,12 @@ def add_parser(sub) -> None:
         "--timeout", type=float, default=None, help="stop after S seconds without a record"
     )
     sp.add_argument(
-        "--isolation-level", choices=["read_uncommitted", "read_committed"],
+        "--isolation-level",
+        choices=["read_uncommitted", "read_committed"],
         default="read_uncommitted",
         help="read_committed: only records of committed transactions (what a downstream reader "
         "of transactional outputs should use; the broker must honour aborts: the durable one does)",
-    )  # fmt: skip
+    )
     sp.set_defaults(func=run_tail)
 
 

@@ -80,11 +80,20 @@ def add_parser(sub) -> None:
         "--perturb", default="", help="also under laundering, e.g. jpeg:75,resize:0.5,blur:1"
     )
     lso = sp.add_argument_group("leave-source-out benchmark")
-    lso.add_argument("--leave-source-out", action="store_true",
-                     help="train and score heads fold by fold instead of evaluating a stored head")  # fmt: skip
-    lso.add_argument("--encoder", default=None, help="encoder spec (default: the offline CLIP weights)")  # fmt: skip
-    lso.add_argument("--augment", type=int, default=2,
-                     help="laundered copies of each training image (JPEG/WebP, downscale, crop)")  # fmt: skip
+    lso.add_argument(
+        "--leave-source-out",
+        action="store_true",
+        help="train and score heads fold by fold instead of evaluating a stored head",
+    )
+    lso.add_argument(
+        "--encoder", default=None, help="encoder spec (default: the offline CLIP weights)"
+    )
+    lso.add_argument(
+        "--augment",
+        type=int,
+        default=2,
+        help="laundered copies of each training image (JPEG/WebP, downscale, crop)",
+    )
     lso.add_argument(
         "--views",
         default="",
@@ -100,17 +109,20 @@ def add_parser(sub) -> None:
 
 def training_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
-        "--features", default="embedding", metavar="KIND",
+        "--features",
+        default="embedding",
+        metavar="KIND",
         help="what the head reads from the image tower: 'embedding' (the final CLIP embedding), "
         "'blocks' (every transformer block's class token) or 'blocks:A-B' (blocks A to B, "
         "0-based; 'blocks:8' is one block). Default: embedding. `retrain` ignores it: a new "
         "head reads what the current one reads",
-    )  # fmt: skip
+    )
     sp.add_argument(
-        "--pool-blocks", action="store_true",
+        "--pool-blocks",
+        action="store_true",
         help="with block features, pool the blocks with learned weights before the MLP (RINE) "
         "instead of reading their concatenation",
-    )  # fmt: skip
+    )
     sp.add_argument("--hidden-dim", type=int, default=0, help="head width (0: its input width)")
     sp.add_argument(
         "--head-depth",
@@ -126,10 +138,11 @@ def training_args(sp: argparse.ArgumentParser) -> None:
         "deviation (stored in the head); the demo's linear head uses it",
     )
     sp.add_argument(
-        "--no-balance", action="store_true",
+        "--no-balance",
+        action="store_true",
         help="do not reweigh training rows so that label and content (or embedding cluster) "
         "are independent",
-    )  # fmt: skip
+    )
     sp.add_argument("--epochs", type=int, default=30)
     sp.add_argument(
         "--workers", type=int, default=2, help="Ray Train workers (and embedding actors)"
@@ -149,8 +162,12 @@ def training_args(sp: argparse.ArgumentParser) -> None:
         "--tolerance", type=float, default=0.0, help="promote if AUC >= current - tolerance"
     )
     sp.add_argument("--use-gpu", action="store_true")
-    sp.add_argument("--modality-dropout", type=float, default=0.5,
-                    help="fraction of training rows whose caption is hidden (heads with text)")  # fmt: skip
+    sp.add_argument(
+        "--modality-dropout",
+        type=float,
+        default=0.5,
+        help="fraction of training rows whose caption is hidden (heads with text)",
+    )
     sp.add_argument("--cache", default=".cache", help="embedding cache and Ray Train storage")
 
 
@@ -163,12 +180,25 @@ def train_config(args: argparse.Namespace):
     except ValueError as exc:
         raise ConfigError(f"--features: {exc}") from None
     return TrainConfig(
-        features=args.features, hidden_dim=args.hidden_dim, depth=args.head_depth,
-        standardize=args.standardize, balance=not args.no_balance,
-        loss=args.loss, gamma=args.gamma, alpha=args.alpha, rho=args.rho, lr=args.lr, epochs=args.epochs,
-        batch_size=args.batch_size, patience=args.patience, seed=args.seed, workers=args.workers,
-        target_fpr=args.target_fpr, use_gpu=args.use_gpu, modality_dropout=args.modality_dropout,
-    )  # fmt: skip
+        features=args.features,
+        hidden_dim=args.hidden_dim,
+        depth=args.head_depth,
+        standardize=args.standardize,
+        balance=not args.no_balance,
+        loss=args.loss,
+        gamma=args.gamma,
+        alpha=args.alpha,
+        rho=args.rho,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        seed=args.seed,
+        workers=args.workers,
+        target_fpr=args.target_fpr,
+        use_gpu=args.use_gpu,
+        modality_dropout=args.modality_dropout,
+    )
 
 
 # -------------------------------------------------------------------- train
@@ -195,13 +225,26 @@ def run_train(args: argparse.Namespace) -> int:
     text_dim = 0 if emb.T is None else emb.T.shape[1]
     cfg = replace(cfg, text_dim=text_dim)
     meta = train_register(
-        head_input(emb.X, emb.T, uses_text=text_dim > 0, text_dim=text_dim), emb.labels, emb.sources, encoder=encoder,
-        registry=Registry(args.registry), cfg=cfg, storage=Path(args.cache) / "ray-train",
-        tolerance=args.tolerance, extra={"data": {"src": str(Path(args.data).resolve())}},
+        head_input(emb.X, emb.T, uses_text=text_dim > 0, text_dim=text_dim),
+        emb.labels,
+        emb.sources,
+        encoder=encoder,
+        registry=Registry(args.registry),
+        cfg=cfg,
+        storage=Path(args.cache) / "ray-train",
+        tolerance=args.tolerance,
+        extra={"data": {"src": str(Path(args.data).resolve())}},
         groups=[s.content for s in emb.samples],
-    )  # fmt: skip
-    print(json.dumps({"version": meta.version, "promoted": meta.extra["promotion"]["promoted"],
-                      "metrics": {k: v for k, v in meta.metrics.items() if k != "per_source"}}))  # fmt: skip
+    )
+    print(
+        json.dumps(
+            {
+                "version": meta.version,
+                "promoted": meta.extra["promotion"]["promoted"],
+                "metrics": {k: v for k, v in meta.metrics.items() if k != "per_source"},
+            }
+        )
+    )
     return 0
 
 
@@ -299,12 +342,17 @@ def run_leave_source_out(args: argparse.Namespace) -> int:
         raise ConfigError("--folds must be at least 2 and --seeds at least 1")
     encoder = resolve_encoder(args.encoder)
     out = run_benchmark(
-        load_samples(args.data), encoder, pooled(train_config(args), encoder, args.pool_blocks),
-        augment=args.augment, views=parse_views(args.views),
-        folds=args.folds, seeds=range(args.seed, args.seed + args.seeds),
-        cache_dir=Path(args.cache) / "embeddings", workers=args.workers,
+        load_samples(args.data),
+        encoder,
+        pooled(train_config(args), encoder, args.pool_blocks),
+        augment=args.augment,
+        views=parse_views(args.views),
+        folds=args.folds,
+        seeds=range(args.seed, args.seed + args.seeds),
+        cache_dir=Path(args.cache) / "embeddings",
+        workers=args.workers,
         log=lambda msg: print(msg, file=sys.stderr, flush=True),
-    )  # fmt: skip
+    )
     print(json.dumps(out))
     return 0
 
@@ -314,10 +362,15 @@ def run_retrain(args: argparse.Namespace) -> int:
     from training.retrain import RetrainSettings, retrain_loop, retrain_once
 
     settings = RetrainSettings(
-        kafka=kafka_from(args), labels_topic=Topics().labels, registry=args.registry, feature_log=args.feature_log,
-        cache=Path(args.cache), min_new_labels=args.min_new_labels, tolerance=args.tolerance,
+        kafka=kafka_from(args),
+        labels_topic=Topics().labels,
+        registry=args.registry,
+        feature_log=args.feature_log,
+        cache=Path(args.cache),
+        min_new_labels=args.min_new_labels,
+        tolerance=args.tolerance,
         train=train_config(args),
-    )  # fmt: skip
+    )
     stop = {"now": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:

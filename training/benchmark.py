@@ -316,9 +316,15 @@ def run_benchmark(
 
     def embed(transform=None):
         return embed_samples(
-            samples, encoder, cache_dir=cache_dir, workers=workers, progress=progress,
-            transform=transform, with_text=False, features=cfg.features,
-        )  # fmt: skip
+            samples,
+            encoder,
+            cache_dir=cache_dir,
+            workers=workers,
+            progress=progress,
+            transform=transform,
+            with_text=False,
+            features=cfg.features,
+        )
 
     clean = embed()
     row_of = {s.location: i for i, s in enumerate(clean.samples)}
@@ -350,15 +356,28 @@ def run_benchmark(
         formats=[Path(s.location).suffix.lower().lstrip(".") for s in clean.samples],
     )
     out = leave_source_out(
-        data, head_fit(cfg), folds=folds, seeds=seeds, target_fpr=cfg.target_fpr,
+        data,
+        head_fit(cfg),
+        folds=folds,
+        seeds=seeds,
+        target_fpr=cfg.target_fpr,
         uncertain_fpr=cfg.uncertain_fpr,
-        balance=reweigh if cfg.balance else None, progress=log,
-    )  # fmt: skip
+        balance=reweigh if cfg.balance else None,
+        progress=log,
+    )
     out["setup"] = {
-        "encoder": encoder, "features": cfg.features, "pooled_blocks": cfg.tower_blocks,
-        "depth": cfg.depth, "hidden_dim": cfg.hidden_dim,
-        "standardize": cfg.standardize, "views": list(views),
-        "loss": cfg.loss, "augment": augment, "balance": "content" if cfg.balance else None,
-        "folds": folds, "images": len(clean.samples), "skipped": len(clean.bad),
-    }  # fmt: skip
+        "encoder": encoder,
+        "features": cfg.features,
+        "pooled_blocks": cfg.tower_blocks,
+        "depth": cfg.depth,
+        "hidden_dim": cfg.hidden_dim,
+        "standardize": cfg.standardize,
+        "views": list(views),
+        "loss": cfg.loss,
+        "augment": augment,
+        "balance": "content" if cfg.balance else None,
+        "folds": folds,
+        "images": len(clean.samples),
+        "skipped": len(clean.bad),
+    }
     return out

@@ -109,6 +109,12 @@ def read_feature_log(root: str) -> pa.Table:
     info = filesystem.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         return SCHEMA.empty_table()
-    dataset = ds.dataset(base, filesystem=filesystem, format="parquet", schema=SCHEMA, exclude_invalid_files=True,
-                         ignore_prefixes=[".", "_"])  # fmt: skip
+    dataset = ds.dataset(
+        base,
+        filesystem=filesystem,
+        format="parquet",
+        schema=SCHEMA,
+        exclude_invalid_files=True,
+        ignore_prefixes=[".", "_"],
+    )
     return dataset.to_table()

@@ -180,6 +180,12 @@ def maven_download(coordinates: str, dest: Path) -> Path:
         )
     group, artifact, version, *classifier = parts
     spec = ":".join([group, artifact, version, "jar", *classifier])
-    cmd = [mvn, "--batch-mode", "--quiet", "dependency:copy", f"-Dartifact={spec}",
-           "-DoutputDirectory=."]  # fmt: skip
+    cmd = [
+        mvn,
+        "--batch-mode",
+        "--quiet",
+        "dependency:copy",
+        f"-Dartifact={spec}",
+        "-DoutputDirectory=.",
+    ]
     return _fetch(cmd, dest, stamp, ("*.jar",), coordinates)

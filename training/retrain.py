@@ -100,9 +100,13 @@ def round_features(
     from training.embeddings import embed_samples
 
     base = embed_samples(
-        load_samples(data["src"]), meta.encoder, cache_dir=cache / "embeddings", progress=False,
-        with_text=meta.uses_text, features=meta.features,
-    )  # fmt: skip
+        load_samples(data["src"]),
+        meta.encoder,
+        cache_dir=cache / "embeddings",
+        progress=False,
+        with_text=meta.uses_text,
+        features=meta.features,
+    )
     X_base = head_input(base.X, base.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
     return (
         np.concatenate([X_base, X]),
@@ -173,24 +177,38 @@ def retrain_once(s: RetrainSettings, *, labels: tuple[dict[str, int], int] | Non
     data = meta.extra.get("data")
     # The new head reads what the current one reads, shaped the same way.
     cfg = replace(
-        s.train, text_dim=X.shape[1] - X_fb.shape[1], features=meta.features,
+        s.train,
+        text_dim=X.shape[1] - X_fb.shape[1],
+        features=meta.features,
         tower_blocks=meta.extra.get("train_config", {}).get("tower_blocks", 0),
         hidden_dim=meta.extra.get("train_config", {}).get("hidden_dim", 0),
         depth=meta.extra.get("train_config", {}).get("depth", 3),
         standardize=meta.extra.get("train_config", {}).get("standardize", False),
-    )  # fmt: skip
+    )
     try:
         new_meta = train_register(
-            X, y, sources, encoder=meta.encoder, registry=registry, cfg=cfg, storage=s.cache / "ray-train",
-            tolerance=s.tolerance, stratify_sources={FEEDBACK}, min_per_class=s.min_per_class,
+            X,
+            y,
+            sources,
+            encoder=meta.encoder,
+            registry=registry,
+            cfg=cfg,
+            storage=s.cache / "ray-train",
+            tolerance=s.tolerance,
+            stratify_sources={FEEDBACK},
+            min_per_class=s.min_per_class,
             extra={"data": data, "feedback": {"labelled_features": len(ids), "new": len(new)}},
-        )  # fmt: skip
+        )
     except TrainingDataError as exc:
         return {**summary, "trained": False, "reason": str(exc), "split": exc.counts}
     except Exception as exc:  # noqa: BLE001 - a failed round is reported; the next may succeed
         log.exception("retrain: training failed")
-        return {**summary, "trained": False, "reason": f"training failed: {_one_line(exc)}",
-                "error": type(exc).__name__}  # fmt: skip
+        return {
+            **summary,
+            "trained": False,
+            "reason": f"training failed: {_one_line(exc)}",
+            "error": type(exc).__name__,
+        }
     (registry.heads / new_meta.version / "feedback_ids.json").write_text(json.dumps(ids))
     promotion = new_meta.extra["promotion"]
     return {**summary, "trained": True, "version": new_meta.version, **promotion}
@@ -226,8 +244,11 @@ def retrain_loop(
             result = {"trained": False, "reason": _one_line(exc), "error": type(exc).__name__}
         except Exception as exc:  # noqa: BLE001 - one bad round must not end the retrainer
             log.exception("retrain round failed")
-            result = {"trained": False, "reason": f"round failed: {_one_line(exc)}",
-                      "error": type(exc).__name__}  # fmt: skip
+            result = {
+                "trained": False,
+                "reason": f"round failed: {_one_line(exc)}",
+                "error": type(exc).__name__,
+            }
         emit(result)
         deadline = time.monotonic() + every
         while not stop() and (left := deadline - time.monotonic()) > 0:

@@ -157,10 +157,15 @@ def fit_epochs(
 
     def state() -> dict:  # the training state after `epoch`, for a checkpoint
         return {
-            "epoch": epoch, "head": head.state_dict(), "best": best_state, "best_auc": best_auc,
-            "stale": stale, "history": history, "optimizer": opt.state_dict(),
+            "epoch": epoch,
+            "head": head.state_dict(),
+            "best": best_state,
+            "best_auc": best_auc,
+            "stale": stale,
+            "history": history,
+            "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
-        }  # fmt: skip
+        }
 
     loss_fn = cfg.loss_fn()
     # torch.tensor copies: arrays from Ray's object store are read-only.
@@ -274,10 +279,20 @@ def _train_loop_per_worker(config: dict) -> None:
 
     device = ray.train.torch.get_device() if cfg.use_gpu else "cpu"
     fit_epochs(
-        config["X"], config["y"], config["X_val"], config["y_val"], cfg,
-        rank=rank, world=world, wrap=ray.train.torch.prepare_model, on_epoch=on_epoch,
-        resume=resume, device=str(device), agree=agree, weights=config.get("weights"),
-    )  # fmt: skip
+        config["X"],
+        config["y"],
+        config["X_val"],
+        config["y_val"],
+        cfg,
+        rank=rank,
+        world=world,
+        wrap=ray.train.torch.prepare_model,
+        on_epoch=on_epoch,
+        resume=resume,
+        device=str(device),
+        agree=agree,
+        weights=config.get("weights"),
+    )
 
 
 def fit_head(

@@ -140,8 +140,13 @@ def test_unreadable_or_unwritable_state_never_stops_the_worker(tmp_path):
 
 
 def test_state_files_refuse_malformed_fields(tmp_path):
-    for bad in (b"[]", b'{"mode": "other"}', b'{"mode": "normal", "committed": "7"}',
-                b'{"mode": "isolating", "strikes": -1}', b'{"mode": "normal", "polled": true}'):  # fmt: skip
+    for bad in (
+        b"[]",
+        b'{"mode": "other"}',
+        b'{"mode": "normal", "committed": "7"}',
+        b'{"mode": "isolating", "strikes": -1}',
+        b'{"mode": "normal", "polled": true}',
+    ):
         store = StateStore(tmp_path, "g")
         store.path(TOPIC, 0).parent.mkdir(parents=True, exist_ok=True)
         store.path(TOPIC, 0).write_bytes(bad)

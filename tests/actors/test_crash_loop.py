@@ -37,9 +37,11 @@ def test_a_record_that_kills_the_worker_is_dead_lettered_and_the_partition_moves
     broker, image_server, tiny_registry, tmp_path
 ):
     topics = Topics(
-        images="crash.images", verdicts="crash.verdicts",
-        dead_letter="crash.dead-letter", labels="crash.labels",
-    )  # fmt: skip
+        images="crash.images",
+        verdicts="crash.verdicts",
+        dead_letter="crash.dead-letter",
+        labels="crash.labels",
+    )
     ensure_topics(KafkaSettings(bootstrap_servers=broker.bootstrap), topics, partitions=1)
     image_server.routes["/a.jpg"] = jpeg(64, 48, seed=1)
     ids = [f"good-{i}" for i in range(20)] + ["poison-1"] + [f"after-{i}" for i in range(20)]
@@ -48,10 +50,13 @@ def test_a_record_that_kills_the_worker_is_dead_lettered_and_the_partition_moves
     ]
     produce(broker.bootstrap, values, topic=topics.images)
     cfg = {
-        "bootstrap": broker.bootstrap, "group": "crash-test", "topics": topics.__dict__,
-        "registry": str(tiny_registry.root), "state_dir": str(tmp_path / "state"),
+        "bootstrap": broker.bootstrap,
+        "group": "crash-test",
+        "topics": topics.__dict__,
+        "registry": str(tiny_registry.root),
+        "state_dir": str(tmp_path / "state"),
         "partitions": [0],
-    }  # fmt: skip
+    }
     log = tmp_path / "worker.log"
     exits = []
     for _ in range(3):  # Ray would restart it for ever; three deaths are expected

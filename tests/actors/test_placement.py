@@ -51,8 +51,10 @@ def test_custom_resources_travel_with_the_worker_and_cli_flag():
     args = build_parser().parse_args(["serve", "--worker-resources", '{"detector": 1}'])
     settings = ServeSettings(worker_resources=args.worker_resources)
     assert worker_resources(settings, 0) == {
-        "num_cpus": 1.0, "num_gpus": 0.0, "resources": {"detector": 1.0},
-    }  # fmt: skip
+        "num_cpus": 1.0,
+        "num_gpus": 0.0,
+        "resources": {"detector": 1.0},
+    }
     for bad in ('{"detector": 0}', '["detector"]', "detector", '{"detector": true}'):
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", "--worker-resources", bad])

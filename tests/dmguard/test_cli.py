@@ -16,13 +16,34 @@ from services.poll import wait_until
 from tests.conftest import TINY
 from tests.images import encode, jpeg, photo
 
-COMMANDS = ["broker", "topics", "serve", "produce", "tail", "score", "init-head", "models",
-            "train", "eval", "retrain", "demo", "bench", "data", "soak"]  # fmt: skip
+COMMANDS = [
+    "broker",
+    "topics",
+    "serve",
+    "produce",
+    "tail",
+    "score",
+    "init-head",
+    "models",
+    "train",
+    "eval",
+    "retrain",
+    "demo",
+    "bench",
+    "data",
+    "soak",
+]
 
 
 def dmguard(*args, env=None, timeout=120, **kw):
-    return subprocess.run([sys.executable, "-m", "dmguard", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, **kw)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "dmguard", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -49,8 +70,11 @@ def test_produce_turns_bare_urls_into_records_and_passes_json_through():
 def test_broker_command_prints_ready_and_stops_on_sigterm(durable, tmp_path):
     port = free_port()
     extra = ["--durable", str(tmp_path / "state")] if durable else []
-    proc = subprocess.Popen([sys.executable, "-m", "dmguard", "broker", "--port", str(port), *extra],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dmguard", "broker", "--port", str(port), *extra],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline().strip()
         assert line == f"ready 127.0.0.1:{port}"
@@ -58,8 +82,12 @@ def test_broker_command_prints_ready_and_stops_on_sigterm(durable, tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
         # the Tansu child went too: within a deadline, not after a guessed pause
-        wait_until(lambda: not kafka_answers(f"127.0.0.1:{port}", timeout_s=1), 15,
-                   interval_s=0.2, what="the broker's child to stop answering")  # fmt: skip
+        wait_until(
+            lambda: not kafka_answers(f"127.0.0.1:{port}", timeout_s=1),
+            15,
+            interval_s=0.2,
+            what="the broker's child to stop answering",
+        )
         if durable:  # its state is on disk, written on the way out
             assert (tmp_path / "state" / "kafka.json").is_file()
     finally:
@@ -182,8 +210,16 @@ def assert_one_line(code: int, err: str, command: str) -> str:
 
 
 def test_train_with_a_missing_data_folder(capsys, tmp_path):
-    code, _, err = run_main(capsys, "train", "--data", tmp_path / "nope", "--encoder", TINY,
-                            "--registry", tmp_path / "reg")  # fmt: skip
+    code, _, err = run_main(
+        capsys,
+        "train",
+        "--data",
+        tmp_path / "nope",
+        "--encoder",
+        TINY,
+        "--registry",
+        tmp_path / "reg",
+    )
     line = assert_one_line(code, err, "train")
     assert f"--data {tmp_path / 'nope'}: no such file or folder" in line
 
@@ -196,8 +232,9 @@ def test_an_unknown_encoder_spec(capsys, tmp_path):
 
 
 def test_serve_with_an_empty_registry(capsys, tmp_path):
-    code, _, err = run_main(capsys, "serve", "--registry", tmp_path / "empty",
-                            "--bootstrap", f"127.0.0.1:{free_port()}")  # fmt: skip
+    code, _, err = run_main(
+        capsys, "serve", "--registry", tmp_path / "empty", "--bootstrap", f"127.0.0.1:{free_port()}"
+    )
     assert "dmguard train" in assert_one_line(code, err, "serve")
 
 
@@ -219,8 +256,15 @@ def test_a_bootstrap_where_nothing_listens(capsys, tmp_path, monkeypatch, comman
 
 
 def test_retrain_once_without_a_registry(capsys, tmp_path):
-    code, out, err = run_main(capsys, "retrain", "--once", "--registry", tmp_path / "none",
-                              "--bootstrap", f"127.0.0.1:{free_port()}")  # fmt: skip
+    code, out, err = run_main(
+        capsys,
+        "retrain",
+        "--once",
+        "--registry",
+        tmp_path / "none",
+        "--bootstrap",
+        f"127.0.0.1:{free_port()}",
+    )
     assert "no current head" in assert_one_line(code, err, "retrain")
     assert out == ""
 
@@ -269,8 +313,11 @@ def test_a_bug_shows_its_traceback_and_how_to_report_it(capsys, monkeypatch):
 def test_retrain_once_exit_code_follows_fail_on_skip(capsys, monkeypatch, tmp_path):
     import training.retrain
 
-    monkeypatch.setattr(training.retrain, "retrain_once",
-                        lambda s: {"trained": False, "reason": "3 new labelled features < 50"})  # fmt: skip
+    monkeypatch.setattr(
+        training.retrain,
+        "retrain_once",
+        lambda s: {"trained": False, "reason": "3 new labelled features < 50"},
+    )
     argv = ["retrain", "--once", "--registry", tmp_path / "r"]
     code, out, err = run_main(capsys, *argv)
     assert code == 0 and json.loads(out)["reason"] == "3 new labelled features < 50"
@@ -295,6 +342,7 @@ def test_device_mistakes_are_config_errors(capsys, tmp_path):
         assert main(["init-head", "--registry", str(tmp_path / "reg"), "--encoder", TINY]) == 0
         (tmp_path / "a.jpg").write_bytes(jpeg())
         capsys.readouterr()
-        code, _, err = run_main(capsys, "score", "--registry", tmp_path / "reg", "--device", "cuda",
-                                tmp_path / "a.jpg")  # fmt: skip
+        code, _, err = run_main(
+            capsys, "score", "--registry", tmp_path / "reg", "--device", "cuda", tmp_path / "a.jpg"
+        )
         assert "no CUDA device" in assert_one_line(code, err, "score")

@@ -47,10 +47,20 @@ class Service:
             **(env or {}),
         }
         cmd = [
-            sys.executable, "-m", "dmguard", "serve", "--workers", str(workers),
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(self.port),
-            "--allow-network", "127.0.0.1/32", *extra,
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "dmguard",
+            "serve",
+            "--workers",
+            str(workers),
+            "--metrics-host",
+            "127.0.0.1",
+            "--metrics-port",
+            str(self.port),
+            "--allow-network",
+            "127.0.0.1/32",
+            *extra,
+        ]
         self.log = log
         self._log_file = log.open("ab")
         self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
@@ -132,9 +142,12 @@ def read_verdicts(
 
     # A short idle window: read() returns at the first quiet 50 ms, so the count is checked often.
     return wait_until(
-        lambda: reader.read(idle_s=0.05), timeout, interval_s=0, what=f"{n} verdicts",
+        lambda: reader.read(idle_s=0.05),
+        timeout,
+        interval_s=0,
+        what=f"{n} verdicts",
         done=lambda out: count(out) >= n,
-    )  # fmt: skip
+    )
 
 
 def counter(metrics, name, **labels) -> float:

@@ -23,8 +23,15 @@ def _small_set() -> list[RawImage]:
     items = []
     for i in range(24):
         items.append(RawImage(f"real-{i}", encode(real_like(i, 128), "PNG"), 0, f"photos-{i % 4}"))
-        items.append(RawImage(f"gen-{i}", encode(generated_like(i, 128), "WEBP"), 1, f"gen-{i % 4}",
-                              f"Model {i % 4}"))  # fmt: skip
+        items.append(
+            RawImage(
+                f"gen-{i}",
+                encode(generated_like(i, 128), "WEBP"),
+                1,
+                f"gen-{i % 4}",
+                f"Model {i % 4}",
+            )
+        )
     return items
 
 
@@ -37,18 +44,40 @@ def test_demo_runs_to_its_summary_and_leaves_a_head(tmp_path, onnx_weights):
     summary = build_demo_set(_small_set(), data, seed=0)
     held = summary["heldout"]["real"] + summary["heldout"]["generated"]
     done = subprocess.run(
-        [sys.executable, "-m", "dmguard", "demo", "--data", str(data), "--registry", str(tmp_path / "registry"),
-         "--cache", str(tmp_path / "cache"), "--epochs", "6", "--workers", "2"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dmguard",
+            "demo",
+            "--data",
+            str(data),
+            "--registry",
+            str(tmp_path / "registry"),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--epochs",
+            "6",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
     # stream 1: every held-out image judged, the seven bad records dead-lettered, none lost
     assert f"records in            {held + 7}" in out
     assert f"verdicts out          {held}" in out
     assert "lost / duplicated     0 / 0" in out
-    for code in ("bad_record=2", "bad_url=1", "blocked_url=1", "decode_failed=1", "fetch_failed=1",
-                 "not_an_image=1"):  # fmt: skip
+    for code in (
+        "bad_record=2",
+        "bad_url=1",
+        "blocked_url=1",
+        "decode_failed=1",
+        "fetch_failed=1",
+        "not_an_image=1",
+    ):
         assert code in out
     assert "TPR @ 5% FPR" in out
     # the printed AUC is computed from the verdicts: on classes this different (smooth and
@@ -122,10 +151,13 @@ def _streamed(monkeypatch, out: Outputs, keys: list[str]) -> demo.StreamResult:
 def test_a_lost_record_makes_the_demo_exit_1_naming_it(monkeypatch, capsys):
     keys = ["held-0", "held-1", "held-2", "raw:{not json"]
     out = Outputs(
-        verdicts=[{"id": "held-0", "score": 0.1}, {"id": "held-2", "score": 0.9},
-                  {"id": "other-stream", "score": 0.5}],
+        verdicts=[
+            {"id": "held-0", "score": 0.1},
+            {"id": "held-2", "score": 0.9},
+            {"id": "other-stream", "score": 0.5},
+        ],
         dead_letters=[{"record": "{not json", "error": {"code": "bad_record"}}],
-    )  # fmt: skip
+    )
     result = _streamed(monkeypatch, out, keys)
     assert result.lost == {"held-1"}  # the dead letter without an id counts, by its record
     assert result.sent == 4 and len(result.outputs.verdicts) == 2  # not the other stream's

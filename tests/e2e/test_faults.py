@@ -126,9 +126,12 @@ def test_sigkill_of_a_worker_under_exactly_once_duplicates_nothing(
         assert not out.dead_letters
         assert duplicates(out) == 0, f"SIGKILL after {killed_at}/300 verdicts"
         wait_until(
-            service.worker_pids, 60, interval_s=1, what="the killed worker to come back",
+            service.worker_pids,
+            60,
+            interval_s=1,
+            what="the killed worker to come back",
             done=lambda now: len(now) == 2 and pids[0] not in now,
-        )  # fmt: skip
+        )
         assert service.stop() == 0, service.tail()
     finally:
         if reader:

@@ -52,20 +52,41 @@ class RayNode:
         env = {**os.environ, **NO_AUTH}
         env.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen(
-            [RAY, "start", "--block", "--disable-usage-stats", "--object-store-memory",
-             OBJECT_STORE, "--num-gpus", "0", *args],
-            stdout=self._log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+            [
+                RAY,
+                "start",
+                "--block",
+                "--disable-usage-stats",
+                "--object-store-memory",
+                OBJECT_STORE,
+                "--num-gpus",
+                "0",
+                *args,
+            ],
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
 
     @classmethod
     def head(cls, port: int, temp_dir: str, log: Path) -> RayNode:
         """`temp_dir`: its own, so that a `ray.init()` elsewhere does not find this cluster;
         short, as Ray's socket paths inside it must fit in 107 bytes."""
         node = cls(
-            ["--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard", "false",
-             "--temp-dir", temp_dir],
+            [
+                "--head",
+                "--port",
+                str(port),
+                "--num-cpus",
+                "1",
+                "--include-dashboard",
+                "false",
+                "--temp-dir",
+                temp_dir,
+            ],
             log,
-        )  # fmt: skip
+        )
         wait_until(node.answers(port), 60, what="the Ray head")
         return node
 
@@ -157,11 +178,17 @@ def test_serve_joins_a_cluster_and_its_workers_move_when_their_node_is_lost(
         nodes.append(RayNode.head(port, ray_tmp, tmp_path / "ray-head.log"))
         nodes.append(RayNode.detector(address, tmp_path / "ray-node-b.log"))
         service = Service(
-            broker.bootstrap, tiny_registry.root, tmp_path / "serve.log",
-            "--fetch-threads", "2", "--max-batch", "4",
-            "--worker-resources", json.dumps({"detector": 1}),
+            broker.bootstrap,
+            tiny_registry.root,
+            tmp_path / "serve.log",
+            "--fetch-threads",
+            "2",
+            "--max-batch",
+            "4",
+            "--worker-resources",
+            json.dumps({"detector": 1}),
             env={"RAY_ADDRESS": address, **NO_AUTH},
-        )  # fmt: skip
+        )
         service.wait_ready(timeout=180)
         node_b = nodes[1]
         assert len(workers_under(service, node_b)) == 2, service.tail()
@@ -181,9 +208,11 @@ def test_serve_joins_a_cluster_and_its_workers_move_when_their_node_is_lost(
         assert seen == expected, f"lost {len(expected - seen)} records:\n{service.tail()}"
         assert not out.dead_letters
         wait_until(
-            lambda: len(workers_under(service, node_c)), 60, what="both workers on node C",
+            lambda: len(workers_under(service, node_c)),
+            60,
+            what="both workers on node C",
             done=lambda n: n == 2,
-        )  # fmt: skip
+        )
         assert service.stop() == 0, service.tail()
     finally:
         if reader:

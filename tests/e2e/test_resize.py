@@ -36,10 +36,15 @@ def test_resizing_the_pool_moves_partitions_without_losing_or_repeating_a_record
     from services.ray_cluster import init_ray
 
     settings = serve_settings(
-        bootstrap=broker.bootstrap, registry=str(tiny_registry.root), workers=2,
-        max_batch=4, fetch_threads=2, allow_network=("127.0.0.1/32",), feature_log=None,
+        bootstrap=broker.bootstrap,
+        registry=str(tiny_registry.root),
+        workers=2,
+        max_batch=4,
+        fetch_threads=2,
+        allow_network=("127.0.0.1/32",),
+        feature_log=None,
         state_dir=str(tmp_path / "state"),
-    )  # fmt: skip
+    )
     ensure_topics(settings.worker.kafka, Topics(), partitions=4)
     values, expected = good_stream(image_server, 400, "resize")
     image_server.delay_s = 0.1
@@ -59,14 +64,19 @@ def test_resizing_the_pool_moves_partitions_without_losing_or_repeating_a_record
         reader = OutputReader(broker.bootstrap)
         read_verdicts(reader, 80, timeout=120)
         assert pool.resize(3, metrics) == 3
-        shares = wait_until(reading, 30, what="3 workers on their shares",
-                            done=lambda r: r == split_partitions(4, 3))  # fmt: skip
+        shares = wait_until(
+            reading,
+            30,
+            what="3 workers on their shares",
+            done=lambda r: r == split_partitions(4, 3),
+        )
         assert sorted(p for share in shares for p in share) == [0, 1, 2, 3]
         read_verdicts(reader, 200, timeout=120)
         at_shrink = len(reader.out.verdicts)
         assert pool.resize(1, metrics) == 1
-        wait_until(reading, 30, what="1 worker on every partition",
-                   done=lambda r: r == [(0, 1, 2, 3)])  # fmt: skip
+        wait_until(
+            reading, 30, what="1 worker on every partition", done=lambda r: r == [(0, 1, 2, 3)]
+        )
         assert pool.resize(9, metrics) == 4  # never more workers than partitions
         out = wait_accounted(reader, expected, timeout=180)
         assert at_shrink < 400, "the resizes should land mid-stream"
@@ -91,10 +101,21 @@ def test_serve_workers_auto_grows_under_a_backlog_and_shrinks_when_idle(
     values, expected = good_stream(image_server, 240, "auto")
     image_server.delay_s = 0.2  # one fetch thread: about 5 records/s per worker
     service = Service(
-        broker.bootstrap, tiny_registry.root, tmp_path / "serve.log",
-        "--max-workers", "2", "--fetch-threads", "1", "--max-batch", "4",
-        "--scale-window", "6", "--scale-cooldown", "8", workers="auto",
-    )  # fmt: skip
+        broker.bootstrap,
+        tiny_registry.root,
+        tmp_path / "serve.log",
+        "--max-workers",
+        "2",
+        "--fetch-threads",
+        "1",
+        "--max-batch",
+        "4",
+        "--scale-window",
+        "6",
+        "--scale-cooldown",
+        "8",
+        workers="auto",
+    )
     reader = None
 
     def workers() -> int:

@@ -42,8 +42,11 @@ def test_labels_retrain_promote_and_hot_swap(
         reader = OutputReader(broker.bootstrap)
         wait_accounted(reader, {rid for rid, _, _ in first}, timeout=60)
         # 2. labellers say which were which
-        produce(broker.bootstrap, [json.dumps({"id": rid, "label": lab}).encode() for rid, _, lab in first],
-                topic="dmguard.labels")  # fmt: skip
+        produce(
+            broker.bootstrap,
+            [json.dumps({"id": rid, "label": lab}).encode() for rid, _, lab in first],
+            topic="dmguard.labels",
+        )
         labels_sent = time.monotonic()
         deadline = time.monotonic() + 30  # workers flush the feature log every 10 s
         while (
@@ -72,13 +75,35 @@ def test_labels_retrain_promote_and_hot_swap(
 
         feeder = threading.Thread(target=trickle, daemon=True)
         feeder.start()
-        env = {**os.environ, "DMGUARD_BOOTSTRAP": broker.bootstrap, "DMGUARD_REGISTRY": str(tiny_registry.root),
-               "DMGUARD_FEATURE_LOG": str(tmp_path / "feature-log")}  # fmt: skip
+        env = {
+            **os.environ,
+            "DMGUARD_BOOTSTRAP": broker.bootstrap,
+            "DMGUARD_REGISTRY": str(tiny_registry.root),
+            "DMGUARD_FEATURE_LOG": str(tmp_path / "feature-log"),
+        }
         done = subprocess.run(
-            [sys.executable, "-m", "dmguard", "retrain", "--once", "--min-new-labels", "50", "--epochs", "8",
-             "--workers", "2", "--batch-size", "16", "--cache", str(tmp_path / "cache")],
-            capture_output=True, text=True, timeout=300, env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "dmguard",
+                "retrain",
+                "--once",
+                "--min-new-labels",
+                "50",
+                "--epochs",
+                "8",
+                "--workers",
+                "2",
+                "--batch-size",
+                "16",
+                "--cache",
+                str(tmp_path / "cache"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         summary = json.loads(done.stdout.strip().splitlines()[-1])
         assert summary["trained"] and summary["promoted"], summary

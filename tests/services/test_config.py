@@ -24,9 +24,19 @@ def test_a_numeric_password_stays_a_string():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("false", False), ("False", False), ("0", False), ("no", False), ("OFF", False),
-     ("true", True), ("TRUE", True), ("1", True), ("yes", True), (" on ", True)],
-)  # fmt: skip
+    [
+        ("false", False),
+        ("False", False),
+        ("0", False),
+        ("no", False),
+        ("OFF", False),
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        (" on ", True),
+    ],
+)
 def test_booleans_parse_by_word(value, expected):
     extra = kafka_extra_from_env({"DMGUARD_KAFKA_SSL_CHECK_HOSTNAME": value})
     assert extra == {"ssl_check_hostname": expected}
@@ -144,8 +154,13 @@ def test_serve_settings_from_flags_and_the_environment(monkeypatch):
     monkeypatch.setenv("DMGUARD_BOOTSTRAP", "kafka:9093")
     monkeypatch.setenv("DMGUARD_REGISTRY", "/models")
     monkeypatch.setenv("DMGUARD_KAFKA_SECURITY_PROTOCOL", "SSL")
-    s = config.serve_settings(workers=3, max_batch=8, allow_network=["127.0.0.1/32"],
-                              fetch_timeout=2.0, feature_log="/log")  # fmt: skip
+    s = config.serve_settings(
+        workers=3,
+        max_batch=8,
+        allow_network=["127.0.0.1/32"],
+        fetch_timeout=2.0,
+        feature_log="/log",
+    )
     assert s.workers == 3 and s.worker.max_batch == 8 and s.worker.feature_log == "/log"
     assert s.worker.registry == "/models" and s.worker.state_dir is None
     assert s.worker.kafka.bootstrap_servers == "kafka:9093"

@@ -119,10 +119,22 @@ def test_tail_read_committed_hides_an_aborted_transaction(tmp_path):
 
         def tail(*extra: str) -> list[str]:
             done = subprocess.run(
-                [sys.executable, "-m", "dmguard", "tail", "--bootstrap", broker.bootstrap,
-                 "--from-beginning", "--timeout", "3", *extra],
-                capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "dmguard",
+                    "tail",
+                    "--bootstrap",
+                    broker.bootstrap,
+                    "--from-beginning",
+                    "--timeout",
+                    "3",
+                    *extra,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert done.returncode == 0, done.stderr
             return done.stdout.split()
 

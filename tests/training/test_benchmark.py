@@ -61,7 +61,9 @@ def test_a_source_memoriser_is_found_out():
 
     def nearest(cols):
         def fit(X, y, X_val, y_val, w):
-            return lambda Z: np.array([y[np.argmin(((X[:, cols] - z[cols]) ** 2).sum(1))] for z in Z], float)  # fmt: skip
+            return lambda Z: np.array(
+                [y[np.argmin(((X[:, cols] - z[cols]) ** 2).sum(1))] for z in Z], float
+            )
 
         return fit
 

@@ -60,7 +60,9 @@ def test_blocks_features_are_each_block_normalised_in_order():
     for b in range(3):
         part = out[:, 5 * b : 5 * (b + 1)]
         np.testing.assert_allclose(np.linalg.norm(part, axis=1), 1.0, atol=1e-6)
-        np.testing.assert_allclose(part, blocks[:, b] / np.linalg.norm(blocks[:, b], axis=1, keepdims=True), atol=1e-6)  # fmt: skip
+        np.testing.assert_allclose(
+            part, blocks[:, b] / np.linalg.norm(blocks[:, b], axis=1, keepdims=True), atol=1e-6
+        )
     with pytest.raises(ValueError, match="one of"):
         image_features(ImageFeatures(np.zeros((1, 2)), blocks[:1]), "pixels")
 

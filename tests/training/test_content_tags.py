@@ -60,8 +60,11 @@ def test_every_listed_image_has_a_tag_and_every_tag_a_listed_image(tags):
     """The source lists in code and the tag file name the same images (the build's
     'untagged' count is then 0 for the pinned sources)."""
     expected: set[str] = set()
-    for requirement, (_, members) in {**photos.PYPI_PHOTOS, **photos.PYPI_SDIST_PHOTOS,
-                                      **photos.NPM_PHOTOS}.items():  # fmt: skip
+    for requirement, (_, members) in {
+        **photos.PYPI_PHOTOS,
+        **photos.PYPI_SDIST_PHOTOS,
+        **photos.NPM_PHOTOS,
+    }.items():
         expected |= {f"{requirement}:{m}" for m in members}
     for name, (version, _, members) in photos.CRATES_PHOTOS.items():
         expected |= {f"crate:{name}=={version}:{m}" for m in members}

@@ -10,8 +10,15 @@ from training.split import split_indices
 
 
 def test_folder_layouts(tmp_path):
-    for rel in ["real/a.jpg", "fake/sdxl/b.png", "fake/flux/c.webp", "GEN/train/ai/d.jpg", "GEN/train/nature/e.jpg",
-                "notes/readme.txt", "other/x.jpg"]:  # fmt: skip
+    for rel in [
+        "real/a.jpg",
+        "fake/sdxl/b.png",
+        "fake/flux/c.webp",
+        "GEN/train/ai/d.jpg",
+        "GEN/train/nature/e.jpg",
+        "notes/readme.txt",
+        "other/x.jpg",
+    ]:
         p = tmp_path / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(jpeg(32, 32))

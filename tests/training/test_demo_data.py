@@ -85,15 +85,105 @@ def test_both_classes_get_the_same_treatment_and_no_image_is_in_two_splits(tmp_p
 # order, and libjpeg's jpeg_quality_scaling: quality q scales them by 5000/q % below 50,
 # by (200 - 2q) % from 50 up, rounding, clamped to 1..255 (baseline).
 ANNEX_K_LUMA = (
-    16, 11, 10, 16, 24, 40, 51, 61,  12, 12, 14, 19, 26, 58, 60, 55,
-    14, 13, 16, 24, 40, 57, 69, 56,  14, 17, 22, 29, 51, 87, 80, 62,
-    18, 22, 37, 56, 68, 109, 103, 77,  24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101,  72, 92, 95, 98, 112, 100, 103, 99,
-)  # fmt: skip
+    16,
+    11,
+    10,
+    16,
+    24,
+    40,
+    51,
+    61,
+    12,
+    12,
+    14,
+    19,
+    26,
+    58,
+    60,
+    55,
+    14,
+    13,
+    16,
+    24,
+    40,
+    57,
+    69,
+    56,
+    14,
+    17,
+    22,
+    29,
+    51,
+    87,
+    80,
+    62,
+    18,
+    22,
+    37,
+    56,
+    68,
+    109,
+    103,
+    77,
+    24,
+    35,
+    55,
+    64,
+    81,
+    104,
+    113,
+    92,
+    49,
+    64,
+    78,
+    87,
+    103,
+    121,
+    120,
+    101,
+    72,
+    92,
+    95,
+    98,
+    112,
+    100,
+    103,
+    99,
+)
 ANNEX_K_CHROMA = (
-    17, 18, 24, 47, 99, 99, 99, 99,  18, 21, 26, 66, 99, 99, 99, 99,
-    24, 26, 56, 99, 99, 99, 99, 99,  47, 66, 99, 99, 99, 99, 99, 99,
-) + (99,) * 32  # fmt: skip
+    17,
+    18,
+    24,
+    47,
+    99,
+    99,
+    99,
+    99,
+    18,
+    21,
+    26,
+    66,
+    99,
+    99,
+    99,
+    99,
+    24,
+    26,
+    56,
+    99,
+    99,
+    99,
+    99,
+    99,
+    47,
+    66,
+    99,
+    99,
+    99,
+    99,
+    99,
+    99,
+) + (99,) * 32
 README_QUALITY = 90  # README, "the demo": "re-encoded as JPEG quality 90 without metadata"
 
 
@@ -107,9 +197,12 @@ def _estimated_quality(image: Image.Image) -> int:
     tables = image.quantization
     assert sorted(tables) == [0, 1], tables  # one luma and one chroma table
     # Pillow (8.3 and later) gives the DQT tables in natural order, like Annex K
-    found = [q for q in range(1, 101)
-             if list(tables[0]) == _libjpeg_table(ANNEX_K_LUMA, q)
-             and list(tables[1]) == _libjpeg_table(ANNEX_K_CHROMA, q)]  # fmt: skip
+    found = [
+        q
+        for q in range(1, 101)
+        if list(tables[0]) == _libjpeg_table(ANNEX_K_LUMA, q)
+        and list(tables[1]) == _libjpeg_table(ANNEX_K_CHROMA, q)
+    ]
     assert len(found) == 1, f"tables match qualities {found}"
     return found[0]
 
@@ -158,19 +251,33 @@ def _rcc(files: dict[str, tuple[bytes, bool]]) -> bytes:
     for p in children:
         content, compress = files[p]
         stored = struct.pack(">I", len(content)) + zlib.compress(content) if compress else content
-        nodes.append(struct.pack(">IHHHI", add_name(p.split("/")[1]), int(compress), 0, 0,
-                                 len(data)) + b"\0" * 8)  # fmt: skip
+        nodes.append(
+            struct.pack(">IHHHI", add_name(p.split("/")[1]), int(compress), 0, 0, len(data))
+            + b"\0" * 8
+        )
         data += struct.pack(">I", len(stored)) + stored
     tree = b"".join(nodes)
     header_len = 20
-    return (b"qres" + struct.pack(">IIII", 2, header_len, header_len + len(tree),
-                                  header_len + len(tree) + len(data)) + tree + data + names)  # fmt: skip
+    return (
+        b"qres"
+        + struct.pack(
+            ">IIII", 2, header_len, header_len + len(tree), header_len + len(tree) + len(data)
+        )
+        + tree
+        + data
+        + names
+    )
 
 
 def test_qt_resource_reader_returns_plain_and_compressed_files():
     photo = jpeg(64, 48)
-    blob = _rcc({"res/a.jpg": (photo, False), "res/b.qml": (b"Item {}" * 50, True),
-                 "more/c.webp": (b"RIFF....WEBP", False)})  # fmt: skip
+    blob = _rcc(
+        {
+            "res/a.jpg": (photo, False),
+            "res/b.qml": (b"Item {}" * 50, True),
+            "more/c.webp": (b"RIFF....WEBP", False),
+        }
+    )
     got = dict(rcc_files(blob))
     assert got == {"res/a.jpg": photo, "res/b.qml": b"Item {}" * 50, "more/c.webp": b"RIFF....WEBP"}
 
@@ -178,8 +285,12 @@ def test_qt_resource_reader_returns_plain_and_compressed_files():
 # ------------------------------------------------------------------ content tags, format 2
 def test_tags_become_columns_and_the_untagged_are_counted(tmp_path):
     items = _slice()[:3] + _slice()[12:14]  # real-0..2, gen-0..1
-    tags = {"real-0": ("people", "photo"), "real-1": ("landscape", "photo"),
-            "gen-0": ("people", "photo"), "gen-1": ("animal", "art")}  # fmt: skip
+    tags = {
+        "real-0": ("people", "photo"),
+        "real-1": ("landscape", "photo"),
+        "gen-0": ("people", "photo"),
+        "gen-1": ("animal", "art"),
+    }
     summary = build_demo_set(items, tmp_path, tags=tags)
     header = (tmp_path / "manifest.csv").read_text().splitlines()[0]
     assert header == "path,label,source,generator,content,style,split,origin"

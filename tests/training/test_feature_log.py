@@ -46,9 +46,17 @@ def test_labelled_features_follow_the_kind_the_head_reads(tmp_path):
 
     root = tmp_path / "log"
     (root / "worker=old").mkdir(parents=True)
-    old = pa.table({"id": ["a"], "url": ["u"], "ts": [0.0], "encoder": ["enc"],
-                    "embedding": pa.array([[9.0, 9.0]], pa.list_(pa.float32())),
-                    "score": pa.array([0.5], pa.float32()), "head_version": ["v1"]})  # fmt: skip
+    old = pa.table(
+        {
+            "id": ["a"],
+            "url": ["u"],
+            "ts": [0.0],
+            "encoder": ["enc"],
+            "embedding": pa.array([[9.0, 9.0]], pa.list_(pa.float32())),
+            "score": pa.array([0.5], pa.float32()),
+            "head_version": ["v1"],
+        }
+    )
     pq.write_table(old, root / "worker=old" / "part-1.parquet")
     w = FeatureLogWriter(str(root), "0")
     w.append(
@@ -96,8 +104,10 @@ def test_a_pyarrow_uri_root_works_like_a_folder(tmp_path):
     assert len(parts) == 1  # written on the local disk the URI names
     assert sorted(read_feature_log(root).column("id").to_pylist()) == ["a", "b", "c"]
     assert sorted(read_feature_log(str(tmp_path / "uri-log")).column("id").to_pylist()) == [
-        "a", "b", "c",
-    ]  # fmt: skip
+        "a",
+        "b",
+        "c",
+    ]
     assert len(read_feature_log((tmp_path / "nothing-here").as_uri())) == 0
 
 

@@ -101,12 +101,14 @@ def _spy_on_forward(monkeypatch, encoder, fake: FakeCuda) -> list[dict]:
 
     def encode_image(x, *args, **kwargs):
         out = real(x, *args, **kwargs)
-        calls.append({
-            "autocast_open": fake.active,
-            "channels_last": x.is_contiguous(memory_format=torch.channels_last),
-            "plain_contiguous": x.is_contiguous(),
-            "out_dtype": out.dtype,
-        })  # fmt: skip
+        calls.append(
+            {
+                "autocast_open": fake.active,
+                "channels_last": x.is_contiguous(memory_format=torch.channels_last),
+                "plain_contiguous": x.is_contiguous(),
+                "out_dtype": out.dtype,
+            }
+        )
         return out
 
     monkeypatch.setattr(model, "encode_image", encode_image)

@@ -101,8 +101,13 @@ def test_one_head_scores_the_same_on_every_path(tmp_path, encoder, dataset, uses
 
     # `dmguard eval` / `dmguard train`: the embedding cache, head_input, score
     cache = tmp_path / "cache"
-    emb = embed_samples(samples, meta.encoder, cache_dir=cache / "embeddings", progress=False,
-                        with_text=meta.uses_text)  # fmt: skip
+    emb = embed_samples(
+        samples,
+        meta.encoder,
+        cache_dir=cache / "embeddings",
+        progress=False,
+        with_text=meta.uses_text,
+    )
     assert [s.location for s in emb.samples] == [s.location for s in samples]
     np.testing.assert_allclose(emb.X, embeddings, atol=1e-5, rtol=0)
     X = head_input(emb.X, emb.T, uses_text=meta.uses_text, input_dim=meta.input_dim)
@@ -151,7 +156,6 @@ def test_training_scores_its_held_out_rows_as_serving_does(encoder, dataset, mon
     head, history = fit_epochs(X, y, X, y, cfg)
     [val_scores] = seen
     assert history[0]["val_auc"] == roc_auc(y, val_scores)
-    meta = HeadMeta(version="t", encoder=TINY, input_dim=X.shape[1], uses_text=True,
-                    threshold=0.5)  # fmt: skip
+    meta = HeadMeta(version="t", encoder=TINY, input_dim=X.shape[1], uses_text=True, threshold=0.5)
     _, served = Detector(encoder, head, meta)(pixels, texts_of(samples))
     np.testing.assert_allclose(val_scores, served, atol=TOL, rtol=0)

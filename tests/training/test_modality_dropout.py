@@ -53,16 +53,42 @@ def test_train_with_captions_registers_a_text_head(tmp_path):
             path = tmp_path / "img" / f"{label}-{i}.png"
             path.parent.mkdir(exist_ok=True)
             path.write_bytes(encode(make(i), "PNG"))
-            rows.append({"path": str(path), "label": label, "text": words if i % 2 else "",
-                         "source": f"{label}-{i % 2}"})  # fmt: skip
+            rows.append(
+                {
+                    "path": str(path),
+                    "label": label,
+                    "text": words if i % 2 else "",
+                    "source": f"{label}-{i % 2}",
+                }
+            )
     manifest = tmp_path / "set.jsonl"
     manifest.write_text("\n".join(json.dumps(r) for r in rows))
     reg = tmp_path / "registry"
     done = subprocess.run(
-        [sys.executable, "-m", "dmguard", "train", "--data", str(manifest), "--encoder", TINY, "--epochs", "3",
-         "--workers", "2", "--batch-size", "16", "--registry", str(reg), "--cache", str(tmp_path / "cache")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dmguard",
+            "train",
+            "--data",
+            str(manifest),
+            "--encoder",
+            TINY,
+            "--epochs",
+            "3",
+            "--workers",
+            "2",
+            "--batch-size",
+            "16",
+            "--registry",
+            str(reg),
+            "--cache",
+            str(tmp_path / "cache"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     meta = Registry(reg).meta("v1")
     assert meta.uses_text and meta.input_dim == 128 and meta.extra["train_config"]["text_dim"] == 64

@@ -55,8 +55,10 @@ def test_lower_jpeg_quality_loses_more(noisy):
     assert 0 < err["jpeg:95"] < err["jpeg:10"]
 
 
-@pytest.mark.parametrize(("factor", "size"), [(0.5, (32, 24)), (0.25, (16, 12)), (2, (128, 96)),
-                                              (0.3, (19, 14)), (0.001, (1, 1))])  # fmt: skip
+@pytest.mark.parametrize(
+    ("factor", "size"),
+    [(0.5, (32, 24)), (0.25, (16, 12)), (2, (128, 96)), (0.3, (19, 14)), (0.001, (1, 1))],
+)
 def test_resize_scales_both_sides_with_bicubic(factor, size):
     img = photo(64, 48, seed=2)
     out = parse_perturbations(f"resize:{factor}")[f"resize:{factor}"](png(img))
@@ -126,10 +128,19 @@ def test_eval_metrics_change_under_each_perturbation(tmp_path, tiny_registry):
             (data / label / f"{i}.png").write_bytes(png(make(i, size=64)))
     from dmguard import build_parser
 
-    args = build_parser().parse_args([
-        "eval", "--data", str(data), "--registry", str(tiny_registry.root),
-        "--cache", str(tmp_path / "cache"), "--perturb", "jpeg:10,resize:0.25,blur:3",
-    ])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "--data",
+            str(data),
+            "--registry",
+            str(tiny_registry.root),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--perturb",
+            "jpeg:10,resize:0.25,blur:3",
+        ]
+    )
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert run_eval(args) == 0

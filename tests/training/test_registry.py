@@ -397,10 +397,26 @@ def test_valid_version_names(name):
 
 @pytest.mark.parametrize(
     "name",
-    ["", "v", "v0", "v01", "V1", "1", "v1\n", "v1 ", "v1\x00", "v1/x", "../v1", "/v1",
-     "v1000000000", "v١", None, 1],
+    [
+        "",
+        "v",
+        "v0",
+        "v01",
+        "V1",
+        "1",
+        "v1\n",
+        "v1 ",
+        "v1\x00",
+        "v1/x",
+        "../v1",
+        "/v1",
+        "v1000000000",
+        "v١",
+        None,
+        1,
+    ],
     ids=repr,
-)  # fmt: skip
+)
 def test_invalid_version_names(name):
     with pytest.raises(RegistryError, match=BAD_NAME):
         check_version(name)
@@ -465,7 +481,7 @@ def test_save_refuses_what_it_could_not_load_back(tmp_path):
             )
         ),
     )
-    assert reg.meta(edge.version).threshold > 1.0  # fmt: skip
+    assert reg.meta(edge.version).threshold > 1.0
 
 
 def test_calibration_and_abstain_band_round_trip(tmp_path):

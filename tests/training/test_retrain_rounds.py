@@ -247,10 +247,16 @@ def test_every_goes_on_after_rounds_that_fail(caplog):
             fn, emitted.append, every=0.0, stop=lambda: len(emitted) >= 4, sleep=lambda s: None
         )
     assert code == 0 and len(emitted) == 4
-    assert emitted[0] == {"trained": False, "reason": "round failed: RuntimeError: bug in round 1",
-                          "error": "RuntimeError"}  # fmt: skip
-    assert emitted[1] == {"trained": False, "reason": "no Kafka broker answers at h:1",
-                          "error": "BrokerError"}  # fmt: skip
+    assert emitted[0] == {
+        "trained": False,
+        "reason": "round failed: RuntimeError: bug in round 1",
+        "error": "RuntimeError",
+    }
+    assert emitted[1] == {
+        "trained": False,
+        "reason": "no Kafka broker answers at h:1",
+        "error": "BrokerError",
+    }
     assert emitted[2:] == [
         {"trained": False, "reason": "too few"},
         {"trained": True, "version": "v2"},

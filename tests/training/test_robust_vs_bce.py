@@ -35,10 +35,13 @@ def runs_on_both_cores(positive: float, data: Synthetic) -> dict[str, list[dict]
     are those the module docstring gives (margins 0.12 and 0.20)."""
     jobs = [(loss, seed) for loss in ("bce", "robust") for seed in SEEDS]
     context = multiprocessing.get_context("spawn")  # no forked copy of a Ray or torch state
-    with ProcessPoolExecutor(2, mp_context=context, initializer=torch.set_num_threads,
-                             initargs=(1,)) as pool:  # fmt: skip
-        futures = [pool.submit(compare, config(loss, seed, epochs=30), positive, seed, data)
-                   for loss, seed in jobs]  # fmt: skip
+    with ProcessPoolExecutor(
+        2, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)
+    ) as pool:
+        futures = [
+            pool.submit(compare, config(loss, seed, epochs=30), positive, seed, data)
+            for loss, seed in jobs
+        ]
         results = [f.result() for f in futures]
     runs: dict[str, list[dict]] = {"bce": [], "robust": []}
     for (loss, _), result in zip(jobs, results, strict=True):

@@ -91,10 +91,28 @@ def test_train_with_ray_train_registers_and_eval_reports_every_field(tmp_path, r
     cmd = [sys.executable, "-m", "dmguard"]
     t0 = time.monotonic()
     done = subprocess.run(
-        [*cmd, "train", "--data", str(data), "--encoder", TINY, "--epochs", "4", "--workers", "2",
-         "--registry", str(reg), "--cache", str(tmp_path / "cache"), "--batch-size", "16"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            *cmd,
+            "train",
+            "--data",
+            str(data),
+            "--encoder",
+            TINY,
+            "--epochs",
+            "4",
+            "--workers",
+            "2",
+            "--registry",
+            str(reg),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--batch-size",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     record_property("train_seconds", round(time.monotonic() - t0, 1))
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -107,8 +125,23 @@ def test_train_with_ray_train_registers_and_eval_reports_every_field(tmp_path, r
     assert 1 <= len(meta.extra["history"]) <= 4
     assert meta.metrics["fpr_at_threshold"] <= 0.05
 
-    out = subprocess.run([*cmd, "eval", "--data", str(data), "--registry", str(reg), "--cache", str(tmp_path / "cache"),
-                          "--perturb", "jpeg:75,resize:0.5"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            *cmd,
+            "eval",
+            "--data",
+            str(data),
+            "--registry",
+            str(reg),
+            "--cache",
+            str(tmp_path / "cache"),
+            "--perturb",
+            "jpeg:75,resize:0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     metrics = json.loads(out.stdout)
     for key in (*EVAL_FIELDS, "per_source"):

@@ -15,8 +15,9 @@ def test_a_corrupt_cached_file_is_refused_not_used(tmp_path):
         verify(tmp_path / "absent.onnx", KNOWN["clip-vit-b16-int8"].sha256)
 
 
-@pytest.mark.parametrize("ci, outcome", [("true", pytest.fail.Exception),
-                                          ("", pytest.skip.Exception)])  # fmt: skip
+@pytest.mark.parametrize(
+    "ci, outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
 def test_missing_weights_fail_under_ci_and_skip_elsewhere(monkeypatch, tmp_path, ci, outcome):
     """`make test` fetches the weights, so CI must not pass by skipping the tests that need them."""
     import tests.conftest

@@ -119,9 +119,18 @@ def build_demo_set(
         if item.origin not in tags:
             untagged.append(item.origin)
         content, style = tags.get(item.origin, UNTAGGED)
-        rows.append({"path": f"images/{digest}.jpg", "label": item.label, "source": item.source,
-                     "generator": item.generator, "content": content, "style": style,
-                     "origin": item.origin, "original": original})  # fmt: skip
+        rows.append(
+            {
+                "path": f"images/{digest}.jpg",
+                "label": item.label,
+                "source": item.source,
+                "generator": item.generator,
+                "content": content,
+                "style": style,
+                "origin": item.origin,
+                "original": original,
+            }
+        )
     labels = np.array([r["label"] for r in rows])
     if len(set(labels.tolist())) < 2:
         raise ValueError("the demo set needs both real and generated images")
@@ -178,16 +187,20 @@ def original_suffix(data: bytes) -> str:
 def content_counts(rows: list[dict]) -> dict:
     """{"real"|"generated": {content: {"photo": n, "art": n}}}, every content listed."""
     counts = Counter((LABELS[int(r["label"])], r["content"], r["style"]) for r in rows)
-    return {label: {c: {s: counts[label, c, s] for s in STYLES} for c in CONTENTS}
-            for label in LABELS.values()}  # fmt: skip
+    return {
+        label: {c: {s: counts[label, c, s] for s in STYLES} for c in CONTENTS}
+        for label in LABELS.values()
+    }
 
 
 def source_counts(rows: list[dict]) -> dict:
     """{source: {"label": "real"|"generated"|"mixed", "images": n, "split": ...}}."""
     out: dict[str, dict] = {}
     for r in rows:
-        entry = out.setdefault(r["source"], {"label": LABELS[int(r["label"])], "images": 0,
-                                             "split": r.get("split", "")})  # fmt: skip
+        entry = out.setdefault(
+            r["source"],
+            {"label": LABELS[int(r["label"])], "images": 0, "split": r.get("split", "")},
+        )
         entry["images"] += 1
         if entry["label"] != LABELS[int(r["label"])]:
             entry["label"] = "mixed"
@@ -216,8 +229,12 @@ def ensure_demo_set(
     log(f"building the demo set in {out} (downloads cached in {downloads})")
     skipped: list[str] = []
     items = collect(Path(downloads), log=log, skipped=skipped)
-    summary = build_demo_set(items, out, seed=seed,
-                             progress=lambda it: tqdm(it, desc="normalising", unit="img", file=sys.stderr))  # fmt: skip
+    summary = build_demo_set(
+        items,
+        out,
+        seed=seed,
+        progress=lambda it: tqdm(it, desc="normalising", unit="img", file=sys.stderr),
+    )
     summary["skipped"] = skipped
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

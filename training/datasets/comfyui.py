@@ -164,8 +164,11 @@ def index_models(wheel: Path) -> dict[str, str]:
     with zipfile.ZipFile(wheel) as z:
         member = next(n for n in z.namelist() if n.endswith("templates/index.json"))
         index = json.loads(z.read(member))
-    return {t["name"]: template_model(t.get("models") or [])
-            for category in index for t in category.get("templates", [])}  # fmt: skip
+    return {
+        t["name"]: template_model(t.get("models") or [])
+        for category in index
+        for t in category.get("templates", [])
+    }
 
 
 def _thumbnails(wheel: Path, stems: list[str]) -> Iterator[tuple[str, str, bytes]]:

@@ -67,7 +67,9 @@ def _png(image: Image.Image) -> bytes:
 def openpeople_images(downloads: Path) -> Iterator[RawImage]:
     requirement = OPENPEOPLE
     with zipfile.ZipFile(pip_download(requirement, downloads)) as z:
-        people = sorted({n.split("/")[3] for n in z.namelist() if n.startswith("openpeople/data/curated/P")})  # fmt: skip
+        people = sorted(
+            {n.split("/")[3] for n in z.namelist() if n.startswith("openpeople/data/curated/P")}
+        )
         for person in people:
             folder = f"openpeople/data/curated/{person}"
             model = json.loads(z.read(f"{folder}/metadata.json"))["generated_with"]
@@ -80,8 +82,10 @@ def openpeople_images(downloads: Path) -> Iterator[RawImage]:
                 sheet = Image.open(io.BytesIO(z.read(member)))
                 cells = grid_cells(sheet)
                 if [len(r) for r in cells] != [shape[1]] * shape[0]:
-                    raise ValueError(f"{member}: expected a {shape} grid of frames, found "
-                                     f"{[len(r) for r in cells]}")  # fmt: skip
+                    raise ValueError(
+                        f"{member}: expected a {shape} grid of frames, found "
+                        f"{[len(r) for r in cells]}"
+                    )
                 for i in range(min(shape)):
                     crop = _png(sheet.crop(cells[i][i]))
                     yield RawImage(f"{requirement}:{member}#r{i}c{i}", crop, 1, source, model)
@@ -91,8 +95,13 @@ def invokeai_images(downloads: Path) -> Iterator[RawImage]:
     with zipfile.ZipFile(pip_download(INVOKEAI, downloads)) as z:
         for member in sorted(z.namelist()):
             if member.startswith(INVOKEAI_PRESETS) and member.endswith(".png"):
-                yield RawImage(f"{INVOKEAI}:{member}", z.read(member), 1, "invokeai",
-                               "InvokeAI style preset (model not named)")  # fmt: skip
+                yield RawImage(
+                    f"{INVOKEAI}:{member}",
+                    z.read(member),
+                    1,
+                    "invokeai",
+                    "InvokeAI style preset (model not named)",
+                )
 
 
 def generated_images(downloads: Path) -> Iterator[RawImage]:
