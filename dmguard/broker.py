@@ -28,17 +28,23 @@ def add_parser(sub) -> None:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=9092)
     sp.add_argument(
-        "--engine", choices=ENGINES, default=None,
+        "--engine",
+        choices=ENGINES,
+        default=None,
         help="tansu (in memory, the default), noida (on disk, needs --data) or kafka",
-    )  # fmt: skip
+    )
     sp.add_argument(
-        "--data", metavar="DIR", default=None,
+        "--data",
+        metavar="DIR",
+        default=None,
         help="the engine's state folder (noida, kafka): a restart on DIR loses nothing",
-    )  # fmt: skip
+    )
     sp.add_argument(
-        "--durable", metavar="DIR", default=None,
+        "--durable",
+        metavar="DIR",
+        default=None,
         help="the same as --engine noida --data DIR",
-    )  # fmt: skip
+    )
     sp.set_defaults(func=run)
 
 

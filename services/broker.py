@@ -130,15 +130,28 @@ class EmbeddedBroker:
         if self.durable_dir is not None:
             self.durable_dir.mkdir(parents=True, exist_ok=True)
             return [
-                str(noida_binary()), "start", "--only", "kafka",
-                "--data-dir", str(self.durable_dir.resolve()),
-                "--kafka-port", str(self.port), "--host", self.host,
-            ]  # fmt: skip
+                str(noida_binary()),
+                "start",
+                "--only",
+                "kafka",
+                "--data-dir",
+                str(self.durable_dir.resolve()),
+                "--kafka-port",
+                str(self.port),
+                "--host",
+                self.host,
+            ]
         url = f"tcp://{self.host}:{self.port}"
         return [
-            str(tansu_binary()), "broker", "--listener-url", url,
-            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/",
-        ]  # fmt: skip
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
 
     @property
     def bootstrap(self) -> str:
@@ -379,11 +392,16 @@ class KafkaBroker(EmbeddedBroker):
         log4j = folder / "log4j2.properties"
         log4j.write_text(_LOG4J2)
         base = [
-            str(java), f"-Xmx{self.heap_mb}m", "-Xms64m", *self.jvm_options,
-            "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true",
+            str(java),
+            f"-Xmx{self.heap_mb}m",
+            "-Xms64m",
+            *self.jvm_options,
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={log4j}",
-            "-cp", str(self.libs.resolve() / "*"),
-        ]  # fmt: skip
+            "-cp",
+            str(self.libs.resolve() / "*"),
+        ]
         if not (folder / "data" / "meta.properties").is_file():
             self._format(base, props)
         return [*base, "kafka.Kafka", str(props)]

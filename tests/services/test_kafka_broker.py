@@ -191,10 +191,22 @@ def restarted(tmp_path_factory):
     started = time.monotonic()
     with open(cli_err, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dmguard", "broker", "--engine", "kafka",
-             "--data", str(folder), "--port", str(port)],
-            stdout=subprocess.PIPE, stderr=err, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "dmguard",
+                "broker",
+                "--engine",
+                "kafka",
+                "--data",
+                str(folder),
+                "--port",
+                str(port),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
     try:
         ready = proc.stdout.readline().strip()
         if not ready.startswith("ready"):
