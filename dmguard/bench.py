@@ -11,6 +11,7 @@ from pathlib import Path
 
 from benchmarks import bench as measure
 from benchmarks import bench_peer, bench_uploads
+from benchmarks.harness import bench_jpegs
 from dmguard.common import parse_views
 from services.config import offline_weights
 
@@ -136,16 +137,32 @@ def run(args: argparse.Namespace) -> int:
     uploads = args.mix == "uploads"
     latency = args.fetch_latency_ms
     bandwidth = args.bandwidth_mbps
-    result = measure.run_bench(encoder_spec=args.encoder, images=args.images, workers=args.workers,
-                       max_batch=args.max_batch, size=(w, h), naive_images=args.naive_images,
-                       latency_s=args.latency_seconds, compare=args.compare_encoder,
-                       delivery=args.delivery, mix=args.mix,
-                       fetch_latency_ms=latency if latency is not None
-                       else bench_uploads.DEFAULT_LATENCY_MS if uploads else 0.0,
-                       bandwidth_mbps=bandwidth if bandwidth is not None
-                       else bench_uploads.DEFAULT_BANDWIDTH_MBPS if uploads else 0.0,
-                       mix_scale=args.mix_scale, mix_files=args.mix_files,
-                       mix_cache=Path(args.mix_cache), views=parse_views(args.views))  # fmt: skip
+    result = measure.run_bench(
+        encoder_spec=args.encoder,
+        images=args.images,
+        workers=args.workers,
+        max_batch=args.max_batch,
+        size=(w, h),
+        naive_images=args.naive_images,
+        latency_s=args.latency_seconds,
+        compare=args.compare_encoder,
+        delivery=args.delivery,
+        mix=args.mix,
+        fetch_latency_ms=latency
+        if latency is not None
+        else bench_uploads.DEFAULT_LATENCY_MS
+        if uploads
+        else 0.0,
+        bandwidth_mbps=bandwidth
+        if bandwidth is not None
+        else bench_uploads.DEFAULT_BANDWIDTH_MBPS
+        if uploads
+        else 0.0,
+        mix_scale=args.mix_scale,
+        mix_files=args.mix_files,
+        mix_cache=Path(args.mix_cache),
+        views=parse_views(args.views),
+    )
     code = 0
     if args.peer:  # a failed peer run must not cost the minutes of (a)-(c) measured above
         with tempfile.TemporaryDirectory(prefix="dmguard-peer-") as tmp:
@@ -173,13 +190,16 @@ def peer_files(args: argparse.Namespace, tmp: Path) -> tuple[list[Path], dict[st
     if args.mix != "uploads":
         w, h = (int(v) for v in args.size.split("x"))
         paths = []
-        for i, blob in enumerate(measure.bench_jpegs(min(args.peer_files, 16), (w, h))):
+        for i, blob in enumerate(bench_jpegs(min(args.peer_files, 16), (w, h))):
             paths.append(tmp / f"{i}.jpg")
             paths[-1].write_bytes(blob)
         return paths, {}
     mix = bench_uploads.load_mix(Path(args.mix_cache), scale=args.mix_scale, files=args.mix_files)
-    left_out = {k.name: f"the peer does not take {k.fmt}" for k in bench_uploads.MIX
-                if k.dead_letter is None and k.fmt not in measure.PEER_FORMATS}  # fmt: skip
+    left_out = {
+        k.name: f"the peer does not take {k.fmt}"
+        for k in bench_uploads.MIX
+        if k.dead_letter is None and k.fmt not in measure.PEER_FORMATS
+    }
     chosen: list[Path] = []
     for i in range(len(mix.order)):
         e = mix.entry(i)

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 
 from benchmarks import soak as measure
+from benchmarks.soak_mix import BAD_KINDS
+from benchmarks.soak_stats import LAG_BOUND_SECONDS, RSS_GROWTH_TARGET, parse_steps
 from services.config import offline_weights
 
 
@@ -18,7 +20,7 @@ def add_parser(sub) -> None:
         description="Run the service in-process (embedded broker, local image server) at a "
         "steady fraction of its measured capacity with ~5% bad records, record worker RSS, "
         "lag, p99 latency and restarts each minute, and check them against the targets "
-        f"(RSS growth < {measure.RSS_GROWTH_TARGET:.0%} after warm-up, lag bounded, no restarts). "
+        f"(RSS growth < {RSS_GROWTH_TARGET:.0%} after warm-up, lag bounded, no restarts). "
         "Writes soak.csv, soak.json, soak.png and soak.txt (the curves as text) under --out.",
     )
     sp.add_argument(
@@ -48,9 +50,7 @@ def add_parser(sub) -> None:
         "--bad-fraction",
         type=float,
         default=0.05,
-        help="share of bad records, spread over "
-        + ", ".join(measure.BAD_KINDS)
-        + " (default %(default)s)",
+        help="share of bad records, spread over " + ", ".join(BAD_KINDS) + " (default %(default)s)",
     )
     weights = offline_weights()
     sp.add_argument(
@@ -65,9 +65,11 @@ def add_parser(sub) -> None:
         "--max-workers) (default: one per core, %(default)s)",
     )
     sp.add_argument(
-        "--max-workers", type=int, default=0,
+        "--max-workers",
+        type=int,
+        default=0,
         help="with --workers auto: the most workers (default: one per input partition)",
-    )  # fmt: skip
+    )
     sp.add_argument(
         "--steps",
         default=None,
@@ -92,7 +94,7 @@ def add_parser(sub) -> None:
         default=None,
         metavar="RECORDS",
         help="lag above this after warm-up fails the 'lag bounded' target "
-        f"(default: {measure.LAG_BOUND_SECONDS:g} s of input at the target rate)",
+        f"(default: {LAG_BOUND_SECONDS:g} s of input at the target rate)",
     )
     sp.add_argument(
         "--seed", type=int, default=0, help="seed of the record mix (default %(default)s)"
@@ -122,14 +124,22 @@ def run(args: argparse.Namespace) -> int:
     workers = 1 if autoscale else int(args.workers) if args.workers.isdigit() else 0
     if args.capacity_images < 1 or workers < 1:
         raise ConfigError("--capacity-images must be at least 1, --workers a number or auto")
-    steps = measure.parse_steps(args.steps) if args.steps else None
+    steps = parse_steps(args.steps) if args.steps else None
     summary = measure.run_soak(
-        encoder_spec=args.encoder, workers=workers, max_batch=args.max_batch,
-        autoscale=autoscale, max_workers=args.max_workers, steps=steps,
+        encoder_spec=args.encoder,
+        workers=workers,
+        max_batch=args.max_batch,
+        autoscale=autoscale,
+        max_workers=args.max_workers,
+        steps=steps,
         minutes=sum(sec for _, sec in steps) / 60 if steps else args.minutes,
-        rate=steps[0][0] if steps else args.rate, fraction=args.fraction,
-        capacity_images=args.capacity_images, bad_fraction=args.bad_fraction,
-        row_seconds=args.row_seconds, lag_bound=args.lag_bound, seed=args.seed,
+        rate=steps[0][0] if steps else args.rate,
+        fraction=args.fraction,
+        capacity_images=args.capacity_images,
+        bad_fraction=args.bad_fraction,
+        row_seconds=args.row_seconds,
+        lag_bound=args.lag_bound,
+        seed=args.seed,
         out=Path(args.out),
-    )  # fmt: skip
+    )
     return 0 if summary["all_targets_met"] or steps else 1

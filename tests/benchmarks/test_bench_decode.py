@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from benchmarks import bench_decode
-from benchmarks.bench_decode import METHODS, PASS_COSINE, Method, compare_decoders, format_table
+from benchmarks.bench_decode import PASS_COSINE, compare_decoders, format_table
+from benchmarks.decode_methods import METHODS, Method
 from services.errors import InputError
 from services.images import decode, to_rgb
 from tests.conftest import TINY

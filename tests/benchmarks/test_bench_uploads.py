@@ -26,7 +26,7 @@ from benchmarks.bench_uploads import (
     load_mix,
     mix_folder,
 )
-from benchmarks.soak import vm_rss_mib
+from benchmarks.harness import vm_rss_mib
 from services.errors import InputError
 from services.images import decode, sniff
 

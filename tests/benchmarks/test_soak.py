@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.soak import (
-    BAD_KINDS,
-    PLOT_SIZE,
+from benchmarks.soak_mix import BAD_KINDS, RecordMix
+from benchmarks.soak_plot import PLOT_SIZE, write_plot
+from benchmarks.soak_stats import (
     ROW_FIELDS,
-    RecordMix,
     Scrape,
     TokenBucket,
     bucket_deltas,
@@ -26,7 +25,6 @@ from benchmarks.soak import (
     make_row,
     parse_scrape,
     summarize,
-    write_plot,
 )
 from dmguard import build_parser
 from services.metrics import LATENCY_BUCKETS, DriverMetrics, WorkerStats
@@ -144,8 +142,17 @@ def test_a_scrape_of_the_real_metrics_reads_records_buckets_and_lag():
 def test_a_row_is_the_difference_of_two_scrapes():
     before = Scrape({"verdict": 100, "dead_letter": 5}, {0.1: 10.0, 1.0: 10.0, math.inf: 10.0}, 3)
     after = Scrape({"verdict": 157, "dead_letter": 8}, {0.1: 10.0, 1.0: 110.0, math.inf: 110.0}, 7)
-    row = make_row(minute=2, elapsed_s=120.04, seconds=60.0, sent=60, before=before, after=after,
-                   worker_rss_mib=[400.0, 420.26], restarts=1, driver_rss_mib=300.0)  # fmt: skip
+    row = make_row(
+        minute=2,
+        elapsed_s=120.04,
+        seconds=60.0,
+        sent=60,
+        before=before,
+        after=after,
+        worker_rss_mib=[400.0, 420.26],
+        restarts=1,
+        driver_rss_mib=300.0,
+    )
     assert set(row) == set(ROW_FIELDS)
     assert (row["verdicts"], row["dead_letters"], row["outputs"]) == (57, 3, 60)
     assert row["outputs_per_s"] == 1.0 and row["sent_per_s"] == 1.0
@@ -238,8 +245,11 @@ def test_the_mix_is_about_five_percent_bad_over_every_kind_with_unique_ids():
             assert key is None and out_key == "raw:" + value.decode()
         else:
             assert json.loads(value)["id"] == out_key == key.decode()
-    good_paths = {json.loads(v)["url"].split("/", 3)[3].split("?")[0] for _, v, k in records
-                  if not k.startswith("raw:") and "/img/" in json.loads(v)["url"]}  # fmt: skip
+    good_paths = {
+        json.loads(v)["url"].split("/", 3)[3].split("?")[0]
+        for _, v, k in records
+        if not k.startswith("raw:") and "/img/" in json.loads(v)["url"]
+    }
     assert len(good_paths) >= 10  # images of several sizes and formats
     assert all("/" + p in mix.routes for p in good_paths)
 
@@ -255,7 +265,7 @@ def test_the_command_is_registered_with_its_defaults(capsys):
 
 
 def test_steps_parse_and_say_the_rate_at_each_moment():
-    from benchmarks.soak import parse_steps, rate_at
+    from benchmarks.soak_stats import parse_steps, rate_at
     from services.errors import ConfigError
 
     steps = parse_steps("2x120, 10x240,2x60")
@@ -267,14 +277,19 @@ def test_steps_parse_and_say_the_rate_at_each_moment():
 
 
 def test_step_response_says_when_the_pool_followed_each_step():
-    from benchmarks.soak import step_response
+    from benchmarks.soak_stats import step_response
 
     # Rows every 10 s; 1 worker until 150 s, 2 until 400 s, then 1; steps at 120 s and 360 s.
     workers = {t: 1 if t < 150 or t >= 400 else 2 for t in range(10, 490, 10)}
     rows = [{"elapsed_s": t, "workers": w} for t, w in workers.items()]
     up, down = step_response(rows, [(2, 120), (10, 240), (2, 120)])
-    assert up == {"at_s": 120, "rate": 10, "workers_before": 1, "resized_after_s": 30,
-                  "workers_after": 2}  # fmt: skip
+    assert up == {
+        "at_s": 120,
+        "rate": 10,
+        "workers_before": 1,
+        "resized_after_s": 30,
+        "workers_after": 2,
+    }
     assert down["workers_before"] == 2 and down["resized_after_s"] == 40
     assert down["workers_after"] == 1
     # No resize before the next step: None, not the later one's delay.
