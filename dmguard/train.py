@@ -25,6 +25,7 @@ from dmguard.common import (
 )
 from services.config import Topics, default_feature_log, offline_weights
 from services.errors import ConfigError, DmguardError
+from training.config import TrainConfig
 
 
 # -------------------------------------------------------------------- flags
@@ -59,7 +60,12 @@ def add_parser(sub) -> None:
     sp.add_argument(
         "--min-new-labels", type=int, default=50, help="labelled features the head has not seen"
     )
-    sp.add_argument("--feature-log", default=default_feature_log())
+    sp.add_argument(
+        "--feature-log",
+        default=default_feature_log(),
+        help="folder or URI of the workers' feature log (default: $DMGUARD_FEATURE_LOG or "
+        "%(default)s)",
+    )
     training_args(sp)
     sp.set_defaults(func=run_retrain)
 
@@ -74,7 +80,9 @@ def add_parser(sub) -> None:
         "threshold chosen on still other held-back sources.",
     )
     registry_arg(sp)
-    sp.add_argument("--data", required=True)
+    sp.add_argument(
+        "--data", required=True, help="folder (real/ fake/, or nature/ ai/) or CSV/JSONL manifest"
+    )
     sp.add_argument("--version", default=None, help="head version (default: CURRENT)")
     sp.add_argument(
         "--perturb", default="", help="also under laundering, e.g. jpeg:75,resize:0.5,blur:1"
@@ -108,72 +116,101 @@ def add_parser(sub) -> None:
 
 
 def training_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument(
+    """The training flags of train, retrain and eval; every default is TrainConfig's."""
+    d = TrainConfig()
+    g = sp.add_argument_group("training (defaults from training.config.TrainConfig)")
+    g.add_argument(
         "--features",
-        default="embedding",
+        default=d.features,
         metavar="KIND",
         help="what the head reads from the image tower: 'embedding' (the final CLIP embedding), "
         "'blocks' (every transformer block's class token) or 'blocks:A-B' (blocks A to B, "
-        "0-based; 'blocks:8' is one block). Default: embedding. `retrain` ignores it: a new "
+        "0-based; 'blocks:8' is one block). Default: %(default)s. `retrain` ignores it: a new "
         "head reads what the current one reads",
     )
-    sp.add_argument(
+    g.add_argument(
         "--pool-blocks",
         action="store_true",
         help="with block features, pool the blocks with learned weights before the MLP (RINE) "
         "instead of reading their concatenation",
     )
-    sp.add_argument("--hidden-dim", type=int, default=0, help="head width (0: its input width)")
-    sp.add_argument(
+    g.add_argument(
+        "--hidden-dim", type=int, default=d.hidden_dim, help="head width (0: its input width)"
+    )
+    g.add_argument(
         "--head-depth",
         type=int,
-        default=3,
+        default=d.depth,
         help="hidden Linear-BN-LeakyReLU-Dropout blocks of the head: 3 is the paper's MLP "
         "(default), 0 a linear head on the features",
     )
-    sp.add_argument(
+    g.add_argument(
         "--standardize",
         action="store_true",
         help="standardise each input feature with the training rows' mean and standard "
-        "deviation (stored in the head); the demo's linear head uses it",
+        "deviation (stored in the head)",
     )
-    sp.add_argument(
+    g.add_argument(
         "--no-balance",
         action="store_true",
         help="do not reweigh training rows so that label and content (or embedding cluster) "
         "are independent",
     )
-    sp.add_argument("--epochs", type=int, default=30)
-    sp.add_argument(
-        "--workers", type=int, default=2, help="Ray Train workers (and embedding actors)"
+    g.add_argument("--epochs", type=int, default=d.epochs, help="most epochs (default %(default)s)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="Ray Train workers (and embedding actors) (default %(default)s)",
     )
-    sp.add_argument("--loss", choices=["robust", "bce"], default="robust")
-    sp.add_argument("--gamma", type=float, default=0.5, help="CVaR weight against the AUC loss")
-    sp.add_argument("--alpha", type=float, default=0.8, help="CVaR tail fraction")
-    sp.add_argument("--rho", type=float, default=0.05, help="SAM radius (0: plain AdamW)")
-    sp.add_argument("--lr", type=float, default=1e-3)
-    sp.add_argument("--batch-size", type=int, default=256)
-    sp.add_argument("--patience", type=int, default=5, help="epochs without held-out AUC gain")
-    sp.add_argument("--seed", type=int, default=0)
-    sp.add_argument(
-        "--target-fpr", type=float, default=0.05, help="the threshold meets this FPR held out"
+    g.add_argument(
+        "--loss",
+        choices=["robust", "bce"],
+        default=d.loss,
+        help="robust: the paper's CVaR + pairwise AUC loss; bce: the baseline "
+        "(default %(default)s)",
     )
-    sp.add_argument(
+    g.add_argument("--gamma", type=float, default=d.gamma, help="CVaR weight against the AUC loss")
+    g.add_argument("--alpha", type=float, default=d.alpha, help="CVaR tail fraction")
+    g.add_argument("--rho", type=float, default=d.rho, help="SAM radius (0: plain AdamW)")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
+    g.add_argument(
+        "--batch-size",
+        type=int,
+        default=d.batch_size,
+        help="rows per step, over all workers (default %(default)s)",
+    )
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="stop after this many epochs without held-out AUC gain",
+    )
+    g.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the split, the head and the batches"
+    )
+    g.add_argument(
+        "--target-fpr",
+        type=float,
+        default=d.target_fpr,
+        help="the threshold meets this FPR held out (worst case over content groups and "
+        "held-back real collections)",
+    )
+    g.add_argument(
         "--tolerance", type=float, default=0.0, help="promote if AUC >= current - tolerance"
     )
-    sp.add_argument("--use-gpu", action="store_true")
-    sp.add_argument(
+    g.add_argument("--use-gpu", action="store_true", help="train on a GPU (Ray Train workers)")
+    g.add_argument(
         "--modality-dropout",
         type=float,
-        default=0.5,
+        default=d.modality_dropout,
         help="fraction of training rows whose caption is hidden (heads with text)",
     )
-    sp.add_argument("--cache", default=".cache", help="embedding cache and Ray Train storage")
+    g.add_argument("--cache", default=".cache", help="embedding cache and Ray Train storage")
 
 
-def train_config(args: argparse.Namespace):
-    from training.features import check_kind
-    from training.train import TrainConfig
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    from training.features import check_kind  # loads torch: not at CLI start-up
 
     try:
         check_kind(args.features)

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from training.config import TrainConfig
 from training.evaluate import roc_auc
 from training.head import score
-from training.train import TrainConfig, fit_epochs
+from training.train import fit_epochs
 
 
 @dataclass(frozen=True)

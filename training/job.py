@@ -16,6 +16,7 @@ import numpy as np
 
 from training.balance import clusters, reweigh
 from training.calibration import Calibration, fit_platt
+from training.config import TrainConfig
 from training.errors import TrainingDataError
 from training.evaluate import evaluate
 from training.evaluate import operating_point as cut_and_band
@@ -23,7 +24,7 @@ from training.head import score
 from training.promotion import decide_promotion
 from training.registry import HeadMeta, Registry
 from training.split import split_indices
-from training.train import TrainConfig, fit_head
+from training.train import fit_head
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ from services.config import KafkaSettings
 from services.errors import DmguardError, RecordError
 from services.kafka_io import assign_all, make_consumer
 from services.records import LabelRecord
+from training.config import TrainConfig
 from training.errors import RegistryError, TrainingDataError
 from training.feature_log import read_feature_log
 from training.head import head_input
 from training.job import train_register
 from training.registry import HeadMeta, Registry
-from training.train import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,78 +17,38 @@ import os
 import tempfile
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from training.config import TrainConfig
 from training.evaluate import roc_auc
 from training.head import HeadConfig, MLPHead, score
 from training.losses import bce_loss, robust_loss
 from training.sam import SAM, frozen_bn_stats
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    loss: str = "robust"  # "robust" (CVaR + AUC) or "bce" (baseline)
-    gamma: float = 0.5  # weight of CVaR against the AUC term
-    alpha: float = 0.8  # CVaR tail fraction (the paper's 0.8)
-    margin: float = 0.6  # AUC hinge margin η
-    power: float = 2.0  # AUC hinge power p
-    rho: float = 0.05  # SAM radius; 0 turns SAM off
-    lr: float = 1e-3  # AdamW
-    weight_decay: float = 0.01
-    epochs: int = 30
-    batch_size: int = 256  # global; each worker takes batch_size / workers
-    patience: int = 5  # epochs without held-out AUC gain before stopping
-    seed: int = 0
-    workers: int = 2  # Ray Train workers
-    use_gpu: bool = False
-    target_fpr: float = 0.05  # the stored threshold meets this on held-out data
-    # Sample training rows so that label and content (or embedding cluster) are
-    # independent (training.balance), so that the subject cannot stand in for the label.
-    balance: bool = True
-    # Scores that this fraction of held-out real images reach, but under the threshold,
-    # are "uncertain" (the abstain band); 0 turns the band off.
-    uncertain_fpr: float = 0.2
-    # Caption embeddings, when used, are the last `text_dim` columns of X. Modality dropout
-    # zeroes them for this fraction of training rows, so the head also learns to judge the
-    # image alone: records without a caption are served with zeros there.
-    text_dim: int = 0
-    modality_dropout: float = 0.5
-    # Ray Train restarts a failed worker group this many times, from its latest checkpoint.
-    max_failures: int = 2
-    # > 0: the rows are the class tokens of this many transformer blocks (training.features,
-    # "blocks"), pooled by the head before its MLP (HeadConfig.tower_blocks).
-    tower_blocks: int = 0
-    hidden_dim: int = 0  # the head's width; 0: as wide as its input (the paper's head)
-    # Hidden Linear-BN-LeakyReLU-Dropout blocks of the head: 3 is the paper's MLP, 0 a
-    # linear head (logistic regression on the features, trained with the same loss and SAM).
-    depth: int = 3
-    # Standardise the head's inputs with the training rows' statistics (HeadConfig.standardize).
-    standardize: bool = False
-    # What the head reads from the image tower (training.features); stored with the head.
-    features: str = "embedding"
+def head_config(cfg: TrainConfig, input_dim: int) -> HeadConfig:
+    """The head a run of `cfg` trains, for rows `input_dim` wide."""
+    return HeadConfig(
+        input_dim=input_dim,
+        hidden_dim=cfg.hidden_dim,
+        blocks=cfg.depth,
+        tower_blocks=cfg.tower_blocks,
+        standardize=cfg.standardize,
+    )
 
-    def head_config(self, input_dim: int) -> HeadConfig:
-        return HeadConfig(
-            input_dim=input_dim,
-            hidden_dim=self.hidden_dim,
-            blocks=self.depth,
-            tower_blocks=self.tower_blocks,
-            standardize=self.standardize,
-        )
 
-    def loss_fn(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        if self.loss == "bce":
-            return bce_loss
-        if self.loss == "robust":
-            return lambda logits, y: robust_loss(
-                logits, y, self.gamma, self.alpha, self.margin, self.power
-            )
-        raise ValueError(f"loss must be robust or bce, not {self.loss!r}")
+def training_loss(cfg: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss a run of `cfg` minimises: the robust loss with its settings, or BCE."""
+    if cfg.loss == "bce":
+        return bce_loss
+    if cfg.loss == "robust":
+        return lambda logits, y: robust_loss(logits, y, cfg.gamma, cfg.alpha, cfg.margin, cfg.power)
+    raise ValueError(f"loss must be robust or bce, not {cfg.loss!r}")
 
 
 def fit_epochs(
@@ -128,7 +88,7 @@ def fit_epochs(
     an all-reduce).
     """
     torch.manual_seed(cfg.seed)
-    head = MLPHead(cfg.head_config(X.shape[1]))
+    head = MLPHead(head_config(cfg, X.shape[1]))
     if cfg.standardize:  # every worker holds all training rows: the same statistics
         head.fit_standardizer(X)
     if resume:
@@ -167,39 +127,25 @@ def fit_epochs(
             "scheduler": sched.state_dict(),
         }
 
-    loss_fn = cfg.loss_fn()
+    loss_fn = training_loss(cfg)
     # torch.tensor copies: arrays from Ray's object store are read-only.
     Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:  # a run resumed from the epoch that stopped it
             break
-        model.train()
         order = _epoch_order(len(X), cfg.seed + epoch, weights)[rank::world]
         dropout_seed, modality_seed = _epoch_seeds(cfg.seed, rank, epoch)
         torch.manual_seed(dropout_seed)  # the head's Dropout layers
         gen = torch.Generator().manual_seed(modality_seed)
         losses = []
+        model.train()
         for i in range(0, len(order) - 1, per_worker):
             idx = order[i : i + per_worker]
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
-            xb, yb = Xt[idx].to(device), yt[idx].to(device)
-            if cfg.text_dim and cfg.modality_dropout > 0:
-                drop = torch.rand(len(idx), generator=gen) < cfg.modality_dropout  # (B,)
-                xb = xb.clone()
-                xb[drop.to(device), -cfg.text_dim :] = 0.0
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            if cfg.rho > 0:
-                opt.first_step(zero_grad=True)  # to w + ε, the worst point nearby
-                with frozen_bn_stats(model):  # same batch again: do not count it twice
-                    loss_fn(model(xb), yb).backward()
-                opt.second_step(zero_grad=True)  # back to w, step with the gradient at w + ε
-            else:
-                opt.step()
-                opt.zero_grad()
+            xb, yb = _batch(Xt, yt, idx, cfg, gen, device)
+            losses.append(_step(model, opt, loss_fn, xb, yb, sam=cfg.rho > 0))
             sched.step()
-            losses.append(float(loss.detach()))
         auc = agree(roc_auc(y_val, score(head, X_val, device=device)))
         if auc > best_auc + 1e-6:
             best_auc, best_state, stale = auc, copy.deepcopy(head.state_dict()), 0
@@ -217,6 +163,40 @@ def fit_epochs(
             on_epoch({**record, "best_auc": best_auc}, state)
     head.load_state_dict(best_state)
     return head.cpu().eval(), history
+
+
+def _batch(
+    Xt: torch.Tensor,
+    yt: torch.Tensor,
+    idx: np.ndarray,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+    device: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows `idx` on `device`, captions hidden for `cfg.modality_dropout` of them."""
+    xb, yb = Xt[idx].to(device), yt[idx].to(device)
+    if cfg.text_dim and cfg.modality_dropout > 0:
+        drop = torch.rand(len(idx), generator=gen) < cfg.modality_dropout  # (B,)
+        xb = xb.clone()
+        xb[drop.to(device), -cfg.text_dim :] = 0.0
+    return xb, yb
+
+
+def _step(
+    model: nn.Module, opt, loss_fn, xb: torch.Tensor, yb: torch.Tensor, *, sam: bool
+) -> float:
+    """One optimisation step on a batch; with SAM, its two passes. Returns the loss at w."""
+    loss = loss_fn(model(xb), yb)
+    loss.backward()
+    if sam:
+        opt.first_step(zero_grad=True)  # to w + ε, the worst point nearby
+        with frozen_bn_stats(model):  # same batch again: do not count it twice
+            loss_fn(model(xb), yb).backward()
+        opt.second_step(zero_grad=True)  # back to w, step with the gradient at w + ε
+    else:
+        opt.step()
+        opt.zero_grad()
+    return float(loss.detach())
 
 
 def _epoch_order(n: int, seed: int, weights: np.ndarray | None) -> np.ndarray:
@@ -349,6 +329,6 @@ def fit_head(
         state = torch.load(Path(d) / "state.pt", weights_only=False)
     if state["best_auc"] < 0:
         raise RuntimeError("held-out AUC was never defined (one class held out?)")
-    head = MLPHead(cfg.head_config(X.shape[1]))
+    head = MLPHead(head_config(cfg, X.shape[1]))
     head.load_state_dict(state["best"])
     return head.eval(), state["history"]

@@ -21,6 +21,7 @@ import training.train
 from services.images import decode
 from tests.conftest import TINY
 from tests.images import encode, generated_like, real_like
+from training.config import TrainConfig
 from training.data import load_samples
 from training.detector import Detector
 from training.embeddings import embed_samples
@@ -30,7 +31,7 @@ from training.feature_log import FeatureLogWriter
 from training.head import HeadConfig, MLPHead, head_input, score
 from training.registry import HeadMeta, Registry
 from training.retrain import labelled_features, round_features
-from training.train import TrainConfig, fit_epochs
+from training.train import fit_epochs
 
 TOL = 1e-6
 CAPTIONS = ["a photo of a lake", None, "a render of a castle", "", None, "a cat"]

@@ -18,6 +18,7 @@ import training.job
 from services.config import KafkaSettings
 from services.errors import BrokerError
 from tests.conftest import TINY
+from training.config import TrainConfig
 from training.data import Sample
 from training.embeddings import EmbeddedSet
 from training.errors import RegistryError
@@ -25,7 +26,6 @@ from training.feature_log import FeatureLogWriter
 from training.head import HeadConfig, MLPHead
 from training.registry import Registry
 from training.retrain import SKIP_EXIT, RetrainSettings, retrain_loop, retrain_once
-from training.train import TrainConfig
 
 ENCODER = "test:encoder"
 DIM = 16

@@ -15,9 +15,10 @@ import pytest
 import torch
 
 import training.train as train
+from training.config import TrainConfig
 from training.losses import robust_loss
 from training.sam import SAM
-from training.train import TrainConfig, fit_epochs
+from training.train import fit_epochs
 
 ROWS, BATCH, EPOCHS = 40, 8, 2
 BATCHES = EPOCHS * (ROWS // BATCH)  # every batch full: 40 rows, 8 a batch, 2 epochs
@@ -145,6 +146,6 @@ def test_the_training_loss_is_the_robust_loss_with_those_settings():
     cfg = config(gamma=0.3, alpha=0.7, margin=0.45, power=3.0)
     torch.manual_seed(0)
     logits, labels = torch.randn(16), (torch.arange(16) % 2).float()
-    got = cfg.loss_fn()(logits, labels)
+    got = train.training_loss(cfg)(logits, labels)
     assert torch.equal(got, robust_loss(logits, labels, 0.3, 0.7, 0.45, 3.0))
     assert not torch.equal(got, robust_loss(logits, labels))  # the defaults would differ

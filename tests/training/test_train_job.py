@@ -176,7 +176,8 @@ def scripted_auc(values):
     ],
 )
 def test_training_stops_exactly_patience_epochs_after_the_best(aucs, patience, best_epoch):
-    from training.train import TrainConfig, fit_epochs
+    from training.config import TrainConfig
+    from training.train import fit_epochs
 
     X, y = small_problem()
     cfg = TrainConfig(epochs=20, patience=patience, batch_size=16, rho=0.0)
@@ -194,7 +195,8 @@ def test_training_stops_exactly_patience_epochs_after_the_best(aucs, patience, b
 
 
 def test_training_that_keeps_improving_runs_every_epoch():
-    from training.train import TrainConfig, fit_epochs
+    from training.config import TrainConfig
+    from training.train import fit_epochs
 
     X, y = small_problem()
     cfg = TrainConfig(epochs=7, patience=1, batch_size=16, rho=0.0)
@@ -206,7 +208,8 @@ def test_training_that_keeps_improving_runs_every_epoch():
 def test_a_held_out_side_with_nothing_to_learn_stops_after_patience_epochs():
     """No scripted AUC: held-out images that are all the same score the same, so their
     AUC is 0.5 every epoch and never improves on the first."""
-    from training.train import TrainConfig, fit_epochs
+    from training.config import TrainConfig
+    from training.train import fit_epochs
 
     X, y = small_problem()
     X_val = np.repeat(X[:1], 20, axis=0)
@@ -219,7 +222,8 @@ def test_a_held_out_side_with_nothing_to_learn_stops_after_patience_epochs():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_train_stops_early_too(tmp_path):
-    from training.train import TrainConfig, fit_head
+    from training.config import TrainConfig
+    from training.train import fit_head
 
     X, y = small_problem()
     X_val = np.repeat(X[:1], 20, axis=0)
@@ -254,9 +258,9 @@ def test_the_split_is_a_function_of_the_seed(by_source):
 def test_operating_point_holds_every_content_group_to_the_target_fpr():
     """Real people score higher than real animals: a threshold over all real images passes
     the target overall and fails it for people; the per-group rule holds both."""
+    from training.config import TrainConfig
     from training.evaluate import threshold_for_fpr
     from training.job import operating_point
-    from training.train import TrainConfig
 
     rng = np.random.default_rng(0)
     real_animals, real_people = rng.uniform(0.0, 0.4, 400), rng.uniform(0.2, 0.8, 40)
@@ -280,8 +284,8 @@ def test_operating_point_holds_every_content_group_to_the_target_fpr():
 
 
 def test_training_rows_take_copies_of_training_originals_only_and_balance_by_content():
+    from training.config import TrainConfig
     from training.job import training_rows
-    from training.train import TrainConfig
 
     X = np.arange(12, dtype=np.float32).reshape(6, 2)
     y = np.array([0, 0, 1, 1, 0, 1])

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from training.config import TrainConfig
 from training.evaluate import roc_auc
 from training.head import score
-from training.train import FAIL_MARKER, TrainConfig, fit_epochs, fit_head
+from training.train import FAIL_MARKER, fit_epochs, fit_head
 
 
 def separable(n: int, seed: int, dim: int = 24, text_dim: int = 8):

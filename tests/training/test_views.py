@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from actors.stream import fetch_pixels
+from actors.fetching import fetch_pixels
 from services.fetch import FetchPolicy
 from services.images import decode
 from tests.conftest import TINY
