@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from actors.stream import fetch_pixels
+from actors.fetching import fetch_pixels
 from services.errors import InputError
 from services.fetch import FetchPolicy
 from services.records import ImageRecord, Verdict

@@ -24,7 +24,7 @@ for everyone. The runners:
                    target: the file through the fetch guard as a file:// URL, decoded
                    at the encoder's scale, preprocessed, encoder + head, verdict JSON.
   dmguard-batched  the worker's batched path, serially in this one thread: each file
-                   fetched, decoded and preprocessed (`actors.stream.fetch_pixels`),
+                   fetched, decoded and preprocessed (`actors.fetching.fetch_pixels`),
                    the batch stacked and scored in one detector call, then each
                    verdict built; per batch size in --batches, the files in chunks.
 
@@ -177,8 +177,8 @@ def run_dmguard(files: list[Path], args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
+    from actors.fetching import fetch_pixels
     from actors.single import score_one
-    from actors.stream import fetch_pixels
     from services.config import fetch_policy
     from services.records import ImageRecord, Verdict
 
@@ -201,11 +201,16 @@ def run_dmguard(files: list[Path], args: argparse.Namespace) -> dict:
         meta = detector.meta
         for i, p in enumerate(paths):
             Verdict.build(
-                ImageRecord(id=str(p), url=p.as_uri()), score=float(scores[i]),
-                threshold=meta.threshold, encoder=meta.encoder, head_version=meta.version,
-                record_ts_ms=time.time() * 1000, verdict=verdicts[i],
-                probability=probabilities[i], uncertain_from=meta.uncertain_from,
-            ).to_bytes()  # fmt: skip
+                ImageRecord(id=str(p), url=p.as_uri()),
+                score=float(scores[i]),
+                threshold=meta.threshold,
+                encoder=meta.encoder,
+                head_version=meta.version,
+                record_ts_ms=time.time() * 1000,
+                verdict=verdicts[i],
+                probability=probabilities[i],
+                uncertain_from=meta.uncertain_from,
+            ).to_bytes()
 
     out = {
         "runner": args.runner,

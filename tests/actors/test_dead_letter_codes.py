@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from kafka.structs import TopicPartition
 
-import actors.stream
+import actors.fetching
 from actors.batching import OffsetTracker
 from actors.stream import StreamWorker
 from services.config import Topics, WorkerSettings
@@ -179,7 +179,7 @@ def test_an_unexpected_error_while_fetching_is_internal(worker, monkeypatch):
     def broken_fetch(url, policy):
         raise RuntimeError("a library surprise")
 
-    monkeypatch.setattr(actors.stream, "fetch_bytes", broken_fetch)
+    monkeypatch.setattr(actors.fetching, "fetch_bytes", broken_fetch)
     value = record("r-internal", "http://127.0.0.1/a.jpg")
     process(worker, value)
     out = assert_one_dead_letter(worker, "internal", value)
@@ -221,7 +221,7 @@ def test_a_poisoned_record_is_internal_and_not_processed(worker, tmp_path, monke
     def no_fetch(*args):
         raise AssertionError("a poisoned record must not be fetched")
 
-    monkeypatch.setattr(actors.stream, "fetch_bytes", no_fetch)
+    monkeypatch.setattr(actors.fetching, "fetch_bytes", no_fetch)
     worker.guard = PoisonGuard()
     value = record("r-poison", "http://127.0.0.1/a.jpg")
     process(worker, value)

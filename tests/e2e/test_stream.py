@@ -252,7 +252,7 @@ def test_sigterm_drains_and_a_restart_finishes_the_rest(
 
 
 def test_every_record_accounted_for_with_the_right_code(shared_stream):
-    from actors.stream import fetch_pixels
+    from actors.fetching import fetch_pixels
     from services.fetch import FetchPolicy
     from training.detector import Detector
 
