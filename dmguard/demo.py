@@ -27,7 +27,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,21 +34,21 @@ from pathlib import Path
 import numpy as np
 
 from dmguard.common import registry_arg
-from services.config import KafkaSettings, Topics
-from services.outputs import Outputs, duplicates, output_key
+from dmguard.demo_report import (
+    StreamResult,
+    benchmark_table,
+    fmt,
+    judged,
+    metrics_lines,
+    retrain_lines,
+    stream_table,
+)
+from services.config import KafkaSettings, Topics, WorkerSettings
+from services.outputs import Outputs, output_key
 from services.poll import WaitTimeout, wait_until
-from training.benchmark import REENCODED
 
 LOOPBACK = ("127.0.0.1/32",)
 TOPICS = Topics()
-KEY_METRICS = (
-    "dmguard_records_total",
-    "dmguard_verdicts_total",
-    "dmguard_dead_letters_total",
-    "dmguard_model_info",
-    "dmguard_workers",
-    "dmguard_end_to_end_seconds_count",
-)
 
 
 # ------------------------------------------------------------------ the command
@@ -64,24 +63,31 @@ def add_parser(sub) -> None:
         "Exits 1 if any record was lost.",
     )
     registry_arg(sp)
+    d = DemoSettings
+    sp.add_argument("--data", default=str(d.data), help="demo set folder (built when missing)")
+    sp.add_argument("--downloads", default=str(d.downloads), help="package download cache")
+    sp.add_argument("--cache", default=str(d.cache), help="embeddings and Ray Train storage")
     sp.add_argument(
-        "--data", default=".cache/demo/set", help="demo set folder (built when missing)"
+        "--encoder", default=d.encoder, help="encoder spec (default: offline CLIP ViT-B/16)"
     )
-    sp.add_argument("--downloads", default=".cache/demo/downloads", help="package download cache")
-    sp.add_argument("--cache", default=".cache", help="embeddings and Ray Train storage")
-    sp.add_argument("--encoder", default="", help="encoder spec (default: offline CLIP ViT-B/16)")
-    sp.add_argument("--workers", type=int, default=2, help="serve workers")
-    sp.add_argument("--train-workers", type=int, default=2, help="Ray Train workers")
-    sp.add_argument("--epochs", type=int, default=40)
+    sp.add_argument("--workers", type=int, default=d.workers, help="serve workers")
+    sp.add_argument("--train-workers", type=int, default=d.train_workers, help="Ray Train workers")
+    sp.add_argument(
+        "--epochs", type=int, default=d.epochs, help="most training epochs (default %(default)s)"
+    )
     sp.add_argument(
         "--benchmark-seeds",
         type=int,
-        default=1,
+        default=d.benchmark_seeds,
         help="seeds of the leave-source-out benchmark the demo prints (0: skip it)",
     )
-    sp.add_argument("--max-batch", type=int, default=16)
-    sp.add_argument("--metrics-port", type=int, default=0, help="0: any free port")
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--max-batch", type=int, default=d.max_batch, help="largest model batch of a worker"
+    )
+    sp.add_argument("--metrics-port", type=int, default=d.metrics_port, help="0: any free port")
+    sp.add_argument(
+        "--seed", type=int, default=d.seed, help="seed of the demo set's split and the head"
+    )
     sp.add_argument("--keep", action="store_true", help="leave everything running until Ctrl-C")
     sp.set_defaults(func=run)
 
@@ -117,7 +123,7 @@ class DemoSettings:
     train_workers: int = 2
     epochs: int = 40
     benchmark_seeds: int = 1
-    max_batch: int = 16
+    max_batch: int = WorkerSettings.max_batch
     metrics_port: int = 0  # 0: a free port
     keep: bool = False
     seed: int = 0
@@ -125,7 +131,7 @@ class DemoSettings:
     train: dict = field(default_factory=dict)  # TrainConfig overrides (of HEAD_RECIPE too)
 
     def train_config(self):
-        from training.train import TrainConfig
+        from training.config import TrainConfig
 
         return TrainConfig(
             epochs=self.epochs,
@@ -233,40 +239,6 @@ def benchmark_lines(s: DemoSettings, encoder: str) -> str:
     return "\n".join(benchmark_table(out))
 
 
-def benchmark_table(out: dict) -> list[str]:
-    """The benchmark's headline (overall and people) as the demo prints it: the scores, the
-    worst held-out real collection beside the pooled FPR, and the verdict mix."""
-    setup = out["setup"]
-    lines = [
-        f"== leave-source-out benchmark ({setup['images']} images, {setup['folds']} folds, "
-        f"{out['seeds']} seed(s); head as v1: {setup['features']}, {setup['loss']} loss; "
-        "threshold held on every held-back real collection)",
-        f"{'':10} {'AUC':>6} {'TPR@5%FPR':>10} {'FPR@thr':>8} {'TPR@thr':>8} "
-        f"{'AUC ' + REENCODED:>15}  real / generated   worst real collection (FPR@thr)",
-    ]
-    rows = [("overall", out["overall"])] + [
-        (c, out["per_content"][c]) for c in ("people",) if c in out["per_content"]
-    ]
-    for name, b in rows:
-        lines.append(
-            f"{name:10} {_fmt(b['auc']):>6} {_fmt(b['tpr_at_5fpr']):>10} "
-            f"{_fmt(b['fpr_at_threshold']):>8} {_fmt(b['tpr_at_threshold']):>8} "
-            f"{_fmt(b['auc ' + REENCODED]):>15}  {b['n_real']:>4} / {b['n_generated']:<9} "
-            f"{b['worst_source'] or '-'} {_fmt(b['worst_source_fpr'])}"
-        )
-    lines.append("verdicts    real photos: real / uncertain / generated    generated: generated")
-    for name, b in rows:
-        lines.append(
-            f"{name:10} {_pct(b['real_as_real']):>12} / {_pct(b['real_as_uncertain'])} / "
-            f"{_pct(b['real_as_generated'])}    {_pct(b['gen_as_generated']):>22}"
-        )
-    return lines
-
-
-def _pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.0f}%"
-
-
 def bad_records(base_url: str) -> list[tuple[str, bytes]]:
     """(expected output key, record value) for records that must become dead letters."""
     bad = [
@@ -282,19 +254,6 @@ def bad_records(base_url: str) -> list[tuple[str, bytes]]:
     ):
         bad.append((rid, json.dumps({"id": rid, "url": url}).encode()))
     return bad
-
-
-@dataclass
-class StreamResult:
-    sent: int
-    outputs: Outputs
-    expected: set[str]
-    seconds: float
-
-    @property
-    def lost(self) -> set[str]:
-        seen = {output_key(r) for r in self.outputs.verdicts + self.outputs.dead_letters}
-        return self.expected - seen
 
 
 def stream(
@@ -323,20 +282,6 @@ def stream(
         [d for d in out.dead_letters if output_key(d) in expected],
     )
     return StreamResult(len(records), mine, expected, seconds)
-
-
-def judged(result: StreamResult, truth: dict[str, dict]) -> dict:
-    """Held-out metrics from the verdicts of the records in `truth` (id -> manifest row)."""
-    from training.evaluate import evaluate
-
-    rows = [(v, truth[v["id"]]) for v in result.outputs.verdicts if v["id"] in truth]
-    if not rows:
-        return {}
-    labels = np.array([int(r["label"]) for _, r in rows])
-    scores = np.array([v["score"] for v, _ in rows])
-    out = evaluate(labels, scores, rows[0][0]["threshold"], [r["source"] for _, r in rows])
-    out["head_versions"] = dict(Counter(v["head_version"] for v, _ in rows))
-    return out
 
 
 def split_groups(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
@@ -391,39 +336,6 @@ def wait_for_head(status_url: str, version: str, timeout_s: float = 60.0) -> flo
 
 
 # ------------------------------------------------------------------ the report
-def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and np.isnan(x)):
-        return "n/a"
-    return f"{x:.3f}" if isinstance(x, float) else str(x)
-
-
-def stream_table(title: str, result: StreamResult, metrics: dict) -> str:
-    lat = [v["latency_ms"] for v in result.outputs.verdicts]
-    p50, p95, p99 = np.percentile(lat, [50, 95, 99]) if lat else (float("nan"),) * 3
-    codes = Counter(d["error"]["code"] for d in result.outputs.dead_letters)
-    lines = [
-        f"== {title}",
-        f"records in            {result.sent}",
-        f"verdicts out          {len(result.outputs.verdicts)}",
-        f"dead letters out      {len(result.outputs.dead_letters)}  "
-        + ", ".join(f"{c}={n}" for c, n in sorted(codes.items())),
-        f"lost / duplicated     {len(result.lost)} / {duplicates(result.outputs)}",
-        f"throughput            {len(result.outputs.verdicts) / result.seconds:.1f} images/s "
-        f"({result.seconds:.1f} s from first record sent to last output read)",
-        f"latency (ms)          p50 {p50:.0f}  p95 {p95:.0f}  p99 {p99:.0f} "
-        "(record timestamp to verdict; all records sent at once, so queueing counts)",
-    ]
-    if metrics:
-        lines += [
-            f"held-out images       {metrics['n_real']} real, {metrics['n_generated']} generated "
-            f"(head {', '.join(f'{k}: {n}' for k, n in metrics['head_versions'].items())})",
-            f"AUC                   {_fmt(metrics['auc'])}",
-            f"accuracy @ threshold  {_fmt(metrics['accuracy'])} (threshold {metrics['threshold']:.3f})",
-            f"TPR @ 5% FPR          {_fmt(metrics['tpr_at_5fpr'])}",
-        ]
-    return "\n".join(lines)
-
-
 def scrape_when_counted(url: str, metrics, records: int, timeout_s: float = 20.0) -> str:
     """/metrics once the driver has counted `records` records (workers report every second)."""
     try:
@@ -438,36 +350,18 @@ def scrape_when_counted(url: str, metrics, records: int, timeout_s: float = 20.0
     return _get_text(url)
 
 
-def metrics_lines(text: str) -> str:
-    keep = [line for line in text.splitlines() if line.startswith(KEY_METRICS)]
-    return "\n".join(keep)
-
-
 # ------------------------------------------------------------------ the whole demo
 def run_demo(s: DemoSettings) -> int:
-    from actors.supervisor import running_service
-    from services.broker import EmbeddedBroker, free_port
-    from services.config import serve_settings
-    from services.kafka_io import produce
-    from services.metrics import DriverMetrics
+    """The whole demo (the module's docstring lists its steps); 1 when a record was lost."""
+    from services.broker import EmbeddedBroker
     from services.outputs import OutputReader
     from services.ray_cluster import init_ray
-    from training.demo_data import ensure_demo_set
-    from training.retrain import RetrainSettings, retrain_once
 
     t_start = time.monotonic()
-    summary = ensure_demo_set(s.data, s.downloads, seed=s.seed, log=say)
-    say(
-        f"demo set: {summary['images']} images in {s.data} "
-        f"(train {summary['train']['real']} real / {summary['train']['generated']} generated, "
-        f"held out {summary['heldout']['real']} real / {summary['heldout']['generated']} generated, "
-        f"split {summary['split']})"
-    )
     encoder = s.encoder or _offline_encoder()
-    held = read_split(s.data, "heldout")
+    held = prepare_demo_set(s)
     feature_log = s.cache / "demo" / "feature-log"
     shutil.rmtree(feature_log, ignore_errors=True)
-    report: list[str] = []
     with ExitStack() as stack:
         broker = stack.enter_context(EmbeddedBroker())
         say(f"broker on {broker.bootstrap}")
@@ -475,145 +369,175 @@ def run_demo(s: DemoSettings) -> int:
         truncated = (s.data / held[0]["path"]).read_bytes()[:2000]
         base_url = stack.enter_context(image_server(s.data, truncated)).url
         say(f"images served from {base_url}/images/")
-
         say(
             f"training a head ({encoder}) with the robust loss on Ray Train, {s.train_workers} workers"
         )
         v1 = train_head(s, encoder)
         if s.benchmark_seeds > 0:
-            report.append(benchmark_lines(s, encoder))
-            print("\n" + report[-1], flush=True)
-        metrics_port = s.metrics_port or free_port()
-        serve = serve_settings(
-            bootstrap=broker.bootstrap,
-            client_extra={},
-            registry=str(s.registry),
-            workers=s.workers,
-            metrics_host="127.0.0.1",
-            metrics_port=metrics_port,
-            max_batch=s.max_batch,
-            feature_log=str(feature_log),
-            allow_network=LOOPBACK,
-        )
-        kafka = serve.worker.kafka
-        say(
-            f"starting serve: {s.workers} workers, metrics on http://127.0.0.1:{metrics_port}/metrics"
-        )
-        metrics = DriverMetrics()
-        status_base = stack.enter_context(running_service(serve, metrics))
-        reader = OutputReader(broker.bootstrap)
-        stack.callback(reader.close)
-
-        # 1. the held-out split as a live stream, with bad records mixed in
-        truth = {f"held-{i}": row for i, row in enumerate(held)}
-        records = [
-            (rid, json.dumps({"id": rid, "url": f"{base_url}/{row['path']}"}).encode())
-            for rid, row in truth.items()
-        ]
-        records[len(records) // 2 : len(records) // 2] = bad_records(base_url)
-        say(
-            f"streaming {len(records)} records ({len(truth)} held-out images, {len(records) - len(truth)} bad)"
-        )
-        first = stream(kafka, reader, records, s.timeout_s)
-        report.append(
-            stream_table(
-                f"stream 1: held-out images, head {v1['version']}", first, judged(first, truth)
-            )
-        )
-        print("\n" + report[-1], flush=True)
-        if first.lost:
-            return _lost(first)
-
-        # 2. labels for group A, one retrain, the hot swap
-        group_a, group_b = split_groups(held, s.seed)
-        ids_a = {rid for rid, row in truth.items() if row in group_a}
-        label_values = [
-            json.dumps(
-                {"id": rid, "label": "generated" if truth[rid]["label"] == "1" else "real"}
-            ).encode()
-            for rid in sorted(ids_a)
-        ]
-        produce(kafka, TOPICS.labels, [(None, value) for value in label_values])
-        t_labels = time.monotonic()
-        say(
-            f"sent {len(label_values)} labels (group A: {len({truth[i]['source'] for i in ids_a})} sources); "
-            "waiting for the feature log"
-        )
-        logged = wait_feature_log(feature_log, ids_a)
-        say(f"feature log holds {logged}/{len(ids_a)} labelled ids; retraining")
-        retrain = retrain_once(
-            RetrainSettings(
-                kafka=kafka,
-                labels_topic=TOPICS.labels,
-                registry=str(s.registry),
-                feature_log=str(feature_log),
-                cache=s.cache,
-                min_new_labels=max(1, len(ids_a) // 2),
-                tolerance=RETRAIN_TOLERANCE,
-                train=s.train_config(),
-            )
-        )
-        swap_s = None
-        if retrain.get("trained") and retrain.get("promoted"):
-            waited = wait_for_head(f"{status_base}/status", retrain["version"])
-            swap_s = None if waited is None else time.monotonic() - t_labels
-        report.append(_retrain_lines(retrain, swap_s))
-        print("\n" + report[-1], flush=True)
-
-        # 3. group B again, as new records: the new head beside the old on unseen sources
-        truth_b = {f"again-{i}": row for i, row in enumerate(group_b)}
-        records_b = [
-            (rid, json.dumps({"id": rid, "url": f"{base_url}/{row['path']}"}).encode())
-            for rid, row in truth_b.items()
-        ]
-        second = stream(kafka, reader, records_b, s.timeout_s)
-        before = judged(first, {rid: row for rid, row in truth.items() if row in group_b})
-        after = judged(second, truth_b)
-        report.append(
-            stream_table("stream 2: group B (no labels) again, after the retrain", second, after)
-            + f"\n(the same {len(group_b)} images in stream 1: AUC {_fmt(before.get('auc'))}, "
-            f"head {', '.join(before.get('head_versions', {}))})"
-        )
-        print("\n" + report[-1], flush=True)
-        if second.lost:
-            return _lost(second)
-
-        text = scrape_when_counted(f"{status_base}/metrics", metrics, first.sent + second.sent)
-        report.append("== key lines of /metrics\n" + metrics_lines(text))
-        print("\n" + report[-1], flush=True)
+            show(benchmark_lines(s, encoder))
+        run = DemoRun(s, broker.bootstrap, base_url, feature_log)
+        run.status_base = stack.enter_context(run.serving())
+        run.reader = OutputReader(broker.bootstrap)
+        stack.callback(run.reader.close)
+        code = run.stream_and_retrain(held, v1["version"])
+        if code:
+            return code
         print(
             f"\ndemo finished in {time.monotonic() - t_start:.0f} s; the head stays in {s.registry} "
             f"(try: dmguard eval --data {s.data / 'heldout.csv'})",
             flush=True,
         )
         if s.keep:
-            _keep_running(broker.bootstrap, base_url, status_base)
+            _keep_running(broker.bootstrap, base_url, run.status_base)
     return 0
+
+
+def prepare_demo_set(s: DemoSettings) -> list[dict]:
+    """The demo set (built on first use); returns its held-out rows."""
+    from training.demo_data import ensure_demo_set
+
+    summary = ensure_demo_set(s.data, s.downloads, seed=s.seed, log=say)
+    say(
+        f"demo set: {summary['images']} images in {s.data} "
+        f"(train {summary['train']['real']} real / {summary['train']['generated']} generated, "
+        f"held out {summary['heldout']['real']} real / {summary['heldout']['generated']} generated, "
+        f"split {summary['split']})"
+    )
+    return read_split(s.data, "heldout")
+
+
+def show(text: str) -> None:
+    print("\n" + text, flush=True)
+
+
+class DemoRun:
+    """The demo's streams against one running `serve`: the held-out images with bad
+    records, labels and a retrain, then group B again after the hot swap."""
+
+    def __init__(self, s: DemoSettings, bootstrap: str, base_url: str, feature_log: Path) -> None:
+        from services.broker import free_port
+        from services.config import serve_settings
+        from services.metrics import DriverMetrics
+
+        self.s, self.base_url, self.feature_log = s, base_url, feature_log
+        self.serve = serve_settings(
+            bootstrap=bootstrap,
+            client_extra={},
+            registry=str(s.registry),
+            workers=s.workers,
+            metrics_host="127.0.0.1",
+            metrics_port=s.metrics_port or free_port(),
+            max_batch=s.max_batch,
+            feature_log=str(feature_log),
+            allow_network=LOOPBACK,
+        )
+        self.kafka = self.serve.worker.kafka
+        self.metrics = DriverMetrics()
+        self.status_base = ""
+        self.reader = None
+
+    def serving(self):
+        from actors.supervisor import running_service
+
+        say(
+            f"starting serve: {self.s.workers} workers, metrics on "
+            f"http://127.0.0.1:{self.serve.metrics_port}/metrics"
+        )
+        return running_service(self.serve, self.metrics)
+
+    def records(self, prefix: str, rows: list[dict]) -> dict[str, dict]:
+        return {f"{prefix}-{i}": row for i, row in enumerate(rows)}
+
+    def url_records(self, truth: dict[str, dict]) -> list[tuple[str, bytes]]:
+        return [
+            (rid, json.dumps({"id": rid, "url": f"{self.base_url}/{row['path']}"}).encode())
+            for rid, row in truth.items()
+        ]
+
+    def stream_and_retrain(self, held: list[dict], v1: str) -> int:
+        """Steps 5-7 of the demo; 1 when a record was lost."""
+        truth = self.records("held", held)
+        first = self.stream_heldout(truth, v1)
+        if first.lost:
+            return _lost(first)
+        group_a, group_b = split_groups(held, self.s.seed)
+        self.retrain({rid for rid, row in truth.items() if row in group_a}, truth)
+        second = self.stream_again(group_b, first, truth)
+        if second.lost:
+            return _lost(second)
+        text = scrape_when_counted(
+            f"{self.status_base}/metrics", self.metrics, first.sent + second.sent
+        )
+        show("== key lines of /metrics\n" + metrics_lines(text))
+        return 0
+
+    def stream_heldout(self, truth: dict[str, dict], version: str) -> StreamResult:
+        """The held-out split as a live stream, with bad records mixed in."""
+        records = self.url_records(truth)
+        records[len(records) // 2 : len(records) // 2] = bad_records(self.base_url)
+        say(
+            f"streaming {len(records)} records ({len(truth)} held-out images, "
+            f"{len(records) - len(truth)} bad)"
+        )
+        first = stream(self.kafka, self.reader, records, self.s.timeout_s)
+        title = f"stream 1: held-out images, head {version}"
+        show(stream_table(title, first, judged(first, truth)))
+        return first
+
+    def retrain(self, ids_a: set[str], truth: dict[str, dict]) -> None:
+        """Labels for group A, one retrain, the hot swap seen in the workers' status."""
+        from services.kafka_io import produce
+        from training.retrain import RetrainSettings, retrain_once
+
+        labels = [
+            json.dumps(
+                {"id": rid, "label": "generated" if truth[rid]["label"] == "1" else "real"}
+            ).encode()
+            for rid in sorted(ids_a)
+        ]
+        produce(self.kafka, TOPICS.labels, [(None, value) for value in labels])
+        t_labels = time.monotonic()
+        sources = len({truth[i]["source"] for i in ids_a})
+        say(f"sent {len(labels)} labels (group A: {sources} sources); waiting for the feature log")
+        logged = wait_feature_log(self.feature_log, ids_a)
+        say(f"feature log holds {logged}/{len(ids_a)} labelled ids; retraining")
+        settings = RetrainSettings(
+            kafka=self.kafka,
+            labels_topic=TOPICS.labels,
+            registry=str(self.s.registry),
+            feature_log=str(self.feature_log),
+            cache=self.s.cache,
+            min_new_labels=max(1, len(ids_a) // 2),
+            tolerance=RETRAIN_TOLERANCE,
+            train=self.s.train_config(),
+        )
+        result = retrain_once(settings)
+        swap_s = None
+        if result.get("trained") and result.get("promoted"):
+            waited = wait_for_head(f"{self.status_base}/status", result["version"])
+            swap_s = None if waited is None else time.monotonic() - t_labels
+        show(retrain_lines(result, swap_s, RETRAIN_TOLERANCE))
+
+    def stream_again(
+        self, group_b: list[dict], first: StreamResult, truth: dict[str, dict]
+    ) -> StreamResult:
+        """Group B again, as new records: the new head beside the old on unseen sources."""
+        truth_b = self.records("again", group_b)
+        second = stream(self.kafka, self.reader, self.url_records(truth_b), self.s.timeout_s)
+        before = judged(first, {rid: row for rid, row in truth.items() if row in group_b})
+        after = judged(second, truth_b)
+        show(
+            stream_table("stream 2: group B (no labels) again, after the retrain", second, after)
+            + f"\n(the same {len(group_b)} images in stream 1: AUC {fmt(before.get('auc'))}, "
+            f"head {', '.join(before.get('head_versions', {}))})"
+        )
+        return second
 
 
 def _offline_encoder() -> str:
     from training.weights import fetch_weights
 
     return f"onnx:{fetch_weights().resolve()}"
-
-
-def _retrain_lines(retrain: dict, swap_s: float | None) -> str:
-    lines = ["== retrain from labels"]
-    if not retrain.get("trained"):
-        return "\n".join(lines + [f"not trained: {retrain.get('reason')}"])
-    lines += [
-        f"labelled features     {retrain['labelled_features']} (new {retrain['new']})",
-        f"new head              {retrain['version']}: held-out AUC {_fmt(retrain['new_auc'])} "
-        f"vs current {retrain['current_version']} {_fmt(retrain['current_auc'])}",
-        f"promoted              {retrain['promoted']} ({retrain['reason']}; rule: AUC >= current "
-        f"- {RETRAIN_TOLERANCE})",
-    ]
-    if swap_s is not None:
-        lines.append(
-            f"hot swap              every worker on {retrain['version']} {swap_s:.1f} s after "
-            "the labels were sent (no restart)"
-        )
-    return "\n".join(lines)
 
 
 def _lost(result: StreamResult) -> int:
