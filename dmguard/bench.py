@@ -13,7 +13,7 @@ from benchmarks import bench as measure
 from benchmarks import bench_peer, bench_uploads
 from benchmarks.harness import bench_jpegs
 from dmguard.common import parse_views
-from services.config import offline_weights
+from services.config import WorkerSettings, offline_weights
 
 
 def add_parser(sub) -> None:
@@ -28,8 +28,18 @@ def add_parser(sub) -> None:
         help="encoder spec (default: %(default)s)",
     )
     sp.add_argument("--images", type=int, default=400, help="records sent through the pipeline")
-    sp.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    sp.add_argument("--max-batch", type=int, default=16)
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="serve workers in (c) (default: one per core, %(default)s)",
+    )
+    sp.add_argument(
+        "--max-batch",
+        type=int,
+        default=WorkerSettings.max_batch,
+        help="largest model batch of a worker (default %(default)s, as serve's)",
+    )
     sp.add_argument("--size", default="640x480", help="test JPEG size WxH")
     sp.add_argument(
         "--naive-images", type=int, default=50, help="images through the one-at-a-time loop"

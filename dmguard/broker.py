@@ -25,8 +25,12 @@ def add_parser(sub) -> None:
         "across a restart on DIR, without it its folder is temporary. It prints `ready "
         "HOST:PORT` once it answers; stop it with SIGTERM or Ctrl-C.",
     )
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=9092)
+    sp.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default %(default)s)"
+    )
+    sp.add_argument(
+        "--port", type=int, default=9092, help="Kafka port to listen on (default %(default)s)"
+    )
     sp.add_argument(
         "--engine",
         choices=ENGINES,

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     sp.add_argument(
         "--encoder", required=True, help="encoder spec, e.g. open_clip:dmguard-tiny or onnx:PATH"
     )
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=0, help="seed of the untrained head's weights")
     sp.add_argument("--no-promote", action="store_true", help="register without making it CURRENT")
     sp.set_defaults(func=run_init_head)
 

@@ -12,10 +12,21 @@ from services.config import fetch_policy
 def add_parser(sub) -> None:
     sp = sub.add_parser("score", help="score images once, without Kafka; one verdict JSON per line")
     registry_arg(sp)
-    sp.add_argument("targets", nargs="+", metavar="PATH_OR_URL")
+    sp.add_argument(
+        "targets", nargs="+", metavar="PATH_OR_URL", help="image files or http(s) URLs to score"
+    )
     sp.add_argument("--version", default=None, help="head version (default: CURRENT)")
-    sp.add_argument("--allow-private-urls", action="store_true")
-    sp.add_argument("--device", choices=DEVICES, default="auto")
+    sp.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="fetch from loopback/private/link-local addresses too",
+    )
+    sp.add_argument(
+        "--device",
+        choices=DEVICES,
+        default="auto",
+        help="where the encoder runs: auto picks CUDA when there is a GPU (default %(default)s)",
+    )
     sp.set_defaults(func=run)
 
 

@@ -9,6 +9,7 @@ import json
 from actors.supervisor import run_service
 from dmguard.common import DEVICES, kafka_args, registry_arg
 from services.config import (
+    KafkaSettings,
     ServeSettings,
     WorkerSettings,
     default_feature_log,
@@ -47,6 +48,7 @@ def add_parser(sub) -> None:
     )
     sp.add_argument(
         "--scale-window",
+        dest="scale_window_s",
         type=float,
         default=ServeSettings.scale_window_s,
         metavar="SECONDS",
@@ -55,14 +57,24 @@ def add_parser(sub) -> None:
     )
     sp.add_argument(
         "--scale-cooldown",
+        dest="scale_cooldown_s",
         type=float,
         default=ServeSettings.scale_cooldown_s,
         metavar="SECONDS",
         help="with --workers auto: decide again no sooner than this after a "
         "resize (default %(default)s)",
     )
-    sp.add_argument("--metrics-port", type=int, default=ServeSettings.metrics_port)
-    sp.add_argument("--metrics-host", default=ServeSettings.metrics_host)
+    sp.add_argument(
+        "--metrics-port",
+        type=int,
+        default=ServeSettings.metrics_port,
+        help="port of /metrics, /healthz, /readyz and /status (default %(default)s)",
+    )
+    sp.add_argument(
+        "--metrics-host",
+        default=ServeSettings.metrics_host,
+        help="address the metrics server listens on (default %(default)s)",
+    )
     sp.add_argument(
         "--max-batch", type=int, default=WorkerSettings.max_batch, help="largest model batch"
     )
@@ -105,23 +117,35 @@ def add_parser(sub) -> None:
         help="seconds one fetch may take in all: DNS, connect, headers and body "
         "(default %(default)s)",
     )
-    sp.add_argument("--group-id", default="dmguard", help="Kafka consumer group of the workers")
-    sp.add_argument("--cpus-per-worker", type=float, default=ServeSettings.cpus_per_worker)
+    sp.add_argument(
+        "--group-id", default=KafkaSettings.group_id, help="Kafka consumer group of the workers"
+    )
+    sp.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=ServeSettings.cpus_per_worker,
+        help="CPUs each worker reserves in Ray (default %(default)s)",
+    )
     sp.add_argument(
         "--gpus-per-worker",
         type=float,
-        default=None,
+        default=ServeSettings.gpus_per_worker,
         help="GPUs per worker, fractional allowed (default: 1 where the cluster has GPUs, else 0)",
     )
     sp.add_argument(
         "--worker-resources",
         type=_resources,
-        default={},
+        default=None,
         metavar="JSON",
         help="Ray custom resources each worker reserves, e.g. '{\"detector\": 1}' to keep "
         "the workers on the nodes started with `ray start --resources` offering them",
     )
-    sp.add_argument("--device", choices=DEVICES, default="auto")
+    sp.add_argument(
+        "--device",
+        choices=DEVICES,
+        default=WorkerSettings.device,
+        help="where the encoder runs: auto picks CUDA on a GPU worker (default %(default)s)",
+    )
     sp.add_argument(
         "--feature-log",
         default=default_feature_log(),
@@ -147,37 +171,20 @@ def add_parser(sub) -> None:
     sp.set_defaults(func=run)
 
 
+# What the parser holds besides serve's settings; every other dest is a keyword of
+# services.config.serve_settings (which refuses an unknown one).
+_NOT_SETTINGS = {"func", "command", "verbose", "debug", "no_feature_log", "worker_resources"}
+
+
 def run(args: argparse.Namespace) -> int:
-    settings = serve_settings(
-        bootstrap=args.bootstrap,
-        group_id=args.group_id,
-        registry=args.registry,
-        workers=args.min_workers if args.workers == "auto" else args.workers,
-        autoscale=args.workers == "auto",
-        min_workers=args.min_workers,
-        max_workers=args.max_workers,
-        scale_window_s=args.scale_window,
-        scale_cooldown_s=args.scale_cooldown,
-        cpus_per_worker=args.cpus_per_worker,
-        gpus_per_worker=args.gpus_per_worker,
-        metrics_host=args.metrics_host,
-        metrics_port=args.metrics_port,
-        max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms,
-        fetch_threads=args.fetch_threads,
-        max_pixels=args.max_pixels,
-        device=args.device,
-        feature_log=None if args.no_feature_log else args.feature_log,
-        state_dir=args.state_dir,
-        allow_private_urls=args.allow_private_urls,
-        allow_network=args.allow_network,
-        allow_file_urls=args.allow_file_urls,
-        max_bytes=args.max_bytes,
-        fetch_timeout=args.fetch_timeout,
-        exactly_once=args.exactly_once,
-        worker_resources=args.worker_resources,
-    )
-    return run_service(settings)
+    flags = {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS}
+    if args.workers == "auto":
+        flags.update(autoscale=True, workers=args.min_workers)
+    if args.no_feature_log:
+        flags["feature_log"] = None
+    if args.worker_resources is not None:
+        flags["worker_resources"] = args.worker_resources
+    return run_service(serve_settings(**flags))
 
 
 def _workers(text: str) -> int | str:

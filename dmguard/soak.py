@@ -10,7 +10,7 @@ from pathlib import Path
 from benchmarks import soak as measure
 from benchmarks.soak_mix import BAD_KINDS
 from benchmarks.soak_stats import LAG_BOUND_SECONDS, RSS_GROWTH_TARGET, parse_steps
-from services.config import offline_weights
+from services.config import WorkerSettings, offline_weights
 
 
 def add_parser(sub) -> None:
@@ -79,7 +79,10 @@ def add_parser(sub) -> None:
         "for --workers auto; rows are worth shortening with --row-seconds)",
     )
     sp.add_argument(
-        "--max-batch", type=int, default=16, help="largest model batch (default %(default)s)"
+        "--max-batch",
+        type=int,
+        default=WorkerSettings.max_batch,
+        help="largest model batch of a worker (default %(default)s, as serve's)",
     )
     sp.add_argument(
         "--row-seconds",

@@ -17,14 +17,22 @@ from services.records import message_key
 def add_parser(sub) -> None:
     sp = sub.add_parser("produce", help="send records: JSON lines, or one bare URL per line")
     kafka_args(sp)
-    sp.add_argument("--topic", default=Topics().images)
+    sp.add_argument(
+        "--topic", default=Topics().images, help="topic to send to (default %(default)s)"
+    )
     sp.add_argument("file", help="a file, or - for standard input")
     sp.set_defaults(func=run_produce)
 
     sp = sub.add_parser("tail", help="print a topic's records as JSON lines")
     kafka_args(sp)
-    sp.add_argument("--topic", default=Topics().verdicts)
-    sp.add_argument("--from-beginning", action="store_true")
+    sp.add_argument(
+        "--topic", default=Topics().verdicts, help="topic to read (default %(default)s)"
+    )
+    sp.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="read the topic from its first record (default: only what arrives from now on)",
+    )
     sp.add_argument("--max", type=int, default=None, help="stop after N records")
     sp.add_argument(
         "--timeout", type=float, default=None, help="stop after S seconds without a record"

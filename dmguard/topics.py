@@ -11,7 +11,12 @@ from services.config import Topics
 def add_parser(sub) -> None:
     sp = sub.add_parser("topics", help="create the four dmguard topics where missing")
     kafka_args(sp)
-    sp.add_argument("--partitions", type=int, default=4)
+    sp.add_argument(
+        "--partitions",
+        type=int,
+        default=4,
+        help="partitions of the images topic: the most workers that can share it (default %(default)s)",
+    )
     sp.add_argument(
         "--replication", type=int, default=1, help="replication factor (3 on a real cluster)"
     )

@@ -16,14 +16,44 @@ pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 
 def test_bench_json_has_every_field():
     done = subprocess.run(
-        [sys.executable, "-m", "dmguard", "bench", "--json", "--encoder", TINY, "--images", "20",
-         "--workers", "1", "--naive-images", "5", "--latency-seconds", "2", "--size", "160x120", "--delivery"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dmguard",
+            "bench",
+            "--json",
+            "--encoder",
+            TINY,
+            "--images",
+            "20",
+            "--workers",
+            "1",
+            "--naive-images",
+            "5",
+            "--latency-seconds",
+            "2",
+            "--size",
+            "160x120",
+            "--delivery",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    for key in ("cores", "encoder", "raw_ips", "naive_ips", "pipeline_ips", "pipeline_vs_raw", "pipeline_vs_naive",
-                "best_batch", "stage_share", "latency_ms"):  # fmt: skip
+    for key in (
+        "cores",
+        "encoder",
+        "raw_ips",
+        "naive_ips",
+        "pipeline_ips",
+        "pipeline_vs_raw",
+        "pipeline_vs_naive",
+        "best_batch",
+        "stage_share",
+        "latency_ms",
+    ):
         assert key in result, key
     assert result["encoder"] == TINY and result["cores"] >= 1
     assert all(result[k] > 0 for k in ("raw_ips", "naive_ips", "pipeline_ips"))
@@ -44,13 +74,38 @@ def test_bench_json_has_every_field():
 
 
 UPLOAD_KEYS = (
-    "cores", "encoder", "image_size", "raw_ips", "naive_ips", "pipeline_ips", "pipeline_vs_raw",
-    "pipeline_vs_naive", "best_batch", "batch_sweep", "stage_share", "latency_ms", "latency_at_ips",
-    "workers", "max_batch", "pipeline_images", "fetch_latency_ms", "bandwidth_mbps", "mix",
-    "mix_files", "mix_scale", "mix_kinds", "mix_mean_bytes", "raw_images", "naive_images",
-    "naive_skipped", "pipeline_dead_letters", "fetched_mb_per_s", "pipeline_fetched_mb",
-    "worker_peak_rss_mib", "views",
-)  # fmt: skip
+    "cores",
+    "encoder",
+    "image_size",
+    "raw_ips",
+    "naive_ips",
+    "pipeline_ips",
+    "pipeline_vs_raw",
+    "pipeline_vs_naive",
+    "best_batch",
+    "batch_sweep",
+    "stage_share",
+    "latency_ms",
+    "latency_at_ips",
+    "workers",
+    "max_batch",
+    "pipeline_images",
+    "fetch_latency_ms",
+    "bandwidth_mbps",
+    "mix",
+    "mix_files",
+    "mix_scale",
+    "mix_kinds",
+    "mix_mean_bytes",
+    "raw_images",
+    "naive_images",
+    "naive_skipped",
+    "pipeline_dead_letters",
+    "fetched_mb_per_s",
+    "pipeline_fetched_mb",
+    "worker_peak_rss_mib",
+    "views",
+)
 
 
 def test_bench_uploads_json_has_every_field(tmp_path):
@@ -58,11 +113,35 @@ def test_bench_uploads_json_has_every_field(tmp_path):
     the broken three end as dead letters (the wait counts them) and every byte is fetched.
     --views: (c) again with a head that scores two test-time views, and the ratio."""
     done = subprocess.run(
-        [sys.executable, "-m", "dmguard", "bench", "--json", "--encoder", TINY, "--images", "100",
-         "--workers", "1", "--naive-images", "40", "--latency-seconds", "2", "--mix", "uploads",
-         "--mix-scale", "0.05", "--mix-cache", str(tmp_path), "--views", "flip,zoom"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dmguard",
+            "bench",
+            "--json",
+            "--encoder",
+            TINY,
+            "--images",
+            "100",
+            "--workers",
+            "1",
+            "--naive-images",
+            "40",
+            "--latency-seconds",
+            "2",
+            "--mix",
+            "uploads",
+            "--mix-scale",
+            "0.05",
+            "--mix-cache",
+            str(tmp_path),
+            "--views",
+            "flip,zoom",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result) == set(UPLOAD_KEYS)

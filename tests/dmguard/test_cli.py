@@ -171,7 +171,7 @@ def test_score_a_url_gives_the_same_verdict_as_the_file(tmp_path, image_server):
 )
 def test_training_flags_reach_the_training_config(flags, expected):
     from dmguard.train import train_config
-    from training.train import TrainConfig
+    from training.config import TrainConfig
 
     args = build_parser().parse_args(["train", "--data", "x", *flags])
     cfg = train_config(args)
@@ -346,3 +346,118 @@ def test_device_mistakes_are_config_errors(capsys, tmp_path):
             capsys, "score", "--registry", tmp_path / "reg", "--device", "cuda", tmp_path / "a.jpg"
         )
         assert "no CUDA device" in assert_one_line(code, err, "score")
+
+
+def _settings_of_serve(monkeypatch, *flags: str):
+    """The ServeSettings `dmguard serve FLAGS` would run with (the driver replaced)."""
+    from dmguard import main, serve
+
+    seen = []
+    monkeypatch.setattr(serve, "run_service", lambda settings: seen.append(settings) or 0)
+    assert main(["serve", *flags]) == 0
+    return seen[0]
+
+
+def test_serve_reads_every_flag_into_its_setting(monkeypatch):
+    from services.config import FetchPolicy, KafkaSettings, ServeSettings, WorkerSettings
+
+    monkeypatch.delenv("DMGUARD_FEATURE_LOG", raising=False)
+    s = _settings_of_serve(
+        monkeypatch,
+        "--bootstrap",
+        "k:1",
+        "--registry",
+        "reg",
+        "--group-id",
+        "g",
+        "--workers",
+        "3",
+        "--scale-window",
+        "7",
+        "--scale-cooldown",
+        "9",
+        "--metrics-port",
+        "1234",
+        "--metrics-host",
+        "127.0.0.1",
+        "--max-batch",
+        "5",
+        "--max-wait-ms",
+        "11",
+        "--fetch-threads",
+        "2",
+        "--allow-private-urls",
+        "--allow-network",
+        "10.0.0.0/8",
+        "--allow-file-urls",
+        "--max-bytes",
+        "999",
+        "--max-pixels",
+        "888",
+        "--fetch-timeout",
+        "3",
+        "--cpus-per-worker",
+        "0.5",
+        "--gpus-per-worker",
+        "0.25",
+        "--worker-resources",
+        '{"detector": 1}',
+        "--device",
+        "cpu",
+        "--feature-log",
+        "fl",
+        "--state-dir",
+        "st",
+        "--exactly-once",
+    )
+    w = s.worker
+    assert (w.kafka.bootstrap_servers, w.kafka.group_id, w.registry) == ("k:1", "g", "reg")
+    assert (s.workers, s.autoscale, s.scale_window_s, s.scale_cooldown_s) == (3, False, 7, 9)
+    assert (s.metrics_port, s.metrics_host, s.cpus_per_worker) == (1234, "127.0.0.1", 0.5)
+    assert (s.gpus_per_worker, s.worker_resources) == (0.25, {"detector": 1.0})
+    assert (w.max_batch, w.max_wait_ms, w.fetch_threads, w.max_pixels) == (5, 11, 2, 888)
+    assert (w.device, w.feature_log, w.state_dir, w.exactly_once) == ("cpu", "fl", "st", True)
+    f = w.fetch
+    assert (f.allow_private, f.allowed_networks, f.allow_file) == (True, ("10.0.0.0/8",), True)
+    assert (f.max_bytes, f.total_timeout_s) == (999, 3)
+    # Without flags: the settings' own defaults, written once in services.config.
+    d = _settings_of_serve(monkeypatch, "--registry", "reg", "--no-feature-log")
+    assert d.worker.feature_log is None and d.worker.fetch == FetchPolicy()
+    for name in (
+        "workers",
+        "cpus_per_worker",
+        "gpus_per_worker",
+        "metrics_port",
+        "metrics_host",
+        "scale_window_s",
+        "scale_cooldown_s",
+        "worker_resources",
+    ):
+        assert getattr(d, name) == getattr(ServeSettings(), name), name
+    for name in ("max_batch", "max_wait_ms", "fetch_threads", "max_pixels", "device"):
+        assert getattr(d.worker, name) == getattr(WorkerSettings(), name), name
+    assert d.worker.kafka.group_id == KafkaSettings().group_id
+
+
+def test_serve_auto_starts_with_the_fewest_workers(monkeypatch):
+    s = _settings_of_serve(
+        monkeypatch, "--registry", "r", "--workers", "auto", "--min-workers", "2"
+    )
+    assert (s.autoscale, s.workers, s.min_workers) == (True, 2, 2)
+
+
+def test_every_flag_of_every_command_has_help():
+    import argparse
+
+    from dmguard import build_parser
+
+    def flags(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from flags(sub, f"{path} {name}".strip())
+            elif not isinstance(action, argparse._HelpAction):
+                yield f"{path} {'/'.join(action.option_strings) or action.dest}", action.help
+
+    missing = [name for name, text in flags(build_parser(), "") if not text]
+    assert not missing, missing
