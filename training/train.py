@@ -16,7 +16,7 @@ import copy
 import os
 import tempfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -94,17 +94,8 @@ def fit_epochs(
     if resume:
         head.load_state_dict(resume["head"])
     model = wrap(head.to(device))
-    base = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
-    opt = (
-        SAM(model.parameters(), torch.optim.AdamW, rho=cfg.rho, **base)
-        if cfg.rho > 0
-        else torch.optim.AdamW(model.parameters(), **base)
-    )
     per_worker = max(2, cfg.batch_size // world)
-    steps = max(1, (len(X) // world) // per_worker) * cfg.epochs
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-        opt.base_optimizer if cfg.rho > 0 else opt, T_max=steps
-    )
+    opt, sched = _optimiser(model, cfg, steps=max(1, (len(X) // world) // per_worker) * cfg.epochs)
     start_epoch, best_auc, stale, history = 0, -1.0, 0, []
     best_state = copy.deepcopy(head.state_dict())
     if resume:
@@ -137,15 +128,11 @@ def fit_epochs(
         dropout_seed, modality_seed = _epoch_seeds(cfg.seed, rank, epoch)
         torch.manual_seed(dropout_seed)  # the head's Dropout layers
         gen = torch.Generator().manual_seed(modality_seed)
-        losses = []
         model.train()
-        for i in range(0, len(order) - 1, per_worker):
-            idx = order[i : i + per_worker]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            xb, yb = _batch(Xt, yt, idx, cfg, gen, device)
-            losses.append(_step(model, opt, loss_fn, xb, yb, sam=cfg.rho > 0))
-            sched.step()
+        losses = [
+            _step(model, opt, loss_fn, *_batch(Xt, yt, idx, cfg, gen, device), sam=cfg.rho > 0)
+            for idx in _batches(order, per_worker, sched)
+        ]
         auc = agree(roc_auc(y_val, score(head, X_val, device=device)))
         if auc > best_auc + 1e-6:
             best_auc, best_state, stale = auc, copy.deepcopy(head.state_dict()), 0
@@ -163,6 +150,30 @@ def fit_epochs(
             on_epoch({**record, "best_auc": best_auc}, state)
     head.load_state_dict(best_state)
     return head.cpu().eval(), history
+
+
+def _optimiser(model: nn.Module, cfg: TrainConfig, *, steps: int):
+    """AdamW (wrapped in SAM when rho > 0) and its cosine schedule over `steps` steps."""
+    base = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = (
+        SAM(model.parameters(), torch.optim.AdamW, rho=cfg.rho, **base)
+        if cfg.rho > 0
+        else torch.optim.AdamW(model.parameters(), **base)
+    )
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+        opt.base_optimizer if cfg.rho > 0 else opt, T_max=steps
+    )
+    return opt, sched
+
+
+def _batches(order: np.ndarray, size: int, sched) -> Iterator[np.ndarray]:
+    """The epoch's batches of row indices (none under two rows: BatchNorm needs two),
+    stepping the learning-rate schedule after each one."""
+    for i in range(0, len(order) - 1, size):
+        idx = order[i : i + size]
+        if len(idx) >= 2:
+            yield idx
+            sched.step()
 
 
 def _batch(
