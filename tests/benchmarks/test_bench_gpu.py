@@ -1,8 +1,8 @@
-"""The GPU benchmark's parts that run without a GPU (benchmarks/bench_gpu.py,
-benchmarks/gpu.sh): its arguments, the JSON it writes and the table it prints (on
-made-up numbers), the time budget, stopping a stage over its share, the no-GPU exit,
-and the CPU half of the decode comparison. The GPU measurements themselves need a GPU
-and are not run here; no speed is asserted."""
+"""The GPU benchmark's parts that run without a GPU (benchmarks/bench_gpu.py, its
+gpu_result, gpu_host and gpu_stages, and benchmarks/gpu.sh): its arguments, the JSON it
+writes and the table it prints (on made-up numbers), the time budget, stopping a stage
+over its share, the no-GPU exit, and the CPU half of the decode comparison. The GPU
+measurements themselves need a GPU and are not run here; no speed is asserted."""
 
 from __future__ import annotations
 
@@ -16,7 +16,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import bench_gpu as bg
+from benchmarks.bench_gpu import build_parser, plan, run_stages
+from benchmarks.gpu_host import MODULE, parse_nvidia_smi, run_child, stage_argv
+from benchmarks.gpu_result import (
+    PAYLOADS,
+    PIPELINE_PAYLOAD,
+    POINT_KEYS,
+    SCHEMA,
+    STAGE_KEYS,
+    Deadline,
+    allot,
+    empty_point,
+    format_table,
+    make_point,
+    new_result,
+    point_cost,
+    schema_problems,
+    settings_of,
+    stage_entry,
+    timed,
+    write_json,
+)
+from benchmarks.gpu_stages import (
+    cpu_decode_point,
+    cpu_to_tensor,
+    gpu_to_tensor,
+    make_jpegs,
+    raw_plan,
+    raw_stage,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
@@ -24,7 +52,7 @@ NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
 
 # -------------------------------------------------------------------- arguments
 def test_defaults_fit_the_eight_minutes():
-    args = bg.build_parser().parse_args([])
+    args = build_parser().parse_args([])
     assert args.encoders == ["open_clip:ViT-L-14", "open_clip:ViT-B-16"]
     assert args.batches == [1, 8, 32, 64, 128, 256]
     assert args.workers_per_gpu == [1, 2]
@@ -34,7 +62,7 @@ def test_defaults_fit_the_eight_minutes():
 
 
 def test_arguments_parse():
-    args = bg.build_parser().parse_args(
+    args = build_parser().parse_args(
         [
             "--encoders",
             "ViT-B-16, open_clip:dmguard-tiny",
@@ -54,7 +82,7 @@ def test_arguments_parse():
     assert args.batches == [4, 2] and args.decode_sizes == [(100, 50)]
     assert args.skip == {"pipeline", "decode"} and args.budget == 30.0
     assert args.workers_per_gpu == [3]
-    settings = bg.settings_of(args)
+    settings = settings_of(args)
     assert settings["decode_sizes"] == ["100x50"] and settings["skip"] == ["decode", "pipeline"]
     json.dumps(settings)  # JSON values only
 
@@ -72,20 +100,20 @@ def test_arguments_parse():
 )
 def test_bad_arguments_are_refused(argv, capsys):
     with pytest.raises(SystemExit) as exc:
-        bg.build_parser().parse_args(argv)
+        build_parser().parse_args(argv)
     assert exc.value.code == 2
 
 
 # -------------------------------------------------------------------- the JSON and the table
 def _point(ips, mem=None, note=None):
-    p = bg.empty_point(note)
+    p = empty_point(note)
     if ips is not None:
         p.update(ips=ips, ms_per_batch=10.0, iters=5, max_memory_mib=mem, nvidia_smi_mib=900)
     return p
 
 
 def fabricated_result() -> dict:
-    args = bg.build_parser().parse_args(["--budget", "420"])
+    args = build_parser().parse_args(["--budget", "420"])
     host = {
         "python": "3.12.3",
         "torch": "2.11.0+cu130",
@@ -101,8 +129,8 @@ def fabricated_result() -> dict:
             "driver": "580",
         },
     }
-    result = bg.new_result(args, host)
-    result["raw"]["open_clip:ViT-B-16"] = bg.stage_entry(
+    result = new_result(args, host)
+    result["raw"]["open_clip:ViT-B-16"] = stage_entry(
         "raw",
         "ok",
         None,
@@ -123,10 +151,10 @@ def fabricated_result() -> dict:
             "encode_features": {"bf16": {"1": _point(301.0), "256": _point(7000.0)}},
         },
     )
-    result["raw"]["open_clip:ViT-L-14"] = bg.stage_entry(
+    result["raw"]["open_clip:ViT-L-14"] = stage_entry(
         "raw", "skipped", "open_clip is not importable here (No module named 'open_clip')"
     )
-    result["decode"] = bg.stage_entry(
+    result["decode"] = stage_entry(
         "decode",
         "ok",
         None,
@@ -151,7 +179,7 @@ def fabricated_result() -> dict:
         },
     )
     result["pipeline"]["open_clip:ViT-B-16"] = {
-        "1": bg.stage_entry(
+        "1": stage_entry(
             "pipeline",
             "ok",
             None,
@@ -166,31 +194,31 @@ def fabricated_result() -> dict:
                 "nvidia_smi_apps": [{"pid": 7, "used_mib": 900}],
             },
         ),
-        "2": bg.stage_entry("pipeline", "timeout", "still running at the end of its 80 s share"),
+        "2": stage_entry("pipeline", "timeout", "still running at the end of its 80 s share"),
     }
     result["status"] = "partial"
     return result
 
 
 def test_stage_entries_have_their_kinds_keys_and_nothing_else():
-    for kind, payload in bg.PAYLOADS.items():
-        entry = bg.stage_entry(kind, "skipped", "why", payload={"not_a_key": 1})
-        assert list(entry) == [*bg.STAGE_KEYS, *payload]
+    for kind, payload in PAYLOADS.items():
+        entry = stage_entry(kind, "skipped", "why", payload={"not_a_key": 1})
+        assert list(entry) == [*STAGE_KEYS, *payload]
         assert entry["status"] == "skipped" and entry["reason"] == "why"
-    entry = bg.stage_entry("pipeline", "ok", payload={"ips": 5.0})
+    entry = stage_entry("pipeline", "ok", payload={"ips": 5.0})
     entry["stage_share"]["x"] = 1.0  # the defaults are copied, not shared
-    assert bg.PIPELINE_PAYLOAD["stage_share"] == {} and entry["ips"] == 5.0
+    assert PIPELINE_PAYLOAD["stage_share"] == {} and entry["ips"] == 5.0
     with pytest.raises(ValueError):
-        bg.stage_entry("raw", "fine")
+        stage_entry("raw", "fine")
 
 
 def test_json_round_trip_keeps_the_schema(tmp_path):
     result = fabricated_result()
-    assert bg.schema_problems(result) == []
+    assert schema_problems(result) == []
     path = tmp_path / "out" / "bench-gpu.json"
-    bg.write_json(result, path)
+    write_json(result, path)
     again = json.loads(path.read_text())
-    assert again == result and bg.schema_problems(again) == []
+    assert again == result and schema_problems(again) == []
     assert not list(path.parent.glob("*.part"))  # written through a temporary, then renamed
 
 
@@ -199,13 +227,13 @@ def test_schema_check_sees_what_is_missing():
     del result["raw"]["open_clip:ViT-B-16"]["model"]["bf16"]["1"]["nvidia_smi_mib"]
     del result["pipeline"]["open_clip:ViT-B-16"]["2"]["ips"]
     result["decode"]["status"] = "fine"
-    problems = bg.schema_problems(result)
+    problems = schema_problems(result)
     assert len(problems) == 3, problems
-    assert bg.schema_problems({"schema": bg.SCHEMA}) != []
+    assert schema_problems({"schema": SCHEMA}) != []
 
 
 def test_table_shows_the_numbers_and_the_reasons():
-    table = bg.format_table(fabricated_result())
+    table = format_table(fabricated_result())
     lines = table.splitlines()
     assert lines[0].startswith("dmguard GPU benchmark: NVIDIA H200 (143771 MiB, cc 9.0)")
     assert "status partial" in lines[0]
@@ -241,16 +269,16 @@ def test_table_shows_the_numbers_and_the_reasons():
 
 
 def test_nvidia_smi_output_is_parsed():
-    got = bg.parse_nvidia_smi("NVIDIA H200, 1234, 143771, 580.159.03\n")
+    got = parse_nvidia_smi("NVIDIA H200, 1234, 143771, 580.159.03\n")
     assert got == {
         "name": "NVIDIA H200",
         "memory_used_mib": 1234,
         "memory_total_mib": 143771,
         "driver": "580.159.03",
     }
-    assert bg.parse_nvidia_smi("") is None
-    assert bg.parse_nvidia_smi("No devices were found") is None
-    assert bg.parse_nvidia_smi("NVIDIA H200, [N/A], 143771, 580") is None
+    assert parse_nvidia_smi("") is None
+    assert parse_nvidia_smi("No devices were found") is None
+    assert parse_nvidia_smi("NVIDIA H200, [N/A], 143771, 580") is None
 
 
 # -------------------------------------------------------------------- the time budget
@@ -263,16 +291,16 @@ class FakeClock:
 
 
 def test_allot_shares_what_is_left_by_weight():
-    assert bg.allot(400.0, [50.0, 40.0, 70.0]) == pytest.approx(125.0)
-    assert bg.allot(400.0, [70.0]) == pytest.approx(400.0)  # the last stage gets all that is left
-    assert bg.allot(0.0, [1.0]) == 0.0 and bg.allot(-5.0, [1.0]) == 0.0 and bg.allot(5.0, []) == 0.0
+    assert allot(400.0, [50.0, 40.0, 70.0]) == pytest.approx(125.0)
+    assert allot(400.0, [70.0]) == pytest.approx(400.0)  # the last stage gets all that is left
+    assert allot(0.0, [1.0]) == 0.0 and allot(-5.0, [1.0]) == 0.0 and allot(5.0, []) == 0.0
 
 
 def test_stages_share_the_budget_and_pass_on_what_they_leave():
     clock = FakeClock()
-    deadline = bg.Deadline.after(103.0, clock)  # 100 s once the final reserve (3 s) is kept
-    args = bg.build_parser().parse_args(["--encoders", "A", "--workers-per-gpu", "1,2"])
-    stages = bg.plan(args, Path("/nonexistent"), 1, {"pipeline": None})
+    deadline = Deadline.after(103.0, clock)  # 100 s once the final reserve (3 s) is kept
+    args = build_parser().parse_args(["--encoders", "A", "--workers-per-gpu", "1,2"])
+    stages = plan(args, Path("/nonexistent"), 1, {"pipeline": None})
     assert [s.name for s in stages] == [
         "raw open_clip:A",
         "decode",
@@ -287,9 +315,9 @@ def test_stages_share_the_budget_and_pass_on_what_they_leave():
         clock.now += used
         return {"status": "ok", "seconds": used, "payload": {}}
 
-    result = bg.new_result(args, {})
+    result = new_result(args, {})
     saved = []
-    bg.run_stages(stages, result, deadline, runner=runner, save=lambda: saved.append(1))
+    run_stages(stages, result, deadline, runner=runner, save=lambda: saved.append(1))
     # weights 50, 40, 70, 70: raw gets 100 * 50 / 230 and leaves 11.7 s of it unused
     assert shares[0] == pytest.approx(100 * 50 / 230)
     assert shares[1] == pytest.approx(90 * 40 / 180)  # what raw left flows on
@@ -306,18 +334,18 @@ def test_stages_share_the_budget_and_pass_on_what_they_leave():
 
 def test_a_stage_that_cannot_run_here_is_skipped_and_its_time_goes_to_the_others():
     clock = FakeClock()
-    deadline = bg.Deadline.after(103.0, clock)
-    args = bg.build_parser().parse_args(["--encoders", "A", "--skip", "decode"])
+    deadline = Deadline.after(103.0, clock)
+    args = build_parser().parse_args(["--encoders", "A", "--skip", "decode"])
     why = "ray is not importable here"
-    stages = bg.plan(args, Path("/x"), 1, {"pipeline": why})
+    stages = plan(args, Path("/x"), 1, {"pipeline": why})
     shares = []
 
     def runner(stage, share):
         shares.append(share)
         return {"status": "timeout", "reason": "stopped", "seconds": share}
 
-    result = bg.new_result(args, {})
-    bg.run_stages(stages, result, deadline, runner=runner)
+    result = new_result(args, {})
+    run_stages(stages, result, deadline, runner=runner)
     assert shares == [pytest.approx(100.0)]  # raw alone shares out the whole budget
     runs = result["pipeline"]["open_clip:A"]
     assert [runs[k]["status"] for k in ("1", "2")] == ["skipped", "skipped"]
@@ -328,13 +356,13 @@ def test_a_stage_that_cannot_run_here_is_skipped_and_its_time_goes_to_the_others
 
 def test_deadline_and_point_costs():
     clock = FakeClock()
-    d = bg.Deadline.after(10.0, clock)
+    d = Deadline.after(10.0, clock)
     assert d.left() == 10.0 and d.allows(10.0) and not d.allows(10.1)
     clock.now += 12.0
     assert d.left() == 0.0
-    assert bg.point_cost(1.0, 3, None, 64) == 3.0  # nothing measured yet: a guess
+    assert point_cost(1.0, 3, None, 64) == 3.0  # nothing measured yet: a guess
     # 0.1 s per batch of 8 -> 0.8 s at 64: 3 warm-up iterations, 1 more, and the minimum time
-    assert bg.point_cost(1.0, 3, (8, 0.1), 64) == pytest.approx(1.0 + 4 * 0.8 + 0.25)
+    assert point_cost(1.0, 3, (8, 0.1), 64) == pytest.approx(1.0 + 4 * 0.8 + 0.25)
 
 
 def test_timed_runs_warm_up_then_until_the_minimum_time():
@@ -345,21 +373,21 @@ def test_timed_runs_warm_up_then_until_the_minimum_time():
         calls.append(clock.now)
         clock.now += 0.3
 
-    n, secs = bg.timed(fn, sync=lambda: syncs.append(1), min_time_s=1.0, warmup=2, clock=clock)
+    n, secs = timed(fn, sync=lambda: syncs.append(1), min_time_s=1.0, warmup=2, clock=clock)
     assert n == 4 and secs == pytest.approx(1.2)  # 0.3 s a call: the 4th passes 1 s
     assert len(calls) == 6 and len(syncs) == 5  # warm-up untimed, then one sync per timed call
-    n, _ = bg.timed(fn, min_time_s=0.0, warmup=0, min_iters=3, clock=clock)
+    n, _ = timed(fn, min_time_s=0.0, warmup=0, min_iters=3, clock=clock)
     assert n == 3
-    point = bg.make_point(8, 4, 2.0, max_memory_mib=12.5)
+    point = make_point(8, 4, 2.0, max_memory_mib=12.5)
     assert (
         point["ips"] == 16.0 and point["ms_per_batch"] == 500.0 and point["max_memory_mib"] == 12.5
     )
-    assert set(point) == set(bg.POINT_KEYS)
+    assert set(point) == set(POINT_KEYS)
 
 
 def test_raw_plan_measures_the_serving_dtype_first_and_fp32_once():
-    plan = bg.raw_plan([1, 8], 32, "bf16", bf16=True)
-    assert plan == [
+    order = raw_plan([1, 8], 32, "bf16", bf16=True)
+    assert order == [
         ("model", "bf16", 1, None),
         ("model", "bf16", 8, None),
         ("encode_features", "bf16", 1, None),
@@ -368,9 +396,9 @@ def test_raw_plan_measures_the_serving_dtype_first_and_fp32_once():
         ("model", "fp16", 8, None),
         ("model", "fp32", 32, None),
     ]
-    older = bg.raw_plan([1], 32, "fp16", bf16=False)  # a GPU without bf16: serving is fp16
+    older = raw_plan([1], 32, "fp16", bf16=False)  # a GPU without bf16: serving is fp16
     assert ("model", "bf16", 1, "bf16 not supported") in older
-    assert {dt for _, dt, _, _ in bg.raw_plan([1], 32, "fp32", False, cuda=False)} == {"fp32"}
+    assert {dt for _, dt, _, _ in raw_plan([1], 32, "fp32", False, cuda=False)} == {"fp32"}
 
 
 def test_raw_stage_measures_until_its_deadline_then_skips():
@@ -394,16 +422,16 @@ def test_raw_stage_measures_until_its_deadline_then_skips():
         if len(saved) == 2:
             clock.now += 1000.0  # out of time from here on
 
-    payload = bg.raw_stage(spec, bg.Deadline.after(100.0, clock), checkpoint)
+    payload = raw_stage(spec, Deadline.after(100.0, clock), checkpoint)
     model, enc = payload["model"]["fp32"], payload["encode_features"]["fp32"]
     assert model["1"]["ips"] > 0 and model["2"]["ips"] > 0 and model["2"]["iters"] >= 3
     assert enc["1"]["note"] == enc["2"]["note"] == "budget" and enc["1"]["ips"] is None
     assert payload["serving_dtype"] == "fp32" and payload["image_size"] > 0
     assert len(saved) == 2 and saved[-1]["model"]["fp32"]["2"]["ips"] == model["2"]["ips"]
-    entry = bg.stage_entry("raw", "ok", payload=payload)
-    result = bg.new_result(bg.build_parser().parse_args([]), {})
+    entry = stage_entry("raw", "ok", payload=payload)
+    result = new_result(build_parser().parse_args([]), {})
     result["raw"][TINY] = entry
-    assert bg.schema_problems(result) == []
+    assert schema_problems(result) == []
 
 
 # -------------------------------------------------------------------- child processes
@@ -423,7 +451,7 @@ def test_a_stage_over_its_share_is_stopped_with_everything_it_started(tmp_path):
     )
     t0 = time.monotonic()
     # 8 s: the child (and its grandchild) are well started by then, even on a busy machine
-    got = bg.run_child(lambda out: [sys.executable, "-c", code, str(out)], 8.0, grace_s=1.0)
+    got = run_child(lambda out: [sys.executable, "-c", code, str(out)], 8.0, grace_s=1.0)
     took = time.monotonic() - t0
     assert got["status"] == "timeout" and "stopped" in got["reason"], got
     assert got["payload"] == {"sizes": {"1x1": 1}}
@@ -438,10 +466,19 @@ def test_a_stage_over_its_share_is_stopped_with_everything_it_started(tmp_path):
 
 def test_a_stage_result_is_read_and_a_crash_is_a_failure(tmp_path):
     ok = "import json, sys; json.dump({'status': 'ok', 'reason': None, 'payload': {'x': 1}}, open(sys.argv[1], 'w'))"
-    got = bg.run_child(lambda out: [sys.executable, "-c", ok, str(out)], 30.0)
+    got = run_child(lambda out: [sys.executable, "-c", ok, str(out)], 30.0)
     assert got["status"] == "ok" and got["payload"] == {"x": 1} and got["seconds"] > 0
-    got = bg.run_child(lambda out: [sys.executable, "-c", "raise SystemExit(3)"], 30.0)
+    got = run_child(lambda out: [sys.executable, "-c", "raise SystemExit(3)"], 30.0)
     assert got["status"] == "failed" and "exited with code 3" in got["reason"]
+
+
+def test_a_stage_child_runs_the_program_with_its_spec():
+    """gpu_host starts each stage as `python -m MODULE --stage-spec ...`: MODULE is the
+    program (bench_gpu, whose main runs the stage), not the module that names it."""
+    argv = stage_argv({"kind": "raw"})(Path("/x/stage.json"))
+    assert argv[0] == sys.executable and argv[1:4] == ["-m", "benchmarks.bench_gpu", "--stage-spec"]
+    assert json.loads(argv[4]) == {"kind": "raw", "out": "/x/stage.json"}
+    assert MODULE == "benchmarks.bench_gpu" and build_parser().prog == f"python -m {MODULE}"
 
 
 # -------------------------------------------------------------------- no GPU
@@ -495,19 +532,19 @@ def test_cpu_decode_path_is_the_services_path():
     from services.images import decode
     from training.encoders import Preprocess
 
-    small, big = bg.make_jpegs(1, (64, 48))[0], bg.make_jpegs(1, (1000, 700), seed=1)[0]
+    small, big = make_jpegs(1, (64, 48))[0], make_jpegs(1, (1000, 700), seed=1)[0]
     for blob in (small, big):
-        x = bg.cpu_to_tensor(blob)
+        x = cpu_to_tensor(blob)
         assert x.shape == (3, 224, 224) and x.dtype == np.float32
         # decoded at reduced DCT scale where the image allows it, as the workers decode
         np.testing.assert_array_equal(x, Preprocess()(decode(blob, target_size=224)))
-    assert bg.make_jpegs(2, (64, 48)) != bg.make_jpegs(2, (64, 48), seed=5)
+    assert make_jpegs(2, (64, 48)) != make_jpegs(2, (64, 48), seed=5)
 
 
 def test_cpu_decode_point_counts_images():
-    blobs = bg.make_jpegs(2, (64, 48))
-    point = bg.cpu_decode_point(blobs, threads=2, min_time_s=0.05)
-    assert set(point) == set(bg.POINT_KEYS)
+    blobs = make_jpegs(2, (64, 48))
+    point = cpu_decode_point(blobs, threads=2, min_time_s=0.05)
+    assert set(point) == set(POINT_KEYS)
     assert point["ips"] > 0 and point["iters"] >= 1 and point["ms_per_batch"] is None
 
 
@@ -523,14 +560,14 @@ def test_gpu_half_resizes_crops_and_normalises_as_preprocess_does():
     from services.images import decode
     from training.encoders import Preprocess
 
-    blobs = bg.make_jpegs(2, (640, 480)) + bg.make_jpegs(1, (300, 500), seed=3)
+    blobs = make_jpegs(2, (640, 480)) + make_jpegs(1, (300, 500), seed=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision >= 0.29: decode_jpeg is deprecated
         images = decode_jpeg(
             [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs],
             mode=ImageReadMode.RGB,
         )
-    x = bg.gpu_to_tensor(images)
+    x = gpu_to_tensor(images)
     assert x.shape == (3, 3, 224, 224) and x.dtype == torch.float32
     for i, blob in enumerate(blobs):
         ref = Preprocess()(decode(blob, target_size=None))
@@ -560,9 +597,9 @@ def test_pipeline_stage_runs_serve_within_its_budget(tmp_path):
         "min_time_s": 1.0,
         "budget_s": 100.0,
     }
-    got = bg.run_child(bg.stage_argv(spec), 150.0)
+    got = run_child(stage_argv(spec), 150.0)
     assert got["status"] == "ok", got
-    entry = bg.stage_entry("pipeline", got["status"], got["reason"], got["seconds"], got["payload"])
+    entry = stage_entry("pipeline", got["status"], got["reason"], got["seconds"], got["payload"])
     assert entry["complete"] is True and entry["records"] == entry["sent"] > 0 and entry["ips"] > 0
     assert entry["workers"] == 1 and entry["gpus_per_worker"] == 0.0 and entry["dead_letters"] == 0
     assert entry["ready_s"] > 0 and entry["probe_ips"] > 0
