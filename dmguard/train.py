@@ -151,6 +151,12 @@ def training_args(sp: argparse.ArgumentParser) -> None:
         "deviation (stored in the head)",
     )
     g.add_argument(
+        "--adapt",
+        action="store_true",
+        help="with --standardize and --leave-source-out: the statistics also count the held-out "
+        "fold's features, unlabelled (test-time adaptation to the stream; docs/detection.md)",
+    )
+    g.add_argument(
         "--no-balance",
         action="store_true",
         help="do not reweigh training rows so that label and content (or embedding cluster) "
@@ -221,6 +227,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         hidden_dim=args.hidden_dim,
         depth=args.head_depth,
         standardize=args.standardize,
+        adapt=args.adapt,
         balance=not args.no_balance,
         loss=args.loss,
         gamma=args.gamma,

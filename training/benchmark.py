@@ -120,11 +120,15 @@ def leave_source_out(
     uncertain_fpr: float = 0.2,
     calibration_fraction: float = 0.25,
     balance: Callable[[np.ndarray, list[str]], np.ndarray] | None = None,
+    adapt: bool = False,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> dict:
     """Figures of heads trained by `fit` on whole-source folds (see the module docstring).
 
     `balance(labels, contents)` gives the training rows' sampling weights (None: uniform).
+    `adapt`: `fit` also gets, unlabelled, the features of the calibration rows and of the
+    held-out fold as `unlabelled=` (a head adapts its input statistics to them, as a
+    served head could to its own stream's); their labels never reach it.
     """
     y = np.asarray(data.labels).astype(int)
     runs = []
@@ -152,7 +156,8 @@ def leave_source_out(
                 y_fit = np.concatenate([y_fit, y[data.aug_of[take]]])
                 groups += [data.contents[i] for i in data.aug_of[take]]
             weights = balance(y_fit, groups) if balance else None
-            model = fit(X_fit, y_fit, data.X[cal_rows], y[cal_rows], weights)
+            extra = {"unlabelled": data.X[np.concatenate([cal_rows, test])]} if adapt else {}
+            model = fit(X_fit, y_fit, data.X[cal_rows], y[cal_rows], weights, **extra)
             threshold, uncertain_from = operating_point(
                 y[cal_rows],
                 data.scored(model, cal_rows),
@@ -282,8 +287,8 @@ def head_fit(cfg) -> Fit:
     from training.head import score
     from training.train import fit_epochs
 
-    def fit(X, y, X_val, y_val, weights):
-        head, _ = fit_epochs(X, y, X_val, y_val, cfg, weights=weights)
+    def fit(X, y, X_val, y_val, weights, unlabelled=None):
+        head, _ = fit_epochs(X, y, X_val, y_val, cfg, weights=weights, unlabelled=unlabelled)
         return lambda Z: score(head, Z)
 
     return fit
@@ -363,6 +368,7 @@ def run_benchmark(
         target_fpr=cfg.target_fpr,
         uncertain_fpr=cfg.uncertain_fpr,
         balance=reweigh if cfg.balance else None,
+        adapt=cfg.adapt,
         progress=log,
     )
     out["setup"] = {
@@ -372,6 +378,7 @@ def run_benchmark(
         "depth": cfg.depth,
         "hidden_dim": cfg.hidden_dim,
         "standardize": cfg.standardize,
+        "adapt": cfg.adapt,
         "views": list(views),
         "loss": cfg.loss,
         "augment": augment,

@@ -45,5 +45,8 @@ class TrainConfig:
     depth: int = 3
     # Standardise the head's inputs with the training rows' statistics (HeadConfig.standardize).
     standardize: bool = False
+    # With standardize: the statistics also count the unlabelled rows of the stream the
+    # head will serve (in the leave-source-out benchmark, the held-out fold's features).
+    adapt: bool = False
     # What the head reads from the image tower (training.features); stored with the head.
     features: str = "embedding"

@@ -66,6 +66,7 @@ def fit_epochs(
     device: str = "cpu",
     agree: Callable[[float], float] = lambda auc: auc,
     weights: np.ndarray | None = None,
+    unlabelled: np.ndarray | None = None,
 ) -> tuple[MLPHead, list[dict]]:
     """Train; returns the head with the best held-out AUC and the per-epoch history.
 
@@ -83,6 +84,9 @@ def fit_epochs(
     only on the seed, the rank and the epoch). The first record after a resume has
     `"resumed": True`.
 
+    `unlabelled` (M, D), rows without labels (the stream the head will serve), count in
+    the input standardisation's statistics beside X (TrainConfig.adapt).
+
     `agree` makes every worker use rank 0's held-out AUC, so all stop at the
     same epoch (a worker that stopped alone would leave the others hanging in
     an all-reduce).
@@ -90,7 +94,7 @@ def fit_epochs(
     torch.manual_seed(cfg.seed)
     head = MLPHead(head_config(cfg, X.shape[1]))
     if cfg.standardize:  # every worker holds all training rows: the same statistics
-        head.fit_standardizer(X)
+        head.fit_standardizer(X if unlabelled is None else np.concatenate([X, unlabelled]))
     if resume:
         head.load_state_dict(resume["head"])
     model = wrap(head.to(device))
@@ -296,6 +300,7 @@ def fit_head(
     storage: Path,
     fail_at_epoch: int | None = None,
     weights: np.ndarray | None = None,
+    unlabelled: np.ndarray | None = None,
 ) -> tuple[MLPHead, list[dict]]:
     """Train with Ray Train (TorchTrainer, `cfg.workers` workers); returns the best head
     and the per-epoch history.

@@ -54,6 +54,32 @@ def test_no_head_scores_a_source_it_trained_or_calibrated_on():
         assert not {s for s, k in fold_of.items() if k == f} & used
 
 
+def test_adapting_hands_the_fit_unlabelled_rows_of_exactly_the_held_out_and_calibration_sides():
+    """With adapt, fit gets the features of every row it does not train on (the held-back
+    calibration rows and the held-out fold), never their labels; without, nothing."""
+    data = _data()
+    calls: list[tuple[set, set, set]] = []
+
+    def fit(X, y, X_val, y_val, w, unlabelled=None):
+        ids = lambda A: {tuple(r) for r in np.round(A, 6)}  # noqa: E731
+        calls.append((ids(X), ids(X_val), ids(unlabelled)))
+        return lambda Z: Z[:, 0]
+
+    leave_source_out(data, fit, folds=3, seeds=(0,), adapt=True)
+    every = {tuple(r) for r in np.round(data.X, 6)}
+    fold_of = source_folds(data.labels, data.sources, 3, seed=0)
+    row_source = {tuple(r): s for r, s in zip(np.round(data.X, 6), data.sources, strict=True)}
+    assert len(calls) == 3
+    for f, (train, cal, unlabelled) in enumerate(calls):
+        held = {r for r in every if fold_of[row_source[r]] == f}
+        assert unlabelled == cal | held and not unlabelled & train
+    plain: list = []
+    leave_source_out(
+        data, lambda *a, **k: plain.append(k) or (lambda Z: Z[:, 0]), folds=3, seeds=(0,)
+    )
+    assert plain == [{}, {}, {}]
+
+
 def test_a_source_memoriser_is_found_out():
     """1-nearest-neighbour on both features memorises sources: perfect on a random split,
     chance-like when whole sources are held out. A head on the trace alone stays good."""
