@@ -66,14 +66,14 @@ def labelled_features(
     table = table.filter(
         pc.and_(pc.equal(table.column("encoder"), encoder), pc.equal(kinds, features))
     )
+    # A record redone (after a crash, or by another worker) is logged again: the newest
+    # row wins, by its `ts`; rows of equal `ts` in the order they were read.
+    ids, embs = table.column("id").to_pylist(), table.column("embedding").to_pylist()
+    ts = table.column("ts").to_pylist()
     latest: dict[str, np.ndarray] = {}
-    for rid, emb in zip(
-        table.column("id").to_pylist(), table.column("embedding").to_pylist(), strict=True
-    ):
-        if rid in labels:
-            latest[rid] = np.asarray(
-                emb, np.float32
-            )  # a reprocessed record logs the same embedding again
+    for i in sorted(range(len(ids)), key=lambda i: (ts[i] if ts[i] is not None else -1.0, i)):
+        if ids[i] in labels:
+            latest[ids[i]] = np.asarray(embs[i], np.float32)
     ids = sorted(latest)
     X = np.stack([latest[i] for i in ids]) if ids else np.zeros((0, 0), np.float32)
     return ids, X, np.array([labels[i] for i in ids], dtype=np.int64)

@@ -5,10 +5,8 @@ last row per id". Where retraining joins the labels with the feature log
 with different embeddings, which row does it keep?
 
 * Rows one worker wrote (one file, or two files of its folder): the later one.
-* Rows two workers wrote: the row read last, i.e. from the worker folder whose name
-  sorts last (`worker=1` after `worker=0`), whatever the rows' `ts` say. "The last row"
-  is the last in the order the log is read, not the newest: across workers, the claim
-  holds only when the later row's folder sorts after the earlier one's. (A redone
+* Rows two workers wrote: the newest by `ts`, whichever worker folder is read last
+  (the log is read in path order, so `worker=1` comes after `worker=0`). (A redone
   record logs the same image's embedding again, so the two rows normally agree.)"""
 
 from __future__ import annotations
@@ -86,14 +84,14 @@ def test_two_files_of_one_worker_the_later_file_wins(tmp_path):
     assert kept(root, {"x": 1}) == {"x": LATER}
 
 
-def test_across_workers_the_folder_read_last_wins_not_the_newest_row(tmp_path):
+def test_across_workers_the_newest_row_wins_whichever_folder_is_read_last(tmp_path):
     """The record first done by worker 1, then redone by worker 0 (its partition moved
     there, say after a restart with another --workers): worker=1 is read after worker=0,
-    so its older row is the one kept. The true behaviour, not the docs' "last row"."""
+    but worker 0's row is the newer one, and it is kept."""
     root = tmp_path / "log"
     write_part(root, "1", "part-1700000001000-00000000.parquet", [("x", 1.0, FIRST)])
     write_part(root, "0", "part-1700000002000-00000000.parquet", [("x", 2.0, LATER)])
-    assert kept(root, {"x": 1}) == {"x": FIRST}
+    assert kept(root, {"x": 1}) == {"x": LATER}
     # the other way round, the newer row is also the one read last, and kept
     root2 = tmp_path / "log2"
     write_part(root2, "0", "part-1700000001000-00000000.parquet", [("x", 1.0, FIRST)])
