@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -297,6 +298,19 @@ def test_every_record_accounted_for_with_the_right_code(shared_stream):
         np.abs(embs[i] - embs[i + 1 :]).max(axis=1).min() > 100 * EMBEDDING_TOL
         for i in range(len(embs) - 1)
     )
+    # The untrained head's threshold (0.5) may call every image one thing; the same
+    # weights with the threshold in the widest gap between neighbouring offline scores
+    # in the middle half split them, so both verdicts must come out of the service, each
+    # on the right side of the threshold (the gap keeps the verdicts' 6-decimal scores
+    # off it).
+    ranked = sorted(ordered)
+    k = max(range(len(ranked) // 4, 3 * len(ranked) // 4), key=lambda i: ranked[i] - ranked[i - 1])
+    assert ranked[k] - ranked[k - 1] > 1e-5, "the scores are too close to split cleanly"
+    median = (ranked[k - 1] + ranked[k]) / 2
+    head = s.registry.save(
+        detector.head, encoder=detector.meta.encoder, threshold=median, parent=head
+    ).version
+    s.serve_head(head)
 
     before = s.service.metrics()
     produce(s.bootstrap, values)
@@ -318,8 +332,11 @@ def test_every_record_accounted_for_with_the_right_code(shared_stream):
         sent = good[v["id"]]
         assert v["url"] == sent["url"] and v["meta"] == sent["meta"], v
         assert abs(v["score"] - offline_score[v["id"]]) <= SCORE_TOL, (v, offline_score[v["id"]])
-        assert v["verdict"] == ("generated" if v["score"] >= v["threshold"] else "real")
+        assert v["verdict"] == ("generated" if v["score"] >= v["threshold"] else "real"), v
         assert v["head_version"] == head and v["encoder"] == "open_clip:dmguard-tiny"
+    verdicts = Counter(v["verdict"] for v in out.verdicts)
+    assert verdicts["real"] >= 50 and verdicts["generated"] >= 50, verdicts  # k in the middle half
+    assert all(v["threshold"] == pytest.approx(median, abs=1e-6) for v in out.verdicts)
     for d in out.dead_letters:  # the original record comes back untouched
         src = d["source"]
         assert src["topic"] == "dmguard.images" and src["offset"] >= 0
