@@ -9,7 +9,6 @@ what the tests read."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -41,6 +40,7 @@ from services.kafka_io import (
     produce,
     read_values,
 )
+from tests.conftest import require_kafka_jars
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 100  # plain records, over PARTS partitions
@@ -48,17 +48,6 @@ PARTS = 3
 TX_N = 5  # records of the committed transaction
 PLAIN, TXOUT, AFTER = "kafka.plain", "kafka.tx-out", "kafka.after"
 GROUP, TX_GROUP = "kafka-test", "kafka-test-tx"
-
-
-def _require_jars() -> None:
-    """Skip without the jars, saying how to get them; under CI (`make test` fetches them
-    first with `make kafka`) fail instead, as tests/conftest.py does for the weights."""
-    if any(kafka_libs().glob("kafka_2.13-*.jar")):
-        return
-    message = f"Kafka's jars missing at {kafka_libs()}: run `make kafka`"
-    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"{message} (CI is set: missing jars are a failure, not a skip)")
-    pytest.skip(message)
 
 
 # --- fast: versions, flags, errors ------------------------------------------------------
@@ -184,7 +173,7 @@ def _write_history(kafka: KafkaSettings) -> tuple[dict[int, int], dict[int, int]
 
 @pytest.fixture(scope="module")
 def restarted(tmp_path_factory):
-    _require_jars()
+    require_kafka_jars()
     folder = tmp_path_factory.mktemp("kafka") / "state"
     port = free_port()
     cli_err = folder.parent / "cli.err"
@@ -314,7 +303,7 @@ def test_the_restarted_broker_takes_new_groups_and_transactions(restarted):
 @pytest.mark.broker
 @pytest.mark.slow
 def test_without_a_folder_it_runs_in_a_temporary_one_removed_on_stop():
-    _require_jars()
+    require_kafka_jars()
     with KafkaBroker() as broker:
         folder = broker.folder
         assert folder is not None and (folder / "data" / "meta.properties").is_file()
