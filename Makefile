@@ -50,8 +50,11 @@ check-deploy: $(STAMP) $(PROMTOOL)
 deploy-generate:
 	$(BIN)/python deploy/prometheus/make_rule.py
 
+# Two processes: most end-to-end tests wait on slow image servers, brokers and Ray
+# start-ups, so two at a time fit 2 cores (docs/testing.md); loadscope keeps a module's
+# shared broker and service in one process.
 test: $(STAMP) $(MODELS) lint check-deploy kafka
-	$(BIN)/pytest --ignore=tests/deploy
+	$(BIN)/pytest -n 2 --dist loadscope --ignore=tests/deploy
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"

@@ -48,6 +48,8 @@ def test_resizing_the_pool_moves_partitions_without_losing_or_repeating_a_record
     ensure_topics(settings.worker.kafka, Topics(), partitions=4)
     values, expected = good_stream(image_server, 400, "resize")
     image_server.delay_s = 0.1
+    if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < 4:
+        ray.shutdown()  # an earlier test's Ray in this process: too small to grow to 3
     started_ray = not ray.is_initialized()
     init_ray(num_cpus=4)
     pool, metrics = WorkerPool(settings), DriverMetrics()
