@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 models: $(MODELS)
 
-$(MODELS): $(STAMP) training/weights.py
+$(MODELS): $(STAMP) training/model/weights.py
 	$(BIN)/dmguard models --cache .cache/models
 	touch $(MODELS)
 

@@ -17,8 +17,8 @@ from services.errors import InputError
 from services.fetch import FetchPolicy, fetch_bytes
 from services.images import DEFAULT_MAX_PIXELS, decode
 from services.records import ImageRecord, Source
-from training.encoders import Preprocess
-from training.views import view_pixels
+from training.model.encoders import Preprocess
+from training.model.views import view_pixels
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def fetch_pixels(
     views: Sequence[str] = (),
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Fetch (guarded), decode at the encoder's scale, preprocess with the head's test-time
-    `views` (training.views.view_pixels): (pixels, stage seconds). Raises InputError with a
+    `views` (training.model.views.view_pixels): (pixels, stage seconds). Raises InputError with a
     dead-letter code. The worker and `dmguard score` share it."""
     t0 = time.perf_counter()
     data = fetch_bytes(url, policy)

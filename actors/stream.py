@@ -81,10 +81,10 @@ from services.records import (
     Verdict,
     best_effort_id,
 )
-from training.detector import Detector
+from training.data.feature_log import FeatureLogWriter
 from training.errors import RegistryError
-from training.feature_log import FeatureLogWriter
-from training.registry import Registry
+from training.model.detector import Detector
+from training.model.registry import Registry
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from services.config import ServeSettings
 
 if TYPE_CHECKING:
     from services.metrics import DriverMetrics
-    from training.registry import HeadMeta, Registry
+    from training.model.registry import HeadMeta, Registry
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def run_service(
     from services.kafka_io import ensure_topics, partition_count
     from services.metrics import DriverMetrics, MetricsServer
     from services.ray_cluster import init_ray
-    from training.registry import Registry
+    from training.model.registry import Registry
 
     meta = head_to_start_with(Registry(settings.worker.registry))
     kafka, topics = settings.worker.kafka, settings.worker.topics

@@ -26,7 +26,7 @@ It adds the bytes fetched per second in (c), the peak RSS of each worker (VmHWM)
 mix's shares and mean bytes per kind.
 
 --views NAMES measures (c) once more, right after, with a head that scores those
-test-time views beside the centre crop (training/views.py), and reports the ratio: what
+test-time views beside the centre crop (training/model/views.py), and reports the ratio: what
 looking more than once costs per image.
 """
 
@@ -78,10 +78,10 @@ BATCHES = [1, 4, 8, 16, 32]  # (a)'s sweep
 def _detector(encoder_spec: str, threads: int):
     # The model's modules import torch: here, not at the top, so that every CLI command
     # starts without it (dmguard imports this module for its flags).
-    from training.detector import Detector
-    from training.encoders import load_encoder
-    from training.head import HeadConfig, MLPHead
-    from training.registry import HeadMeta
+    from training.model.detector import Detector
+    from training.model.encoders import load_encoder
+    from training.model.head import HeadConfig, MLPHead
+    from training.model.registry import HeadMeta
 
     encoder = load_encoder(encoder_spec, device="auto", threads=threads)
     meta = HeadMeta(

@@ -157,7 +157,7 @@ def compare_decoders(
     "unavailable"} for those that could not, and nothing for formats a method does
     not take; "methods" -> name -> {"available", "reason", "description", "gaps"}.
     """
-    from training.encoders import load_encoder  # torch: only when a comparison runs
+    from training.model.encoders import load_encoder  # torch: only when a comparison runs
 
     encoder = load_encoder(encoder_spec, device="cpu", threads=1)
     preprocess = encoder.preprocess

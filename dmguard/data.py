@@ -1,6 +1,6 @@
 """`dmguard data build`: the labelled image set (real photos and model outputs from PyPI,
 Debian and npm packages, each with a hand-made content and style tag), built once and
-cached; `dmguard demo` uses the same set (training/demo_data.py)."""
+cached; `dmguard demo` uses the same set (training/data/demo_data.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def say(message: str) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from training.demo_data import ensure_demo_set
+    from training.data.demo_data import ensure_demo_set
 
     summary = ensure_demo_set(
         Path(args.out), Path(args.downloads), seed=args.seed, log=say, force=args.force

@@ -1,6 +1,6 @@
 """`dmguard demo`: the whole system on one machine, on real CLIP weights and real images.
 
-1. the demo set (built and cached on first use: training/demo_data.py);
+1. the demo set (built and cached on first use: training/data/demo_data.py);
 2. the embedded broker, a local Ray, and an HTTP server for the images (real URLs);
 3. a head trained with the robust loss on Ray Train on the training split, registered
    in the default registry (so `dmguard eval`, `score` and `serve` work afterwards);
@@ -131,7 +131,7 @@ class DemoSettings:
     train: dict = field(default_factory=dict)  # TrainConfig overrides (of HEAD_RECIPE too)
 
     def train_config(self):
-        from training.config import TrainConfig
+        from training.learning.config import TrainConfig
 
         return TrainConfig(
             epochs=self.epochs,
@@ -177,10 +177,10 @@ def read_split(data: Path, name: str) -> list[dict]:
 
 def train_head(s: DemoSettings, encoder: str) -> dict:
     """Embed the training split (cached) and train + register a head on Ray Train."""
-    from training.data import load_samples
-    from training.embeddings import embed_samples
-    from training.job import train_register
-    from training.registry import Registry
+    from training.data.embeddings import embed_samples
+    from training.data.samples import load_samples
+    from training.learning.job import train_register
+    from training.model.registry import Registry
 
     cfg = s.train_config()
     samples = load_samples(s.data / "train.csv")
@@ -221,9 +221,9 @@ def train_head(s: DemoSettings, encoder: str) -> dict:
 
 def benchmark_lines(s: DemoSettings, encoder: str) -> str:
     """The leave-source-out figures of the demo's recipe on the whole demo set, for people
-    and overall (training.benchmark: every source held out in turn)."""
-    from training.benchmark import run_benchmark
-    from training.data import load_samples
+    and overall (training.evaluation.benchmark: every source held out in turn)."""
+    from training.data.samples import load_samples
+    from training.evaluation.benchmark import run_benchmark
 
     say("leave-source-out benchmark: 5 folds, every source held out in turn")
     out = run_benchmark(
@@ -306,7 +306,7 @@ def split_groups(rows: list[dict], seed: int) -> tuple[list[dict], list[dict]]:
 def wait_feature_log(feature_log: Path, ids: set[str], timeout_s: float = 60.0) -> int:
     """Workers flush the feature log every ~10 s: wait until it holds every id in `ids`;
     returns how many it holds."""
-    from training.feature_log import read_feature_log
+    from training.data.feature_log import read_feature_log
 
     def logged() -> set[str]:
         return ids & set(read_feature_log(str(feature_log)).column("id").to_pylist())
@@ -394,7 +394,7 @@ def run_demo(s: DemoSettings) -> int:
 
 def prepare_demo_set(s: DemoSettings) -> list[dict]:
     """The demo set (built on first use); returns its held-out rows."""
-    from training.demo_data import ensure_demo_set
+    from training.data.demo_data import ensure_demo_set
 
     summary = ensure_demo_set(s.data, s.downloads, seed=s.seed, log=say)
     say(
@@ -487,7 +487,7 @@ class DemoRun:
     def retrain(self, ids_a: set[str], truth: dict[str, dict]) -> None:
         """Labels for group A, one retrain, the hot swap seen in the workers' status."""
         from services.kafka_io import produce
-        from training.retrain import RetrainSettings, retrain_once
+        from training.learning.retrain import RetrainSettings, retrain_once
 
         labels = [
             json.dumps(
@@ -535,7 +535,7 @@ class DemoRun:
 
 
 def _offline_encoder() -> str:
-    from training.weights import fetch_weights
+    from training.model.weights import fetch_weights
 
     return f"onnx:{fetch_weights().resolve()}"
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.outputs import Outputs, duplicates, output_key
-from training.benchmark import REENCODED
+from training.evaluation.benchmark import REENCODED
 
 KEY_METRICS = (
     "dmguard_records_total",
@@ -70,7 +70,7 @@ def pct(x) -> str:
 
 def judged(result: StreamResult, truth: dict[str, dict]) -> dict:
     """Held-out metrics from the verdicts of the records in `truth` (id -> manifest row)."""
-    from training.evaluate import evaluate
+    from training.evaluation.evaluate import evaluate
 
     rows = [(v, truth[v["id"]]) for v in result.outputs.verdicts if v["id"] in truth]
     if not rows:

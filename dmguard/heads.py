@@ -39,8 +39,8 @@ def add_parser(sub) -> None:
 
 
 def run_init_head(args: argparse.Namespace) -> int:
-    from training.detector import register_untrained_head
-    from training.registry import Registry
+    from training.model.detector import register_untrained_head
+    from training.model.registry import Registry
 
     meta = register_untrained_head(
         Registry(args.registry), args.encoder, seed=args.seed, promote=not args.no_promote
@@ -50,7 +50,7 @@ def run_init_head(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from training.weights import KNOWN, fetch_weights, float32_weights
+    from training.model.weights import KNOWN, fetch_weights, float32_weights
 
     path = fetch_weights(args.name, Path(args.cache)).resolve()  # refuses unknown names
     known = KNOWN[args.name]

@@ -32,8 +32,8 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from actors.single import score_one  # not at import: it loads torch (CLI start-up)
-    from training.detector import Detector
-    from training.registry import Registry
+    from training.model.detector import Detector
+    from training.model.registry import Registry
 
     detector = Detector.from_registry(Registry(args.registry), args.version, device=args.device)
     policy = fetch_policy(allow_private_urls=args.allow_private_urls, allow_file_urls=True)

@@ -1,9 +1,9 @@
 """`dmguard train`, `eval` and `retrain`: a head from labelled images, its held-out
 metrics, and rounds of labels ⋈ feature log → train → promote if not worse.
 
-The work is training/'s (retrain's schedule too: training.retrain.retrain_loop).
+The work is training/'s (retrain's schedule too: training.learning.retrain.retrain_loop).
 What is here beyond the flags, embed-then-train and evaluation under
-perturbations, is glue that belongs with training/ (training.job) once that
+perturbations, is glue that belongs with training/ (training.learning.job) once that
 package takes it; retrain's SIGTERM handler stays here, as only the program
 owns the process.
 """
@@ -25,7 +25,7 @@ from dmguard.common import (
 )
 from services.config import Topics, default_feature_log, offline_weights
 from services.errors import ConfigError, DmguardError
-from training.config import TrainConfig
+from training.learning.config import TrainConfig
 
 
 # -------------------------------------------------------------------- flags
@@ -107,7 +107,7 @@ def add_parser(sub) -> None:
         default="",
         metavar="NAMES",
         help="test-time views scored beside the centre crop and averaged, comma-separated "
-        "(flip, whole, zoom: training/views.py); default none",
+        "(flip, whole, zoom: training/model/views.py); default none",
     )
     lso.add_argument("--folds", type=int, default=5, help="folds the sources are dealt into")
     lso.add_argument("--seeds", type=int, default=3, help="repeat with this many seeds and average")
@@ -118,7 +118,7 @@ def add_parser(sub) -> None:
 def training_args(sp: argparse.ArgumentParser) -> None:
     """The training flags of train, retrain and eval; every default is TrainConfig's."""
     d = TrainConfig()
-    g = sp.add_argument_group("training (defaults from training.config.TrainConfig)")
+    g = sp.add_argument_group("training (defaults from training.learning.config.TrainConfig)")
     g.add_argument(
         "--features",
         default=d.features,
@@ -216,7 +216,7 @@ def training_args(sp: argparse.ArgumentParser) -> None:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    from training.features import check_kind  # loads torch: not at CLI start-up
+    from training.model.features import check_kind  # loads torch: not at CLI start-up
 
     try:
         check_kind(args.features)
@@ -247,11 +247,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 # -------------------------------------------------------------------- train
 def run_train(args: argparse.Namespace) -> int:
-    from training.data import load_samples
-    from training.embeddings import embed_samples
-    from training.head import head_input
-    from training.job import train_register
-    from training.registry import Registry
+    from training.data.embeddings import embed_samples
+    from training.data.samples import load_samples
+    from training.learning.job import train_register
+    from training.model.head import head_input
+    from training.model.registry import Registry
 
     check_exists(args.data, "--data")
     encoder = resolve_encoder(args.encoder)
@@ -298,8 +298,8 @@ def pooled(cfg, encoder: str, pool: bool):
         return cfg
     if cfg.features == "embedding":
         raise ConfigError("--pool-blocks needs block features (--features blocks or blocks:A-B)")
-    from training.encoders import load_encoder
-    from training.features import block_range
+    from training.model.encoders import load_encoder
+    from training.model.features import block_range
 
     blocks = load_encoder(encoder, device="cpu", threads=1).block_shape[0]
     return replace(cfg, tower_blocks=len(block_range(cfg.features, blocks)))
@@ -336,12 +336,12 @@ def print_bad(bad: list[tuple[str, str]]) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     if args.leave_source_out:
         return run_leave_source_out(args)
-    from training.data import load_samples
-    from training.embeddings import embed_samples
-    from training.evaluate import evaluate
-    from training.head import head_input, score
-    from training.perturb import parse_perturbations
-    from training.registry import Registry
+    from training.data.embeddings import embed_samples
+    from training.data.samples import load_samples
+    from training.evaluation.evaluate import evaluate
+    from training.evaluation.perturb import parse_perturbations
+    from training.model.head import head_input, score
+    from training.model.registry import Registry
 
     check_exists(args.data, "--data")
     head, meta = Registry(args.registry).load(args.version)
@@ -378,8 +378,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_leave_source_out(args: argparse.Namespace) -> int:
-    from training.benchmark import run_benchmark
-    from training.data import load_samples
+    from training.data.samples import load_samples
+    from training.evaluation.benchmark import run_benchmark
 
     check_exists(args.data, "--data")
     if args.folds < 2 or args.seeds < 1:
@@ -403,7 +403,7 @@ def run_leave_source_out(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------- retrain
 def run_retrain(args: argparse.Namespace) -> int:
-    from training.retrain import RetrainSettings, retrain_loop, retrain_once
+    from training.learning.retrain import RetrainSettings, retrain_loop, retrain_once
 
     settings = RetrainSettings(
         kafka=kafka_from(args),

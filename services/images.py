@@ -12,7 +12,7 @@ all end up as plain RGB (the first frame of an animation).
 
 `decode` raises only `InputError` subclasses, whatever the bytes (see its
 docstring); the worker dead-letters those and keeps going. Images more
-elongated than `training.encoders.Preprocess.MAX_ASPECT` are decoded whole and
+elongated than `training.model.encoders.Preprocess.MAX_ASPECT` are decoded whole and
 left to the encoder's preprocessing, which never resizes more than the centre
 region it keeps (see there).
 """

@@ -201,7 +201,7 @@ class Verdict:
         uncertain_from: float | None = None,
     ) -> Verdict:
         """`verdict`, `probability` and `uncertain_from` come from the worker, which
-        applies the head's calibration and abstain band (training.calibration);
+        applies the head's calibration and abstain band (training.model.calibration);
         without `verdict` the verdict is "generated" when score >= threshold, else
         "real".
 

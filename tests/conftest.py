@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import pytest
 
 TINY = "open_clip:dmguard-tiny"
-# What `dmguard eval` / training.evaluate.evaluate must report (the list).
+# What `dmguard eval` / training.evaluation.evaluate.evaluate must report (the list).
 EVAL_FIELDS = (
     "n_generated",
     "n_real",
@@ -253,8 +253,8 @@ def broker():
 
 @pytest.fixture
 def tiny_registry(tmp_path):
-    from training.detector import register_untrained_head
-    from training.registry import Registry
+    from training.model.detector import register_untrained_head
+    from training.model.registry import Registry
 
     registry = Registry(tmp_path / "registry")
     register_untrained_head(registry, TINY)

@@ -15,7 +15,7 @@ import actors.stream
 from actors.stream import StreamWorker
 from services.config import WorkerSettings
 from tests.conftest import TINY
-from training.detector import register_untrained_head
+from training.model.detector import register_untrained_head
 
 RETRY_S = 30.0  # what the README promises
 

@@ -3,7 +3,7 @@ import torch
 
 from actors.pool import split_partitions, worker_resources
 from services.config import ServeSettings
-from training.device import choose_placement
+from training.model.device import choose_placement
 
 
 def test_cpu_when_no_cuda():

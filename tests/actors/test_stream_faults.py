@@ -10,7 +10,7 @@ from kafka.structs import TopicPartition
 from actors.stream import Job, StreamWorker
 from services.config import WorkerSettings
 from services.records import ImageRecord
-from training.detector import Detector
+from training.model.detector import Detector
 
 TP = TopicPartition("dmguard.images", 0)
 BREAKS_MODEL = 99.0  # a pixel value that makes the fake model raise
@@ -117,7 +117,7 @@ def test_a_bad_current_never_stops_the_worker(worker, tiny_registry, current):
 
 
 def test_a_corrupt_new_head_is_not_retried_on_every_poll(worker, tiny_registry):
-    from training.detector import register_untrained_head
+    from training.model.detector import register_untrained_head
 
     meta = register_untrained_head(tiny_registry, "open_clip:dmguard-tiny", seed=1)
     (tiny_registry.heads / meta.version / "head.pt").write_bytes(b"PK\x03\x04 truncated")
@@ -133,7 +133,7 @@ def test_a_corrupt_new_head_is_not_retried_on_every_poll(worker, tiny_registry):
 def test_a_restart_with_a_corrupt_current_serves_the_newest_promoted_head_that_loads(
     tiny_registry, tmp_path
 ):
-    from training.detector import register_untrained_head
+    from training.model.detector import register_untrained_head
 
     v2 = register_untrained_head(tiny_registry, "open_clip:dmguard-tiny", seed=2)
     v3 = register_untrained_head(tiny_registry, "open_clip:dmguard-tiny", seed=3)

@@ -14,7 +14,7 @@ from actors.stream import Job, StreamWorker
 from services.config import WorkerSettings
 from services.records import ImageRecord
 from tests.conftest import TINY
-from training.calibration import Calibration
+from training.model.calibration import Calibration
 
 TP = TopicPartition("dmguard.images", 0)
 CAL = Calibration(a=0.6, b=-0.4)

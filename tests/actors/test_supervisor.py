@@ -4,9 +4,9 @@ import pytest
 
 from actors.supervisor import Readiness, head_to_start_with
 from tests.conftest import TINY
-from training.detector import register_untrained_head
 from training.errors import RegistryError
-from training.registry import Registry
+from training.model.detector import register_untrained_head
+from training.model.registry import Registry
 
 
 def test_a_corrupt_current_starts_with_the_newest_promoted_head_that_loads(tiny_registry):

@@ -18,7 +18,7 @@ from services.errors import InputError
 from services.images import decode, to_rgb
 from tests.conftest import TINY
 from tests.images import animation, encode, exif_jpeg, jpeg, jpeg_with_size, photo, png_bomb
-from training.encoders import Preprocess
+from training.model.encoders import Preprocess
 
 REFERENCE = METHODS[0]
 AVAILABLE = [m for m in METHODS if m.unavailable() is None]

@@ -530,7 +530,7 @@ def test_gpu_sh_without_a_gpu_stops_before_installing_anything(tmp_path):
 # -------------------------------------------------------------------- the decode comparison's CPU half
 def test_cpu_decode_path_is_the_services_path():
     from services.images import decode
-    from training.encoders import Preprocess
+    from training.model.encoders import Preprocess
 
     small, big = make_jpegs(1, (64, 48))[0], make_jpegs(1, (1000, 700), seed=1)[0]
     for blob in (small, big):
@@ -558,7 +558,7 @@ def test_gpu_half_resizes_crops_and_normalises_as_preprocess_does():
     from torchvision.io import ImageReadMode, decode_jpeg
 
     from services.images import decode
-    from training.encoders import Preprocess
+    from training.model.encoders import Preprocess
 
     blobs = make_jpegs(2, (640, 480)) + make_jpegs(1, (300, 500), seed=3)
     with warnings.catch_warnings():

@@ -171,7 +171,7 @@ def test_score_a_url_gives_the_same_verdict_as_the_file(tmp_path, image_server):
 )
 def test_training_flags_reach_the_training_config(flags, expected):
     from dmguard.train import train_config
-    from training.config import TrainConfig
+    from training.learning.config import TrainConfig
 
     args = build_parser().parse_args(["train", "--data", "x", *flags])
     cfg = train_config(args)
@@ -311,10 +311,10 @@ def test_a_bug_shows_its_traceback_and_how_to_report_it(capsys, monkeypatch):
 
 
 def test_retrain_once_exit_code_follows_fail_on_skip(capsys, monkeypatch, tmp_path):
-    import training.retrain
+    import training.learning.retrain
 
     monkeypatch.setattr(
-        training.retrain,
+        training.learning.retrain,
         "retrain_once",
         lambda s: {"trained": False, "reason": "3 new labelled features < 50"},
     )
@@ -332,7 +332,7 @@ def test_device_mistakes_are_config_errors(capsys, tmp_path):
     from actors.pool import worker_resources
     from services.config import ServeSettings
     from services.errors import ConfigError
-    from training.device import choose_placement
+    from training.model.device import choose_placement
 
     with pytest.raises(ConfigError, match="--device cpu"):
         choose_placement("cuda", cuda_available=False)

@@ -21,7 +21,7 @@ from tests.e2e.harness import MAX_BYTES, Service
 class SharedStream:
     bootstrap: str
     server: object  # tests.conftest.ImageServer
-    registry: object  # training.registry.Registry
+    registry: object  # training.model.registry.Registry
     service: Service
     root: Path
 
@@ -47,8 +47,8 @@ class SharedStream:
 def shared_stream(tmp_path_factory) -> Iterator[SharedStream]:
     from services.broker import EmbeddedBroker
     from tests.conftest import TINY, ImageServer
-    from training.detector import register_untrained_head
-    from training.registry import Registry
+    from training.model.detector import register_untrained_head
+    from training.model.registry import Registry
 
     root = tmp_path_factory.mktemp("shared-stream")
     registry = Registry(root / "registry")

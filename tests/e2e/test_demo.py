@@ -15,8 +15,8 @@ import pytest
 from dmguard import demo
 from services.outputs import Outputs
 from tests.images import encode, generated_like, real_like
-from training.demo_data import RawImage, build_demo_set
-from training.registry import Registry
+from training.data.demo_data import RawImage, build_demo_set
+from training.model.registry import Registry
 
 
 def _small_set() -> list[RawImage]:

@@ -15,7 +15,7 @@ from kafka import KafkaProducer
 
 from tests.e2e.harness import OutputReader, Service, duplicates, produce, wait_accounted
 from tests.images import encode, generated_like, real_like
-from training.feature_log import read_feature_log
+from training.data.feature_log import read_feature_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 

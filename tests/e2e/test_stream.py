@@ -36,7 +36,7 @@ from tests.e2e.harness import (
     wait_accounted,
 )
 from tests.images import encode, jpeg, photo, png_bomb
-from training.feature_log import read_feature_log
+from training.data.feature_log import read_feature_log
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 
@@ -255,7 +255,7 @@ def test_sigterm_drains_and_a_restart_finishes_the_rest(
 def test_every_record_accounted_for_with_the_right_code(shared_stream):
     from actors.fetching import fetch_pixels
     from services.fetch import FetchPolicy
-    from training.detector import Detector
+    from training.model.detector import Detector
 
     s = shared_stream
     values, expected, good = mixed_stream(s.server, "acct")
@@ -273,8 +273,8 @@ def test_every_record_accounted_for_with_the_right_code(shared_stream):
     # the head) score the same images as the line above, so all three paths agree.
     from actors.single import score_one
     from services.fetch import fetch_bytes
-    from training.embeddings import _Embedder
-    from training.head import score as head_score
+    from training.data.embeddings import _Embedder
+    from training.model.head import score as head_score
 
     some = list(good)[: len(IMAGE_KINDS) * 2]  # every kind of image, twice
     by_score_cmd = {
@@ -416,7 +416,7 @@ def test_every_record_accounted_for_with_the_right_code(shared_stream):
 
 def test_workers_swap_to_a_new_head_without_restart(shared_stream):
     from tests.conftest import TINY
-    from training.detector import register_untrained_head
+    from training.model.detector import register_untrained_head
 
     s = shared_stream
     service = s.service

@@ -28,7 +28,7 @@ from tests.images import (
     tiff_with_tag,
     with_png_chunk,
 )
-from training.encoders import Preprocess
+from training.model.encoders import Preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 PREPROCESS = Preprocess()  # CLIP ViT-B/16's: 224, bicubic
@@ -289,7 +289,7 @@ import resource
 from PIL import Image
 from services.images import decode
 from tests.images import encode
-from training.encoders import Preprocess
+from training.model.encoders import Preprocess
 
 vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:"))
 resource.setrlimit(resource.RLIMIT_AS, (vm * 1024 + (1 << 30), resource.RLIM_INFINITY))

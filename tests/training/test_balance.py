@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from training.balance import clusters, reweigh
-from training.train import _epoch_order
+from training.learning.balance import clusters, reweigh
+from training.learning.train import _epoch_order
 
 
 def test_reweighing_makes_label_independent_of_group():

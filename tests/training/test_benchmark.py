@@ -4,7 +4,12 @@ that memorises sources gains nothing from it."""
 import numpy as np
 import pytest
 
-from training.benchmark import BenchmarkData, calibration_sources, leave_source_out, source_folds
+from training.evaluation.benchmark import (
+    BenchmarkData,
+    calibration_sources,
+    leave_source_out,
+    source_folds,
+)
 
 
 def _data(seed=0, per_source=20, sources=10):

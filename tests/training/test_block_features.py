@@ -1,4 +1,4 @@
-"""The class tokens of every transformer block (training.features "blocks"), from both
+"""The class tokens of every transformer block (training.model.features "blocks"), from both
 backends, checked against references computed another way, and the head that reads them."""
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from training.encoders import load_encoder
-from training.features import image_features, width
-from training.head import HeadConfig, MLPHead, score
-from training.registry import Registry
+from training.model.encoders import load_encoder
+from training.model.features import image_features, width
+from training.model.head import HeadConfig, MLPHead, score
+from training.model.registry import Registry
 
 
 def test_open_clip_hooks_match_a_manual_pass_through_the_blocks():
@@ -51,7 +51,7 @@ def test_onnx_last_block_is_the_towers_own_last_hidden_state(onnx_weights):
 
 
 def test_blocks_features_are_each_block_normalised_in_order():
-    from training.encoders import ImageFeatures
+    from training.model.encoders import ImageFeatures
 
     rng = np.random.default_rng(2)
     blocks = rng.normal(size=(4, 3, 5)) * np.array([1.0, 10.0, 100.0])[None, :, None]
@@ -104,14 +104,14 @@ def test_block_head_round_trips_through_the_registry(tmp_path):
     [("blocks", range(0, 12)), ("blocks:8", range(8, 9)), ("blocks:7-10", range(7, 11))],
 )
 def test_block_ranges(kind, blocks):
-    from training.features import block_range
+    from training.model.features import block_range
 
     assert block_range(kind, 12) == blocks
 
 
 @pytest.mark.parametrize("kind", ["blocks:12", "blocks:9-3", "blocks:x", "emb", "blocks:-1"])
 def test_bad_block_ranges_are_refused(kind):
-    from training.features import block_range
+    from training.model.features import block_range
 
     with pytest.raises(ValueError):
         block_range(kind, 12)
@@ -121,7 +121,7 @@ def test_a_head_is_served_the_features_it_was_trained_on(tmp_path):
     """The detector computes the kind in the head's meta: its scores equal the head's on
     features computed independently here (a detector that fed the final embedding to a
     block head would fail on width; one that fed another block would differ)."""
-    from training.detector import Detector
+    from training.model.detector import Detector
 
     enc = load_encoder(TINY, device="cpu", threads=1)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Platt scaling of head scores (training.calibration), checked against scikit-learn."""
+"""Platt scaling of head scores (training.model.calibration), checked against scikit-learn."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from training.calibration import EPS, Calibration, fit_platt, verdict_for
-from training.evaluate import expected_calibration_error
+from training.evaluation.evaluate import expected_calibration_error
+from training.model.calibration import EPS, Calibration, fit_platt, verdict_for
 
 
 def logit(s: np.ndarray) -> np.ndarray:

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from training.datasets import comfyui, generated, photos
-from training.datasets.tags import (
+from training.data.datasets import comfyui, generated, photos
+from training.data.datasets.tags import (
     CONTENTS,
     STYLES,
     TAGS_FILE,

@@ -5,8 +5,8 @@ import pytest
 
 from services.errors import ConfigError
 from tests.images import jpeg
-from training.data import load_samples, parse_label
-from training.split import split_indices
+from training.data.samples import load_samples, parse_label
+from training.learning.split import split_indices
 
 
 def test_folder_layouts(tmp_path):

@@ -18,10 +18,10 @@ import pytest
 from PIL import Image, ImageDraw, JpegImagePlugin
 
 from tests.images import encode, generated_like, jpeg, real_like
-from training import packages
-from training.datasets.comfyui import template_model
-from training.datasets.generated import grid_cells
-from training.demo_data import (
+from training.data import packages
+from training.data.datasets.comfyui import template_model
+from training.data.datasets.generated import grid_cells
+from training.data.demo_data import (
     FORMAT,
     SIDE,
     RawImage,
@@ -30,7 +30,7 @@ from training.demo_data import (
     generator_family,
     normalise,
 )
-from training.qt_resources import rcc_files
+from training.data.qt_resources import rcc_files
 
 
 def _slice() -> list[RawImage]:
@@ -313,7 +313,7 @@ def test_tags_become_columns_and_the_untagged_are_counted(tmp_path):
 
 
 def test_an_old_cached_set_is_rebuilt_and_a_current_one_reused(tmp_path, monkeypatch):
-    from training.datasets import build
+    from training.data.datasets import build
 
     calls = []
 
@@ -334,7 +334,7 @@ def test_an_old_cached_set_is_rebuilt_and_a_current_one_reused(tmp_path, monkeyp
 
 def test_data_build_command_prints_label_by_content_and_sources(tmp_path, monkeypatch, capsys):
     from dmguard import main
-    from training.datasets import build
+    from training.data.datasets import build
 
     monkeypatch.setattr(build, "collect", lambda *a, **k: iter(_slice()))
     assert (

@@ -6,8 +6,8 @@ import pytest
 
 from tests.conftest import TINY
 from tests.images import encode, generated_like, real_like
-from training.data import Sample
-from training.embeddings import embed_samples
+from training.data.embeddings import embed_samples
+from training.data.samples import Sample
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -3,10 +3,10 @@ import pytest
 
 from tests.conftest import TINY
 from tests.images import photo
-from training.detector import Detector, register_untrained_head
-from training.encoders import EncoderSpec, load_encoder
 from training.errors import EncoderError
-from training.registry import Registry
+from training.model.detector import Detector, register_untrained_head
+from training.model.encoders import EncoderSpec, load_encoder
+from training.model.registry import Registry
 
 
 @pytest.mark.parametrize(

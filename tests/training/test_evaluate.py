@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import EVAL_FIELDS
-from training.evaluate import (
+from training.evaluation.evaluate import (
     average_precision,
     evaluate,
     expected_calibration_error,
@@ -205,7 +205,7 @@ def test_the_threshold_holds_the_worst_source_and_group_to_the_target(seed):
     """One real collection scores high (a studio's portraits): pooled, and within its
     content group, it passes; alone it does not. The threshold is the lowest that holds it
     and every content group."""
-    from training.evaluate import threshold_for_group_fpr
+    from training.evaluation.evaluate import threshold_for_group_fpr
 
     rng = np.random.default_rng(seed)
     s = np.r_[rng.uniform(0, 0.4, 350), rng.uniform(0.3, 0.9, 12), rng.uniform(0.5, 1, 80)]
@@ -224,7 +224,7 @@ def test_the_threshold_holds_the_worst_source_and_group_to_the_target(seed):
 
 
 def test_operating_point_band_starts_at_the_pooled_point_below_the_worst_case_cut():
-    from training.evaluate import operating_point
+    from training.evaluation.evaluate import operating_point
 
     rng = np.random.default_rng(3)
     s = np.r_[rng.uniform(0, 0.4, 150), rng.uniform(0.3, 0.9, 12), rng.uniform(0.5, 1, 80)]
@@ -240,8 +240,8 @@ def test_operating_point_band_starts_at_the_pooled_point_below_the_worst_case_cu
 
 
 def test_verdict_shares_count_each_verdict_by_the_serving_rule():
-    from training.calibration import verdict_for
-    from training.evaluate import verdict_shares
+    from training.evaluation.evaluate import verdict_shares
+    from training.model.calibration import verdict_for
 
     rng = np.random.default_rng(5)
     s = rng.uniform(0, 1, 200)

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from training.feature_log import FeatureLogWriter, read_feature_log
-from training.retrain import labelled_features, read_labels
+from training.data.feature_log import FeatureLogWriter, read_feature_log
+from training.learning.retrain import labelled_features, read_labels
 
 
 def test_rows_roll_into_parquet_files_and_read_back(tmp_path):
@@ -112,7 +112,7 @@ def test_a_pyarrow_uri_root_works_like_a_folder(tmp_path):
 
 
 class FakeClock:
-    """Stands in for the `time` module inside training.feature_log."""
+    """Stands in for the `time` module inside training.data.feature_log."""
 
     def __init__(self):
         self.now = 1000.0
@@ -125,7 +125,7 @@ class FakeClock:
 
 
 def test_rows_are_flushed_once_the_interval_has_passed_not_before(tmp_path, monkeypatch):
-    import training.feature_log as feature_log
+    import training.data.feature_log as feature_log
 
     clock = FakeClock()
     monkeypatch.setattr(feature_log, "time", clock)

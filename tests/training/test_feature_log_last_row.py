@@ -1,7 +1,7 @@
 """A record redone under exactly once is logged twice in the feature log (the log is a
 file, not part of the transaction), and docs/delivery.md says "retraining keeps the
 last row per id". Where retraining joins the labels with the feature log
-(`training.retrain.labelled_features`), on hand-built logs holding two rows for one id
+(`training.learning.retrain.labelled_features`), on hand-built logs holding two rows for one id
 with different embeddings, which row does it keep?
 
 * Rows one worker wrote (one file, or two files of its folder): the later one.
@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from training.feature_log import SCHEMA, FeatureLogWriter
-from training.retrain import labelled_features
+from training.data.feature_log import SCHEMA, FeatureLogWriter
+from training.learning.retrain import labelled_features
 
 ENC = "enc"
 FIRST = [1.0, 0.0, 0.0]  # the row written first

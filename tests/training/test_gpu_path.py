@@ -16,8 +16,8 @@ import torch
 
 from tests.conftest import TINY
 from tests.images import photo
-from training.device import choose_placement
-from training.encoders import load_encoder
+from training.model.device import choose_placement
+from training.model.encoders import load_encoder
 
 
 @pytest.fixture(autouse=True)

@@ -17,21 +17,21 @@ import numpy as np
 import pytest
 import torch
 
-import training.train
+import training.learning.train
 from services.images import decode
 from tests.conftest import TINY
 from tests.images import encode, generated_like, real_like
-from training.config import TrainConfig
-from training.data import load_samples
-from training.detector import Detector
-from training.embeddings import embed_samples
-from training.encoders import load_encoder
-from training.evaluate import roc_auc
-from training.feature_log import FeatureLogWriter
-from training.head import HeadConfig, MLPHead, head_input, score
-from training.registry import HeadMeta, Registry
-from training.retrain import labelled_features, round_features
-from training.train import fit_epochs
+from training.data.embeddings import embed_samples
+from training.data.feature_log import FeatureLogWriter
+from training.data.samples import load_samples
+from training.evaluation.evaluate import roc_auc
+from training.learning.config import TrainConfig
+from training.learning.retrain import labelled_features, round_features
+from training.learning.train import fit_epochs
+from training.model.detector import Detector
+from training.model.encoders import load_encoder
+from training.model.head import HeadConfig, MLPHead, head_input, score
+from training.model.registry import HeadMeta, Registry
 
 TOL = 1e-6
 CAPTIONS = ["a photo of a lake", None, "a render of a castle", "", None, "a cat"]
@@ -152,7 +152,7 @@ def test_training_scores_its_held_out_rows_as_serving_does(encoder, dataset, mon
         seen.append(np.array(scores))
         return roc_auc(labels, scores)
 
-    monkeypatch.setattr(training.train, "roc_auc", recording_auc)
+    monkeypatch.setattr(training.learning.train, "roc_auc", recording_auc)
     cfg = TrainConfig(epochs=1, batch_size=4, text_dim=encoder.text_dim, rho=0.0)
     head, history = fit_epochs(X, y, X, y, cfg)
     [val_scores] = seen

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import auc_pairwise, cvar, robust_loss
+from training.learning.losses import auc_pairwise, cvar, robust_loss
 
 
 def cvar_by_lambda(losses: torch.Tensor, alpha: float) -> float:

@@ -7,12 +7,12 @@ import pytest
 
 from tests.conftest import TINY
 from tests.images import encode, generated_like, real_like
-from training.config import TrainConfig
-from training.detector import Detector
-from training.evaluate import roc_auc
-from training.head import score
-from training.registry import Registry
-from training.train import fit_epochs
+from training.evaluation.evaluate import roc_auc
+from training.learning.config import TrainConfig
+from training.learning.train import fit_epochs
+from training.model.detector import Detector
+from training.model.head import score
+from training.model.registry import Registry
 
 
 def image_and_caption(n: int, seed: int):

@@ -1,4 +1,4 @@
-"""training/perturb.py: each laundering perturbation against PIL applied here, the spec
+"""training/evaluation/perturb.py: each laundering perturbation against PIL applied here, the spec
 parser, and an eval run whose metrics must move under them."""
 
 import contextlib
@@ -11,7 +11,7 @@ from PIL import Image, ImageFilter
 
 from services.errors import ConfigError
 from tests.images import encode, generated_like, photo, real_like
-from training.perturb import parse_perturbations
+from training.evaluation.perturb import parse_perturbations
 
 
 def png(img: Image.Image) -> bytes:

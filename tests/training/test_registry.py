@@ -12,8 +12,8 @@ import torch
 
 from tests.conftest import TINY
 from training.errors import EncoderMismatchError, RegistryError
-from training.head import HeadConfig, MLPHead
-from training.registry import VERSION_RE, Registry, check_version
+from training.model.head import HeadConfig, MLPHead
+from training.model.registry import VERSION_RE, Registry, check_version
 
 
 def test_head_architecture_matches_the_paper():
@@ -485,7 +485,7 @@ def test_save_refuses_what_it_could_not_load_back(tmp_path):
 
 
 def test_calibration_and_abstain_band_round_trip(tmp_path):
-    from training.calibration import Calibration
+    from training.model.calibration import Calibration
 
     reg = Registry(tmp_path)
     cal = Calibration(a=0.8, b=-0.25)

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-import training.data
-import training.embeddings
-import training.job
+import training.data.embeddings
+import training.data.samples
+import training.learning.job
 from services.config import KafkaSettings
 from services.errors import BrokerError
 from tests.conftest import TINY
-from training.config import TrainConfig
-from training.data import Sample
-from training.embeddings import EmbeddedSet
+from training.data.embeddings import EmbeddedSet
+from training.data.feature_log import FeatureLogWriter
+from training.data.samples import Sample
 from training.errors import RegistryError
-from training.feature_log import FeatureLogWriter
-from training.head import HeadConfig, MLPHead
-from training.registry import Registry
-from training.retrain import SKIP_EXIT, RetrainSettings, retrain_loop, retrain_once
+from training.learning.config import TrainConfig
+from training.learning.retrain import SKIP_EXIT, RetrainSettings, retrain_loop, retrain_once
+from training.model.head import HeadConfig, MLPHead
+from training.model.registry import Registry
 
 ENCODER = "test:encoder"
 DIM = 16
@@ -42,7 +42,7 @@ def no_training(*args, **kwargs):
 @pytest.fixture
 def without_training(monkeypatch):
     """Rounds that must stop before Ray Train: reaching it fails the test."""
-    monkeypatch.setattr(training.job, "fit_head", no_training)
+    monkeypatch.setattr(training.learning.job, "fit_head", no_training)
 
 
 def make_registry(root, *, encoder=ENCODER, dim=DIM, data=None) -> Registry:
@@ -102,8 +102,8 @@ def fake_base(monkeypatch, tmp_path, *, flat=True):
     X = rng.normal(0, 1, (24, DIM)).astype(np.float32)
     X[:, 0] += np.array(labels) * 2.0
     base = EmbeddedSet(samples=samples, X=X, hashes=[str(i) for i in range(24)])
-    monkeypatch.setattr(training.data, "load_samples", lambda path: samples)
-    monkeypatch.setattr(training.embeddings, "embed_samples", lambda *a, **k: base)
+    monkeypatch.setattr(training.data.samples, "load_samples", lambda path: samples)
+    monkeypatch.setattr(training.data.embeddings, "embed_samples", lambda *a, **k: base)
     return src
 
 
@@ -165,17 +165,19 @@ def test_a_failure_while_training_is_reported_and_logged(tmp_path, monkeypatch, 
     def ray_failed(*args, **kwargs):
         raise RuntimeError("a Ray Train worker died")
 
-    monkeypatch.setattr(training.job, "fit_head", ray_failed)
+    monkeypatch.setattr(training.learning.job, "fit_head", ray_failed)
     make_registry(tmp_path / "registry")
     labels = labels_of(20, 20)
     log_features(tmp_path / "feature-log", labels)
-    with caplog.at_level(logging.ERROR, logger="training.retrain"):
+    with caplog.at_level(logging.ERROR, logger="training.learning.retrain"):
         result = retrain_once(settings(tmp_path), labels=(labels, 0))
     assert result["trained"] is False and result["error"] == "RuntimeError"
     assert result["reason"] == "training failed: RuntimeError: a Ray Train worker died"
     # retrain's own: a Kafka client an earlier test left behind may log an ERROR here too
     [record] = [
-        r for r in caplog.records if r.levelno == logging.ERROR and r.name == "training.retrain"
+        r
+        for r in caplog.records
+        if r.levelno == logging.ERROR and r.name == "training.learning.retrain"
     ]
     assert record.exc_info and record.exc_info[0] is RuntimeError  # the traceback is logged
 
@@ -190,7 +192,7 @@ def test_no_current_head_is_a_registry_error(tmp_path):
 @pytest.mark.parametrize("seed", range(6))
 def test_forty_labels_on_a_tiny_base_set_train(tmp_path, monkeypatch, seed, flat):
     fit = StandInFit()
-    monkeypatch.setattr(training.job, "fit_head", fit)
+    monkeypatch.setattr(training.learning.job, "fit_head", fit)
     src = fake_base(monkeypatch, tmp_path, flat=flat)
     registry = make_registry(tmp_path / "registry", data=src)
     labels = labels_of(20, 20)
@@ -211,7 +213,7 @@ def test_forty_labels_on_a_tiny_base_set_train(tmp_path, monkeypatch, seed, flat
 
 def test_one_class_of_feedback_on_a_base_set_trains(tmp_path, monkeypatch):
     fit = StandInFit()
-    monkeypatch.setattr(training.job, "fit_head", fit)
+    monkeypatch.setattr(training.learning.job, "fit_head", fit)
     src = fake_base(monkeypatch, tmp_path)
     make_registry(tmp_path / "registry", data=src)
     labels = labels_of(10, 0)
@@ -242,7 +244,7 @@ def test_every_goes_on_after_rounds_that_fail(caplog):
         {"trained": False, "reason": "too few"},
         {"trained": True, "version": "v2"},
     )
-    with caplog.at_level(logging.ERROR, logger="training.retrain"):
+    with caplog.at_level(logging.ERROR, logger="training.learning.retrain"):
         code = retrain_loop(
             fn, emitted.append, every=0.0, stop=lambda: len(emitted) >= 4, sleep=lambda s: None
         )
@@ -296,7 +298,7 @@ def test_once_exit_codes():
 @pytest.mark.ray
 def test_forty_labels_on_a_24_image_head_really_train(tmp_path):
     from tests.images import encode, generated_like, real_like
-    from training.encoders import load_encoder
+    from training.model.encoders import load_encoder
 
     base = tmp_path / "base"
     for label, make in (("real", real_like), ("fake", generated_like)):
@@ -316,7 +318,7 @@ def test_forty_labels_on_a_24_image_head_really_train(tmp_path):
 # ------------------------------------------- labels the current head already learnt from
 def test_labels_the_current_head_was_trained_on_are_not_new(tmp_path, monkeypatch):
     fit = StandInFit()
-    monkeypatch.setattr(training.job, "fit_head", fit)
+    monkeypatch.setattr(training.learning.job, "fit_head", fit)
     registry = make_registry(tmp_path / "registry")
     labels = labels_of(20, 20)
     log_features(tmp_path / "feature-log", labels)
@@ -325,14 +327,14 @@ def test_labels_the_current_head_was_trained_on_are_not_new(tmp_path, monkeypatc
     assert first["trained"] is True and first["version"] == "v2" and first["new"] == 40
     assert registry.current() == "v2"
     # the same labels again: v2 learnt from every one of them
-    monkeypatch.setattr(training.job, "fit_head", no_training)
+    monkeypatch.setattr(training.learning.job, "fit_head", no_training)
     again = retrain_once(s, labels=(labels, 0))
     assert again["trained"] is False and again["new"] == 0 and again["labelled_features"] == 40
     assert again["reason"] == "0 new labelled features < 1"
     # one more label: new to v2, so a round trains again (on all 41)
     more = {**labels, "g_extra": 1}
     log_features(tmp_path / "feature-log", {"g_extra": 1}, seed=5)
-    monkeypatch.setattr(training.job, "fit_head", fit)
+    monkeypatch.setattr(training.learning.job, "fit_head", fit)
     third = retrain_once(s, labels=(more, 0))
     assert third["trained"] is True and third["new"] == 1 and third["version"] == "v3"
     assert len(fit.calls) == 2 and sum(map(len, fit.calls[1])) == 41

@@ -8,7 +8,7 @@ training loop's dropout masks were re-seeded per epoch for exact resumes, the
 first five seeds' 1:9 margin moved from 0.14 to 0.09; over ten seeds it is
 0.12, and 0.20 at 1:4.)
 
-The data model and the per-seed figures are in training/compare_losses.py and the
+The data model and the per-seed figures are in training/evaluation/compare_losses.py and the
 issue notes; there, with more data (n=2000), BCE stops collapsing and the
 advantage goes, which is why the setting is named here rather than implied."""
 
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.compare_losses import Synthetic, compare, config
+from training.evaluation.compare_losses import Synthetic, compare, config
 
 pytestmark = pytest.mark.slow
 SEEDS = range(10)
@@ -50,7 +50,7 @@ def runs_on_both_cores(positive: float, data: Synthetic) -> dict[str, list[dict]
 
 
 # The suite keeps 1:4, the case with the wider margin (0.20 over ten seeds); 1:9 (margin
-# 0.12, near the asserted 0.1) is measured by `python -m training.compare_losses`.
+# 0.12, near the asserted 0.1) is measured by `python -m training.evaluation.compare_losses`.
 @pytest.mark.parametrize("positive", [0.2], ids=["1:4"])
 def test_robust_loss_keeps_the_minority_where_bce_loses_it(positive):
     data = Synthetic(n=1200, dim=512, shift=3.0, noise=0.03)

@@ -1,8 +1,8 @@
 import torch
 from torch import nn
 
-from training.head import HeadConfig, MLPHead
-from training.sam import SAM, frozen_bn_stats
+from training.learning.sam import SAM, frozen_bn_stats
+from training.model.head import HeadConfig, MLPHead
 
 
 def test_one_step_follows_the_two_pass_rule():

@@ -1,8 +1,8 @@
-"""How the training loop (`training.train.fit_epochs`) uses SAM and the robust loss:
+"""How the training loop (`training.learning.train.fit_epochs`) uses SAM and the robust loss:
 with rho > 0 each batch takes SAM's two passes (loss at w, first_step, loss again at
 w + ε with BatchNorm's statistics frozen, second_step); with rho = 0 one plain AdamW
 step per batch and no SAM at all; and the robust loss gets the configured gamma,
-alpha, margin and power. `training.sam` itself is tested in test_sam.py; this is the
+alpha, margin and power. `training.learning.sam` itself is tested in test_sam.py; this is the
 wiring, watched through spies on what train.py calls."""
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-import training.train as train
-from training.config import TrainConfig
-from training.losses import robust_loss
-from training.sam import SAM
-from training.train import fit_epochs
+import training.learning.train as train
+from training.learning.config import TrainConfig
+from training.learning.losses import robust_loss
+from training.learning.sam import SAM
+from training.learning.train import fit_epochs
 
 ROWS, BATCH, EPOCHS = 40, 8, 2
 BATCHES = EPOCHS * (ROWS // BATCH)  # every batch full: 40 rows, 8 a batch, 2 epochs

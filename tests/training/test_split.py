@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training.split import split_indices
+from training.learning.split import split_indices
 
 
 def base_and_feedback(n_feedback: int = 40, *, flat: bool = True):

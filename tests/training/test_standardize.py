@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from tests.conftest import TINY
-from training.config import TrainConfig
-from training.head import HeadConfig, MLPHead, score
-from training.registry import Registry
-from training.train import fit_epochs
+from training.learning.config import TrainConfig
+from training.learning.train import fit_epochs
+from training.model.head import HeadConfig, MLPHead, score
+from training.model.registry import Registry
 
 
 def _rows(n: int = 64, d: int = 6, seed: int = 0) -> np.ndarray:

@@ -10,11 +10,11 @@ import torch
 
 from tests.conftest import EVAL_FIELDS, TINY
 from tests.images import encode, generated_like, real_like
-from training.data import load_samples
-from training.embeddings import embed_samples
-from training.head import HeadConfig, MLPHead
-from training.promotion import decide_promotion
-from training.registry import Registry
+from training.data.embeddings import embed_samples
+from training.data.samples import load_samples
+from training.learning.promotion import decide_promotion
+from training.model.head import HeadConfig, MLPHead
+from training.model.registry import Registry
 
 
 def synthetic_folder(root, per_source: int = 12):
@@ -176,8 +176,8 @@ def scripted_auc(values):
     ],
 )
 def test_training_stops_exactly_patience_epochs_after_the_best(aucs, patience, best_epoch):
-    from training.config import TrainConfig
-    from training.train import fit_epochs
+    from training.learning.config import TrainConfig
+    from training.learning.train import fit_epochs
 
     X, y = small_problem()
     cfg = TrainConfig(epochs=20, patience=patience, batch_size=16, rho=0.0)
@@ -195,8 +195,8 @@ def test_training_stops_exactly_patience_epochs_after_the_best(aucs, patience, b
 
 
 def test_training_that_keeps_improving_runs_every_epoch():
-    from training.config import TrainConfig
-    from training.train import fit_epochs
+    from training.learning.config import TrainConfig
+    from training.learning.train import fit_epochs
 
     X, y = small_problem()
     cfg = TrainConfig(epochs=7, patience=1, batch_size=16, rho=0.0)
@@ -208,8 +208,8 @@ def test_training_that_keeps_improving_runs_every_epoch():
 def test_a_held_out_side_with_nothing_to_learn_stops_after_patience_epochs():
     """No scripted AUC: held-out images that are all the same score the same, so their
     AUC is 0.5 every epoch and never improves on the first."""
-    from training.config import TrainConfig
-    from training.train import fit_epochs
+    from training.learning.config import TrainConfig
+    from training.learning.train import fit_epochs
 
     X, y = small_problem()
     X_val = np.repeat(X[:1], 20, axis=0)
@@ -222,8 +222,8 @@ def test_a_held_out_side_with_nothing_to_learn_stops_after_patience_epochs():
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_train_stops_early_too(tmp_path):
-    from training.config import TrainConfig
-    from training.train import fit_head
+    from training.learning.config import TrainConfig
+    from training.learning.train import fit_head
 
     X, y = small_problem()
     X_val = np.repeat(X[:1], 20, axis=0)
@@ -236,7 +236,7 @@ def test_ray_train_stops_early_too(tmp_path):
 # ------------------------------------------------------- split determinism for --seed
 @pytest.mark.parametrize("by_source", [True, False])
 def test_the_split_is_a_function_of_the_seed(by_source):
-    from training.split import split_indices
+    from training.learning.split import split_indices
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 120)
@@ -258,9 +258,9 @@ def test_the_split_is_a_function_of_the_seed(by_source):
 def test_operating_point_holds_every_content_group_to_the_target_fpr():
     """Real people score higher than real animals: a threshold over all real images passes
     the target overall and fails it for people; the per-group rule holds both."""
-    from training.config import TrainConfig
-    from training.evaluate import threshold_for_fpr
-    from training.job import operating_point
+    from training.evaluation.evaluate import threshold_for_fpr
+    from training.learning.config import TrainConfig
+    from training.learning.job import operating_point
 
     rng = np.random.default_rng(0)
     real_animals, real_people = rng.uniform(0.0, 0.4, 400), rng.uniform(0.2, 0.8, 40)
@@ -284,8 +284,8 @@ def test_operating_point_holds_every_content_group_to_the_target_fpr():
 
 
 def test_training_rows_take_copies_of_training_originals_only_and_balance_by_content():
-    from training.config import TrainConfig
-    from training.job import training_rows
+    from training.learning.config import TrainConfig
+    from training.learning.job import training_rows
 
     X = np.arange(12, dtype=np.float32).reshape(6, 2)
     y = np.array([0, 0, 1, 1, 0, 1])
@@ -296,7 +296,7 @@ def test_training_rows_take_copies_of_training_originals_only_and_balance_by_con
     Xf, yf, w, how = training_rows(X, y, train_idx, TrainConfig(), groups, (aug_X, aug_of))
     assert Xf.tolist() == np.concatenate([X[:4], aug_X[:4]]).tolist()  # no copy of 4 or 5
     assert yf.tolist() == [0, 0, 1, 1, 0, 0, 1, 1] and how == "content"
-    from training.balance import reweigh
+    from training.learning.balance import reweigh
 
     rows = [0, 1, 2, 3, 0, 1, 2, 3]
     np.testing.assert_allclose(w, reweigh(yf, [groups[i] for i in rows]))

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.config import TrainConfig
-from training.evaluate import roc_auc
-from training.head import score
-from training.train import FAIL_MARKER, fit_epochs, fit_head
+from training.evaluation.evaluate import roc_auc
+from training.learning.config import TrainConfig
+from training.learning.train import FAIL_MARKER, fit_epochs, fit_head
+from training.model.head import score
 
 
 def separable(n: int, seed: int, dim: int = 24, text_dim: int = 8):

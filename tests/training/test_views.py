@@ -1,4 +1,4 @@
-"""Test-time views (training/views.py): what each view is, and that serving, `dmguard score`
+"""Test-time views (training/model/views.py): what each view is, and that serving, `dmguard score`
 and the benchmark score one upload's views the same way."""
 
 import numpy as np
@@ -10,12 +10,12 @@ from services.fetch import FetchPolicy
 from services.images import decode
 from tests.conftest import TINY
 from tests.images import encode, photo
-from training.detector import Detector
-from training.encoders import load_encoder
-from training.features import encode as encode_features
-from training.head import HeadConfig, MLPHead, score
-from training.registry import Registry
-from training.views import VIEWS, as_bytes, check_views, combine, view, view_pixels
+from training.model.detector import Detector
+from training.model.encoders import load_encoder
+from training.model.features import encode as encode_features
+from training.model.head import HeadConfig, MLPHead, score
+from training.model.registry import Registry
+from training.model.views import VIEWS, as_bytes, check_views, combine, view, view_pixels
 
 TOL = 1e-6
 

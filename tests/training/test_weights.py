@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 
 from training.errors import EncoderError
-from training.weights import KNOWN, fetch_weights, sha256_of, verify, weights_path
+from training.model.weights import KNOWN, fetch_weights, sha256_of, verify, weights_path
 
 
 def test_a_corrupt_cached_file_is_refused_not_used(tmp_path):
@@ -50,7 +50,7 @@ def test_onnx_embeddings_do_not_depend_on_batch_size(onnx_weights):
     embedding moved with its batch-mates (cosine 0.95). The encoder runs it per image."""
     import numpy as np
 
-    from training.encoders import is_dynamically_quantised, load_encoder
+    from training.model.encoders import is_dynamically_quantised, load_encoder
 
     assert is_dynamically_quantised(onnx_weights)
     encoder = load_encoder(f"onnx:{onnx_weights}", device="cpu", threads=2)
@@ -94,8 +94,8 @@ def _quantised_matmuls(path) -> int:
 def test_float32_copy_has_no_int8_ops_and_agrees_with_the_int8_tower(tmp_path, onnx_weights):
     import numpy as np
 
-    from training.encoders import is_dynamically_quantised, load_encoder
-    from training.onnx_float import dequantize_model
+    from training.model.encoders import is_dynamically_quantised, load_encoder
+    from training.model.onnx_float import dequantize_model
 
     quantised = _quantised_matmuls(onnx_weights)
     before = _op_counts(onnx_weights)

@@ -1,4 +1,4 @@
-"""Hand-made content and style tags of the benchmark's images (training/content_tags.csv).
+"""Hand-made content and style tags of the benchmark's images (training/data/content_tags.csv).
 
 One row per image: `origin` (exactly RawImage.origin), `content` (what the main
 subject is) and `style` (the look, whatever the provenance). "people" means a

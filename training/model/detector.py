@@ -14,12 +14,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from training.calibration import Calibration, verdict_for
-from training.encoders import Encoder, load_encoder
-from training.features import encode, width
-from training.head import HeadConfig, MLPHead, head_input, score
-from training.registry import HeadMeta, Registry
-from training.views import combine
+from training.model.calibration import Calibration, verdict_for
+from training.model.encoders import Encoder, load_encoder
+from training.model.features import encode, width
+from training.model.head import HeadConfig, MLPHead, head_input, score
+from training.model.registry import HeadMeta, Registry
+from training.model.views import combine
 
 
 class Detector:
@@ -107,12 +107,12 @@ class Detector:
 
     @property
     def views(self) -> tuple[str, ...]:
-        """The test-time views this head scores beside the centre crop (training.views)."""
+        """The test-time views this head scores beside the centre crop (training.model.views)."""
         return tuple(self.meta.views)
 
     @property
     def pixel_shape(self) -> tuple[int, ...]:
-        """The shape of one image's pixels (training.views.view_pixels with this head's views)."""
+        """The shape of one image's pixels (training.model.views.view_pixels with this head's views)."""
         size = self.encoder.preprocess.image_size
         return (3, size, size) if not self.views else (1 + len(self.views), 3, size, size)
 
@@ -129,8 +129,8 @@ class Detector:
         `texts[i]` is record i's caption (None or "" for none), read by a head that uses text.
         `timings`, when given, receives the seconds spent in "embed" and "score".
 
-        Pixels with views, (B, 1+V, 3, S, S) from `training.views.view_pixels`, are embedded and scored
-        view by view; each image's score is `training.views.combine` of its views', and its
+        Pixels with views, (B, 1+V, 3, S, S) from `training.model.views.view_pixels`, are embedded and scored
+        view by view; each image's score is `training.model.views.combine` of its views', and its
         features are the centre crop's (what the head would read without views)."""
         views = 1
         if pixels.ndim == 5:

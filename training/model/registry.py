@@ -37,11 +37,11 @@ from typing import Any
 
 import torch
 
-from training.calibration import Calibration
 from training.errors import EncoderMismatchError, RegistryError
-from training.features import check_kind
-from training.head import HeadConfig, MLPHead
-from training.views import check_views
+from training.model.calibration import Calibration
+from training.model.features import check_kind
+from training.model.head import HeadConfig, MLPHead
+from training.model.views import check_views
 
 # `v` then 1..999999999 without leading zeros. Checked with fullmatch: `$` would
 # also accept a trailing newline.
@@ -79,15 +79,15 @@ class HeadMeta:
     trained_on: dict[str, Any] = field(default_factory=dict)
     created_at: str = ""
     parent: str | None = None
-    # Calibration.to_dict() (training.calibration): raw score -> P(generated); None: none.
+    # Calibration.to_dict() (training.model.calibration): raw score -> P(generated); None: none.
     calibration: dict[str, Any] | None = None
     # Lower edge of the abstain band in raw-score units, <= threshold: scores in
     # [uncertain_from, threshold) get the verdict "uncertain". None: no band.
     uncertain_from: float | None = None
-    # What the head reads from the image tower (training.features): "embedding" (heads
+    # What the head reads from the image tower (training.model.features): "embedding" (heads
     # saved before there was a choice), "blocks" or "blocks:A-B".
     features: str = "embedding"
-    # Test-time views scored beside the centre crop and combined (training.views); empty:
+    # Test-time views scored beside the centre crop and combined (training.model.views); empty:
     # the centre crop alone. The threshold and band were chosen on the combined score.
     views: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # promotion decisions, hyper-parameters

@@ -23,12 +23,12 @@ from services.config import KafkaSettings
 from services.errors import DmguardError, RecordError
 from services.kafka_io import assign_all, make_consumer
 from services.records import LabelRecord
-from training.config import TrainConfig
+from training.data.feature_log import read_feature_log
 from training.errors import RegistryError, TrainingDataError
-from training.feature_log import read_feature_log
-from training.head import head_input
-from training.job import train_register
-from training.registry import HeadMeta, Registry
+from training.learning.config import TrainConfig
+from training.learning.job import train_register
+from training.model.head import head_input
+from training.model.registry import HeadMeta, Registry
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ SKIP_EXIT = 3  # `retrain --once --fail-on-skip`: the round trained nothing
 def round_features(
     meta: HeadMeta, X_fb: np.ndarray, y_fb: np.ndarray, cache: Path
 ) -> tuple[np.ndarray, np.ndarray, list[str], int | None]:
-    """A round's rows as the head reads them (`training.head.head_input`), with labels and
+    """A round's rows as the head reads them (`training.model.head.head_input`), with labels and
     sources: the current head's own training data from the embedding cache (captions
     included, for a head that uses text), then the labelled feature-log rows `X_fb`,
     caption-less (the feature log holds no caption embeddings). The last item is the
@@ -96,8 +96,8 @@ def round_features(
     data = meta.extra.get("data")
     if not (data and Path(data["src"]).exists()):
         return X, y, sources, None
-    from training.data import load_samples
-    from training.embeddings import embed_samples
+    from training.data.embeddings import embed_samples
+    from training.data.samples import load_samples
 
     base = embed_samples(
         load_samples(data["src"]),

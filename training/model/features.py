@@ -26,7 +26,7 @@ import re
 
 import numpy as np
 
-from training.encoders import Encoder, ImageFeatures
+from training.model.encoders import Encoder, ImageFeatures
 
 KINDS = ("embedding", "blocks", "blocks:A-B")
 DEFAULT = "embedding"

@@ -35,8 +35,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.datasets.common import RawImage, generator_family
-from training.packages import pip_download
+from training.data.datasets.common import RawImage, generator_family
+from training.data.packages import pip_download
 
 TEMPLATES_INDEX = "comfyui-workflow-templates-json==0.1.123"
 TEMPLATE_MEDIA = (

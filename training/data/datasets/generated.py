@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.datasets.common import RawImage, generator_family
-from training.packages import pip_download
+from training.data.datasets.common import RawImage, generator_family
+from training.data.packages import pip_download
 
 OPENPEOPLE = "openpeople==0.1.2"
 OPENPEOPLE_SINGLES = ("studio_portrait", "studio_posture", "amateur_selfie", "amateur_posture")

@@ -1,6 +1,6 @@
 """Robust loss vs plain BCE on synthetic imbalanced embeddings, several seeds.
 
-    python -m training.compare_losses [--seeds 5] [--n 1200] [--dim 512]
+    python -m training.evaluation.compare_losses [--seeds 5] [--n 1200] [--dim 512]
 
 The data model: unit-normalised `dim`-d "embeddings" (512, like CLIP
 ViT-B/16's); generated images, the minority (10% or 20%), come from two
@@ -26,10 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from training.config import TrainConfig
-from training.evaluate import roc_auc
-from training.head import score
-from training.train import fit_epochs
+from training.evaluation.evaluate import roc_auc
+from training.learning.config import TrainConfig
+from training.learning.train import fit_epochs
+from training.model.head import score
 
 
 @dataclass(frozen=True)

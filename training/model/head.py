@@ -3,7 +3,7 @@
 x (B, D) ─► 3 × [Linear(D, D) → BatchNorm1d → LeakyReLU(0.01) → Dropout(0.335)]
           ─► Linear(D, 1) ─► logit (B,)        label 1 = generated
 
-A head over the class tokens of the L transformer blocks (training.features,
+A head over the class tokens of the L transformer blocks (training.model.features,
 "blocks"; `HeadConfig.tower_blocks = L`) first pools them as RINE does: one
 projection shared by the blocks, then a learned softmax weighting of the blocks,
 
@@ -100,8 +100,8 @@ class MLPHead(nn.Module):
 
 
 # The one assembly of a head's input and the one scoring of it, shared by serving
-# (training.detector), training and its held-out evaluation (training.train,
-# training.job), `dmguard eval` and retraining (training.retrain): what a head was
+# (training.model.detector), training and its held-out evaluation (training.learning.train,
+# training.learning.job), `dmguard eval` and retraining (training.learning.retrain): what a head was
 # trained on and what it is served can only differ if these two change.
 
 SCORE_BATCH = 8192  # rows per forward pass in `score`

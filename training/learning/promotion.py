@@ -3,7 +3,7 @@
 A new head is promoted only when its held-out AUC is not worse than the
 current head's on the *same* held-out embeddings (within `tolerance`): two
 heads judged on different data cannot be compared. A current head trained for
-another encoder or on other image features (training.features), or none at
+another encoder or on other image features (training.model.features), or none at
 all, never blocks promotion: it cannot score these rows.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.evaluate import roc_auc
-from training.head import score
-from training.registry import Registry
+from training.evaluation.evaluate import roc_auc
+from training.model.head import score
+from training.model.registry import Registry
 
 
 def decide_promotion(

@@ -2,7 +2,7 @@
 
 Each worker appends one row per verdict — (id, url, ts, encoder, embedding,
 score, head_version, features) — to rolling Parquet files of its own.
-`embedding` holds what the head read (training.features: the final embedding,
+`embedding` holds what the head read (training.model.features: the final embedding,
 or transformer blocks' class tokens) and `features` says which; rows written
 before that column existed read as null, i.e. "embedding".
 

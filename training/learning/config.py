@@ -24,7 +24,7 @@ class TrainConfig:
     use_gpu: bool = False
     target_fpr: float = 0.05  # the stored threshold meets this on held-out data
     # Sample training rows so that label and content (or embedding cluster) are
-    # independent (training.balance), so that the subject cannot stand in for the label.
+    # independent (training.learning.balance), so that the subject cannot stand in for the label.
     balance: bool = True
     # Scores that this fraction of held-out real images reach, but under the threshold,
     # are "uncertain" (the abstain band); 0 turns the band off.
@@ -36,7 +36,7 @@ class TrainConfig:
     modality_dropout: float = 0.5
     # Ray Train restarts a failed worker group this many times, from its latest checkpoint.
     max_failures: int = 2
-    # > 0: the rows are the class tokens of this many transformer blocks (training.features,
+    # > 0: the rows are the class tokens of this many transformer blocks (training.model.features,
     # "blocks"), pooled by the head before its MLP (HeadConfig.tower_blocks).
     tower_blocks: int = 0
     hidden_dim: int = 0  # the head's width; 0: as wide as its input (the paper's head)
@@ -48,5 +48,5 @@ class TrainConfig:
     # With standardize: the statistics also count the unlabelled rows of the stream the
     # head will serve (in the leave-source-out benchmark, the held-out fold's features).
     adapt: bool = False
-    # What the head reads from the image tower (training.features); stored with the head.
+    # What the head reads from the image tower (training.model.features); stored with the head.
     features: str = "embedding"

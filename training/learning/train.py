@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.config import TrainConfig
-from training.evaluate import roc_auc
-from training.head import HeadConfig, MLPHead, score
-from training.losses import bce_loss, robust_loss
-from training.sam import SAM, frozen_bn_stats
+from training.evaluation.evaluate import roc_auc
+from training.learning.config import TrainConfig
+from training.learning.losses import bce_loss, robust_loss
+from training.learning.sam import SAM, frozen_bn_stats
+from training.model.head import HeadConfig, MLPHead, score
 
 
 def head_config(cfg: TrainConfig, input_dim: int) -> HeadConfig:
@@ -71,7 +71,7 @@ def fit_epochs(
     """Train; returns the head with the best held-out AUC and the per-epoch history.
 
     `weights` (N,), when given, are sampling weights: each epoch draws N rows with
-    replacement in proportion to them (training.balance makes weights that give the
+    replacement in proportion to them (training.learning.balance makes weights that give the
     two classes equal mass within each content group), instead of a permutation.
 
     After each epoch, `on_epoch(record, state)` gets the epoch's history record

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from services.errors import InputError
 from services.fetch import FetchPolicy, fetch_bytes
-from training.data import Sample
+from training.data.samples import Sample
 
 DEFAULT_CACHE = Path(".cache/embeddings")
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ PIXELS_VERSION = 2
 
 def encoder_key(spec: str, features: str = "embedding") -> str:
     """The cache folder's name for an encoder and a kind of image features
-    (training.features); final embeddings keep the key they always had."""
+    (training.model.features); final embeddings keep the key they always had."""
     kind = "" if features == "embedding" else f"|{features}"
     return hashlib.sha256(f"{spec}|pixels-v{PIXELS_VERSION}{kind}".encode()).hexdigest()[:16]
 
@@ -92,7 +92,7 @@ class _Embedder:
     """Ray actor: decode + preprocess + encode batches of image bytes."""
 
     def __init__(self, spec: str, threads: int) -> None:
-        from training.encoders import load_encoder
+        from training.model.encoders import load_encoder
 
         self.encoder = load_encoder(spec, threads=threads)
 
@@ -107,7 +107,7 @@ class _Embedder:
         self, blobs: list[bytes], features: str = "embedding"
     ) -> tuple[list[np.ndarray | None], list[str | None]]:
         from services.images import decode
-        from training.features import encode
+        from training.model.features import encode
 
         pixels, errors = [], []
         for blob in blobs:
@@ -142,7 +142,7 @@ def embed_samples(
     robustness perturbations of `dmguard eval --perturb`). With `with_text`,
     captions are embedded too (through the encoder's text tower, cached by
     text hash) into `EmbeddedSet.T`. `features` is the kind of image features
-    in `EmbeddedSet.X` (training.features; each kind has its own cache).
+    in `EmbeddedSet.X` (training.model.features; each kind has its own cache).
     """
     from tqdm import tqdm
 

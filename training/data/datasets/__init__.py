@@ -3,5 +3,5 @@
 `comfyui` (ComfyUI template thumbnails) and `generated` (OpenPeople, InvokeAI)
 yield model outputs; `photos` yields real photographs from Debian, PyPI and npm
 packages; `build` normalises, tags, de-duplicates and splits them (see
-training.demo_data for the list of sources and the rules).
+training.data.demo_data for the list of sources and the rules).
 """

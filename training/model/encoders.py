@@ -15,7 +15,7 @@ L2-normalised embeddings. `encode_features` returns, with them, the class
 (CLS) token of every transformer block of the image tower, (B, blocks, width):
 intermediate blocks keep low-level traces of how an image was made that the
 final, semantic embedding loses (RINE, Koutlis & Papadopoulos, ECCV 2024);
-training/features.py turns them into what a head reads.
+training/model/features.py turns them into what a head reads.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import ClassVar, Protocol
 import numpy as np
 from PIL import Image
 
-from training.device import Placement, choose_placement
 from training.errors import EncoderError
+from training.model.device import Placement, choose_placement
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -63,7 +63,7 @@ class Preprocess:
 
     The crop lives here rather than in `services.images.decode` because this is
     where the memory goes and where the geometry is defined: training
-    (training/embeddings.py) and serving (actors/stream.py, `dmguard score`) both
+    (training/data/embeddings.py) and serving (actors/stream.py, `dmguard score`) both
     run the encoder's own `Preprocess`, and so does any caller that hands it a
     PIL image that did not come through `decode`.
     """
@@ -159,7 +159,7 @@ def load_encoder(spec: str, *, device: str = "auto", threads: int | None = None)
     """Build the encoder named by `spec`.
 
     Args:
-        device: "auto", "cuda" or "cpu" (see training.device.choose_placement).
+        device: "auto", "cuda" or "cpu" (see training.model.device.choose_placement).
         threads: CPU threads for the backend; defaults to the CPUs this process may use.
 
     Raises:
