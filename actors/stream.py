@@ -320,9 +320,8 @@ class StreamWorker:
             self._broker_connected = False
 
     def _close(self) -> None:
-        delivery, consumer, self.delivery, self.consumer = (
-            self.delivery, self.consumer, None, None,
-        )  # fmt: skip
+        delivery, consumer = self.delivery, self.consumer
+        self.delivery, self.consumer = None, None
         try:
             if delivery is not None:
                 delivery.close(timeout_s=BROKER_TIMEOUT_S if self._broker_connected else 0)

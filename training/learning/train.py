@@ -70,9 +70,10 @@ def fit_epochs(
 ) -> tuple[MLPHead, list[dict]]:
     """Train; returns the head with the best held-out AUC and the per-epoch history.
 
-    `weights` (N,), when given, are sampling weights: each epoch draws N rows with
-    replacement in proportion to them (training.learning.balance makes weights that give the
-    two classes equal mass within each content group), instead of a permutation.
+    `weights` (N,), when given: each epoch draws N rows with replacement in proportion
+    to them (training.learning.balance: the classes get equal mass per content group).
+    `unlabelled` (M, D): rows without labels that count in the input standardisation's
+    statistics beside X (TrainConfig.adapt).
 
     After each epoch, `on_epoch(record, state)` gets the epoch's history record
     (epoch, loss, val_auc, plus best_auc) and `state()`, which builds the whole
@@ -84,12 +85,8 @@ def fit_epochs(
     only on the seed, the rank and the epoch). The first record after a resume has
     `"resumed": True`.
 
-    `unlabelled` (M, D), rows without labels (the stream the head will serve), count in
-    the input standardisation's statistics beside X (TrainConfig.adapt).
-
-    `agree` makes every worker use rank 0's held-out AUC, so all stop at the
-    same epoch (a worker that stopped alone would leave the others hanging in
-    an all-reduce).
+    `agree` makes every worker use rank 0's held-out AUC, so all stop at the same epoch
+    (a worker that stopped alone would leave the others hanging in an all-reduce).
     """
     torch.manual_seed(cfg.seed)
     head = MLPHead(head_config(cfg, X.shape[1]))
