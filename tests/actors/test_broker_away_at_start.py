@@ -19,6 +19,7 @@ import services.kafka_io
 from actors.stream import BROKER_RETRY_MAX_S, StreamWorker
 from services.config import KafkaSettings, WorkerSettings
 from services.metrics import DriverMetrics
+from tests.actors.fakes import FakeFuture, start_worker
 
 JOIN_S = 10.0  # generous: a worker that does what it should is far quicker
 PROMPT_S = 1.0  # a stop while waiting ends `run` within this (the wait it cuts short: 2 s)
@@ -55,11 +56,6 @@ class Clients:
             self.producer_failures -= 1
             raise KafkaConnectionError("gone again")
         return FakeProducer(self, **configs)
-
-
-class FakeFuture:
-    def add_errback(self, fn) -> FakeFuture:
-        return self
 
 
 class FakeProducer:
@@ -142,20 +138,6 @@ def settings(tiny_registry, tmp_path) -> WorkerSettings:
     )
 
 
-def start(worker: StreamWorker, stop: threading.Event) -> tuple[threading.Thread, list]:
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run(stop)
-        except BaseException as exc:  # what would make Ray restart the worker
-            raised.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, raised
-
-
 def wait_until_reading(clients: Clients, thread: threading.Thread, raised: list) -> None:
     """Until a consumer has been polled; fails at once if `run` ended (or raised) first."""
     deadline = time.monotonic() + JOIN_S
@@ -178,7 +160,7 @@ def test_a_worker_started_while_the_broker_is_away_waits_then_builds_its_clients
     worker = StreamWorker(settings, worker_id="t")
     clients.worker = worker
     stop = QuickStop()
-    thread, raised = start(worker, stop)
+    thread, raised = start_worker(worker, stop)
     wait_until_reading(clients, thread, raised)
     stop.set()
     thread.join(JOIN_S)
@@ -207,7 +189,7 @@ def test_clients_that_fail_to_open_after_an_answer_are_closed_and_tried_again(
     clients = install(monkeypatch, Clients([True], producer_failures=2))
     worker = StreamWorker(settings, worker_id="t")
     stop = QuickStop()
-    thread, raised = start(worker, stop)
+    thread, raised = start_worker(worker, stop)
     wait_until_reading(clients, thread, raised)
     stop.set()
     thread.join(JOIN_S)
@@ -225,7 +207,7 @@ def test_a_worker_waiting_for_the_broker_stops_promptly_when_told(monkeypatch, s
     clients = install(monkeypatch, Clients([False]))  # never answers
     worker = StreamWorker(settings, worker_id="t")
     stop = threading.Event()
-    thread, raised = start(worker, stop)
+    thread, raised = start_worker(worker, stop)
     deadline = time.monotonic() + JOIN_S
     while clients.asked < 3 and time.monotonic() < deadline:  # 0.5 s + 1 s of waiting
         clients.asked_event.wait(0.05)

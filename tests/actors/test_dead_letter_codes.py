@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import Future
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -22,23 +21,13 @@ from services.config import Topics, WorkerSettings
 from services.errors import DEAD_LETTER_CODES
 from services.fetch import FetchPolicy
 from services.metrics import DriverMetrics
+from tests.actors.fakes import Message
 from tests.conftest import ImageServer
 from tests.images import jpeg, png_bomb
 
 TP = TopicPartition("dmguard.images", 0)
 OFFSET = 7
 METRIC = "dmguard_dead_letters_total"
-
-
-@dataclass
-class Message:
-    """What the worker reads of a Kafka consumer record."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
 
 
 class FakeDelivery:

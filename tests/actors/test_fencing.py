@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
 from kafka.errors import InvalidProducerEpochError, ProducerFencedError
@@ -21,19 +20,11 @@ import actors.worker
 import services.kafka_io
 from actors.stream import StreamWorker
 from services.config import KafkaSettings, WorkerSettings
+from tests.actors.fakes import Message, start_worker
 
 TP = TopicPartition("dmguard.images", 0)
 FENCED_AT = 2  # the commit the broker refuses
 JOIN_S = 10.0  # a worker that stops as it should does so in well under a second
-
-
-@dataclass
-class Message:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
 
 
 class Broker:
@@ -169,16 +160,7 @@ def assert_stopped_for_good(broker: Broker) -> None:
 def test_a_fenced_stream_worker_returns_without_raising_and_reads_nothing_more(broker, settings):
     worker = StreamWorker(settings, worker_id="t")
     stop = threading.Event()  # never set: the fence alone must end the loop
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run(stop)
-        except BaseException as exc:  # what would make Ray restart the worker
-            raised.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, raised = start_worker(worker, stop)
     thread.join(JOIN_S)
     still_running = thread.is_alive()
     stop.set()

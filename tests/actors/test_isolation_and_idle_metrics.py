@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import dataclass
 
 import pytest
 from kafka.structs import TopicPartition
@@ -25,25 +24,12 @@ from actors.stream import StreamWorker
 from services.config import KafkaSettings, WorkerSettings
 from services.errors import InputError
 from services.metrics import DriverMetrics
+from tests.actors.fakes import FakeFuture, Message, start_worker
 
 TP = TopicPartition("dmguard.images", 0)
 GROUP = "metrics-test"
 IN_FLIGHT = 2  # in_flight_cap; the crash guard isolates 2 x this past what was polled
 JOIN_S = 10.0
-
-
-@dataclass
-class Message:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    value: bytes | None
-
-
-class FakeFuture:
-    def add_errback(self, fn) -> FakeFuture:
-        return self
 
 
 class FakeProducer:
@@ -150,16 +136,7 @@ def predecessor(settings: WorkerSettings, state: PartitionState) -> None:
 def run_until(worker: StreamWorker, done) -> None:
     """Run the worker until `done()`, then stop it; it must neither hang nor raise."""
     stop = threading.Event()
-    raised: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run(stop)
-        except BaseException as exc:
-            raised.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, raised = start_worker(worker, stop)
     deadline = time.monotonic() + JOIN_S
     while not done() and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.01)
