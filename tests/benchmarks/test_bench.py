@@ -14,34 +14,22 @@ from tests.conftest import TINY
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 
 
-def test_bench_json_has_every_field():
+def bench_json(*flags: str) -> dict:
+    """`dmguard bench --json` on the tiny encoder, one worker, 2 s of latency sampling, and
+    `flags`: its JSON object (the last line of stdout)."""
+    args = ["--json", "--encoder", TINY, "--workers", "1", "--latency-seconds", "2", *flags]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dmguard",
-            "bench",
-            "--json",
-            "--encoder",
-            TINY,
-            "--images",
-            "20",
-            "--workers",
-            "1",
-            "--naive-images",
-            "5",
-            "--latency-seconds",
-            "2",
-            "--size",
-            "160x120",
-            "--delivery",
-        ],
+        [sys.executable, "-m", "dmguard", "bench", *args],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_bench_json_has_every_field():
+    result = bench_json("--images", "20", "--naive-images", "5", "--size", "160x120", "--delivery")
     for key in (
         "cores",
         "encoder",
@@ -112,38 +100,20 @@ def test_bench_uploads_json_has_every_field(tmp_path):
     """--mix uploads on a tiny copy of the mix: 100 records go once through its 100 files, so
     the broken three end as dead letters (the wait counts them) and every byte is fetched.
     --views: (c) again with a head that scores two test-time views, and the ratio."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dmguard",
-            "bench",
-            "--json",
-            "--encoder",
-            TINY,
-            "--images",
-            "100",
-            "--workers",
-            "1",
-            "--naive-images",
-            "40",
-            "--latency-seconds",
-            "2",
-            "--mix",
-            "uploads",
-            "--mix-scale",
-            "0.05",
-            "--mix-cache",
-            str(tmp_path),
-            "--views",
-            "flip,zoom",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = bench_json(
+        "--images",
+        "100",
+        "--naive-images",
+        "40",
+        "--mix",
+        "uploads",
+        "--mix-scale",
+        "0.05",
+        "--mix-cache",
+        str(tmp_path),
+        "--views",
+        "flip,zoom",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(result) == set(UPLOAD_KEYS)
     mix = load_mix(tmp_path, scale=0.05, log=pytest.fail)  # the run's cache, not made again
     assert result["mix"] == "uploads" and result["image_size"] is None
