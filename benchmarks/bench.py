@@ -51,6 +51,7 @@ from benchmarks.harness import (
     UrlOf,
     bench_jpegs,
     image_server,
+    local_serve_settings,
     numbered,
     register_bench_head,
     send_urls,
@@ -59,8 +60,8 @@ from benchmarks.harness import (
     wait_reported,
     worker_pids,
 )
-from services.broker import EmbeddedBroker, free_port
-from services.config import fetch_policy, serve_settings
+from services.broker import EmbeddedBroker
+from services.config import fetch_policy
 from services.errors import InputError
 from services.fetch import fetch_bytes
 from services.http import HttpServer
@@ -148,15 +149,11 @@ def pipeline_run(
         tempfile.TemporaryDirectory() as tmp,
         EmbeddedBroker(durable_dir=Path(tmp) / "broker" if durable else None) as broker,
     ):
-        settings = serve_settings(
-            bootstrap=broker.bootstrap,
-            client_extra={},
-            registry=register_bench_head(encoder_spec, Path(tmp), views),
+        settings = local_serve_settings(
+            broker.bootstrap,
+            register_bench_head(encoder_spec, Path(tmp), views),
             workers=workers,
-            metrics_host="127.0.0.1",
-            metrics_port=free_port(),
             max_batch=max_batch,
-            allow_network=LOOPBACK,
             exactly_once=exactly_once,
         )
         metrics = DriverMetrics()

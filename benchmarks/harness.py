@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.config import KafkaSettings, Topics
+from services.broker import free_port
+from services.config import KafkaSettings, ServeSettings, Topics, serve_settings
 from services.http import HttpServer, Response
 from services.poll import WaitTimeout, wait_until
 
@@ -75,6 +76,21 @@ def image_server(lookup: Lookup, *, name: str) -> HttpServer:
     """The test images on 127.0.0.1, keep-alive as a CDN would serve them, each body in one
     write; started (`stop()` it)."""
     return HttpServer(fallback=found(lookup), keep_alive=True, name=name).start()
+
+
+def local_serve_settings(bootstrap: str, registry: str, **flags) -> ServeSettings:
+    """`serve`'s settings for a benchmark: this machine's broker (none of the
+    DMGUARD_KAFKA_* client extras), /metrics on a free loopback port, images fetched from
+    the loopback test server only; `flags` as `serve_settings` takes them."""
+    return serve_settings(
+        bootstrap=bootstrap,
+        client_extra={},
+        registry=registry,
+        metrics_host="127.0.0.1",
+        metrics_port=free_port(),
+        allow_network=LOOPBACK,
+        **flags,
+    )
 
 
 def register_bench_head(encoder_spec: str, tmp: Path, views: tuple[str, ...] = ()) -> str:

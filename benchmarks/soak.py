@@ -38,11 +38,11 @@ from typing import Any
 from actors.supervisor import running_service
 from benchmarks.charts import text_chart
 from benchmarks.harness import (
-    LOOPBACK,
     TOPICS,
     Record,
     get_text,
     image_server,
+    local_serve_settings,
     register_bench_head,
     say,
     send,
@@ -65,8 +65,7 @@ from benchmarks.soak_stats import (
     step_response,
     summarize,
 )
-from services.broker import EmbeddedBroker, free_port
-from services.config import serve_settings
+from services.broker import EmbeddedBroker
 from services.outputs import OutputReader, output_key
 from services.poll import wait_until
 
@@ -323,15 +322,11 @@ def _start_service(
     routes.update(mix.routes)
     broker = stack.enter_context(EmbeddedBroker())
     say("soak", f"broker on {broker.bootstrap}, images on {http.url}")
-    settings = serve_settings(
-        bootstrap=broker.bootstrap,
-        client_extra={},
-        registry=register_bench_head(encoder_spec, tmp),
+    settings = local_serve_settings(
+        broker.bootstrap,
+        register_bench_head(encoder_spec, tmp),
         workers=workers,
-        metrics_host="127.0.0.1",
-        metrics_port=free_port(),
         max_batch=max_batch,
-        allow_network=LOOPBACK,
         autoscale=autoscale,
         min_workers=1,
         max_workers=max_workers,
