@@ -79,3 +79,16 @@ def durable_broker(tmp_path):
     broker = EmbeddedBroker(durable_dir=tmp_path / "broker").start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def kafka_broker(tmp_path):
+    """Apache Kafka itself, one KRaft node of the test's own on its own data (`make kafka`'s
+    jars): it can be stopped and started again on it, like the durable broker."""
+    from services.broker import KafkaBroker
+    from tests.conftest import require_kafka_jars
+
+    require_kafka_jars()
+    broker = KafkaBroker(data_dir=tmp_path / "kafka").start()
+    yield broker
+    broker.stop()

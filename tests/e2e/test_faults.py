@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from services.poll import wait_until
-from tests.conftest import require_kafka_jars
 from tests.e2e.harness import (
     OutputReader,
     Service,
@@ -31,7 +30,6 @@ from tests.e2e.harness import (
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 
 OUTAGE_S = 20.0
-MODES = {"at-least-once": (), "exactly-once": ("--exactly-once",)}
 # Slow fetches (0.1 s each, 2 threads per worker): 200 records take ~5 s with 2 workers,
 # so a fault after the first 40 verdicts lands mid-stream.
 SLOW = ("--fetch-threads", "2", "--max-batch", "4")
@@ -59,17 +57,45 @@ def lag(metrics) -> float:
     return sum(v for (name, _), v in metrics.items() if name == "dmguard_consumer_lag")
 
 
-# Exactly once: test_every_fault_in_one_stream_under_exactly_once_duplicates_nothing.
-@pytest.mark.parametrize("mode", ["at-least-once"])
-def test_a_20s_broker_outage_is_ridden_out(
-    mode, durable_broker, image_server, tiny_registry, tmp_path
+def outage(broker, service: Service) -> None:
+    """The broker away for OUTAGE_S (SIGTERM: it writes its state and exits): /readyz says
+    503 meanwhile; then started again on the same port and data, and serve ready again."""
+    broker.stop()
+    down_at = time.monotonic()
+    wait_until(lambda: service.get("/readyz")[0] == 503, OUTAGE_S, what="/readyz to say 503")
+    time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
+    broker.start()
+    service.wait_ready(timeout=180)
+
+
+def restart_driver(first: Service, bootstrap: str, registry: Path, log: Path, *args) -> Service:
+    """SIGKILL the driver (no drain, no commit, no goodbye to Ray), wait until its local
+    Ray's workers are gone with it (no zombie keeps going), and start a new one, ready."""
+    pids = first.worker_pids()
+    first.kill()
+    wait_until(lambda: not any(_alive(p) for p in pids), 60, what="the old workers to exit")
+    second = Service(bootstrap, registry, log, *args)
+    second.wait_ready(timeout=180)
+    return second
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for its parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_20s_broker_outage_is_ridden_out_at_least_once(
+    durable_broker, image_server, tiny_registry, tmp_path
 ):
+    """Exactly once: test_every_fault_in_one_stream_under_exactly_once_duplicates_nothing."""
     broker = durable_broker
-    values, expected = good_stream(image_server, 200, f"outage-{mode}")
+    values, expected = good_stream(image_server, 200, "outage")
     image_server.delay_s = 0.1
-    service = Service(
-        broker.bootstrap, tiny_registry.root, tmp_path / "serve.log", *SLOW, *MODES[mode]
-    )
+    service = Service(broker.bootstrap, tiny_registry.root, tmp_path / "serve.log", *SLOW)
     reader = None
     try:
         service.wait_ready()
@@ -77,20 +103,12 @@ def test_a_20s_broker_outage_is_ridden_out(
         produce(broker.bootstrap, values)
         reader = committed_reader(broker.bootstrap)
         read_verdicts(reader, 40, timeout=120)
-        broker.stop()  # SIGTERM: noida-db writes its snapshot and exits
-        down_at = time.monotonic()
-        before = len(reader.out.verdicts)
-        assert before < 200, "the outage should land mid-stream"
-        wait_until(lambda: service.get("/readyz")[0] == 503, OUTAGE_S, what="/readyz to say 503")
-        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
-        broker.start()  # same port, same storage
-        service.wait_ready(timeout=120)  # /readyz is 200 again
+        assert len(reader.out.verdicts) < 200, "the outage should land mid-stream"
+        outage(broker, service)
         out = wait_accounted(reader, expected, timeout=180)
         seen = {v["id"] for v in out.verdicts}
         assert expected <= seen, f"lost {len(expected - seen)} records:\n{service.tail()}"
         assert seen == expected and not out.dead_letters
-        if mode == "exactly-once":
-            assert duplicates(out) == 0, service.tail()
         # Rode it out: the same worker processes, and the outage on /metrics.
         assert service.worker_pids() == pids, service.tail()
         metrics = service.metrics()
@@ -104,48 +122,28 @@ def test_a_20s_broker_outage_is_ridden_out(
         service.kill()
 
 
-def _alive(pid: int) -> bool:
-    """Running, not merely a zombie waiting for its parent to reap it."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-# Exactly once: test_every_fault_in_one_stream_under_exactly_once_duplicates_nothing.
-@pytest.mark.parametrize("mode", ["at-least-once"])
-def test_sigkill_of_the_driver_and_a_restart_lose_nothing(
-    mode, durable_broker, image_server, tiny_registry, tmp_path
+def test_sigkill_of_the_driver_and_a_restart_lose_nothing_at_least_once(
+    durable_broker, image_server, tiny_registry, tmp_path
 ):
+    """Exactly once: test_every_fault_in_one_stream_under_exactly_once_duplicates_nothing."""
     broker = durable_broker
-    values, expected = good_stream(
-        image_server, 300, f"driver-{mode}", slow_every=OUT_OF_ORDER if MODES[mode] else 0
-    )
+    values, expected = good_stream(image_server, 300, "driver")
     image_server.delay_s = 0.1
-    args = (*SLOW, *MODES[mode])
-    first = Service(broker.bootstrap, tiny_registry.root, tmp_path / "serve1.log", *args)
+    first = Service(broker.bootstrap, tiny_registry.root, tmp_path / "serve1.log", *SLOW)
     second = None
     reader = None
     try:
         first.wait_ready()
-        pids = first.worker_pids()
         produce(broker.bootstrap, values)
         reader = committed_reader(broker.bootstrap)
         read_verdicts(reader, 60, timeout=120)
-        first.kill()  # SIGKILL: no drain, no commit, no goodbye to Ray
-        killed_at = len(reader.out.verdicts)
-        assert killed_at < 300, "the kill came after the stream had finished"
-        # The driver's local Ray goes with it, and so do its workers: no zombie keeps going.
-        wait_until(lambda: not any(_alive(p) for p in pids), 60, what="the old workers to exit")
-        second = Service(broker.bootstrap, tiny_registry.root, tmp_path / "serve2.log", *args)
-        second.wait_ready()
+        log = tmp_path / "serve2.log"
+        second = restart_driver(first, broker.bootstrap, tiny_registry.root, log, *SLOW)
+        assert len(reader.out.verdicts) < 300, "the kill came after the stream had finished"
         out = wait_accounted(reader, expected, timeout=180)
         seen = {v["id"] for v in out.verdicts}
         assert seen == expected, f"lost {len(expected - seen)} records:\n{second.tail()}"
         assert not out.dead_letters
-        if mode == "exactly-once":
-            assert duplicates(out) == 0, f"driver SIGKILL after {killed_at}/300 verdicts"
         assert counter(second.metrics(), "dmguard_workers") == 2
         assert second.stop() == 0, second.tail()
     finally:
@@ -156,20 +154,11 @@ def test_sigkill_of_the_driver_and_a_restart_lose_nothing(
             second.kill()
 
 
-@pytest.fixture(params=["noida", "kafka"])
-def restartable_broker(request, tmp_path):
+@pytest.fixture(params=["durable_broker", "kafka_broker"], ids=["noida", "kafka"])
+def restartable_broker(request):
     """A broker that can be stopped and started again on its data: the embedded durable
-    one (noida-db), and Apache Kafka itself (one KRaft node, `make kafka`'s jars)."""
-    from services.broker import broker_for
-
-    if request.param == "kafka":
-        require_kafka_jars()
-    broker = broker_for(request.param, data_dir=tmp_path / request.param)
-    if request.param == "kafka":
-        broker.startup_timeout_s = 90
-    broker.start()
-    yield broker
-    broker.stop()
+    one (noida-db), and Apache Kafka itself."""
+    return request.getfixturevalue(request.param)
 
 
 def test_every_fault_in_one_stream_under_exactly_once_duplicates_nothing(
@@ -205,21 +194,12 @@ def test_every_fault_in_one_stream_under_exactly_once_duplicates_nothing(
         )
 
         read_verdicts(reader, 110, timeout=180)  # 2. the broker away for 20 s
-        broker.stop()
-        down_at = time.monotonic()
-        wait_until(lambda: first.get("/readyz")[0] == 503, OUTAGE_S, what="/readyz to say 503")
-        time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - down_at)))
-        broker.start()  # same port, same data
-        first.wait_ready(timeout=180)
+        outage(broker, first)
 
         read_verdicts(reader, 180, timeout=180)  # 3. the driver SIGKILLed, a new one started
-        old = first.worker_pids()
-        first.kill()
-        killed_at = len(reader.out.verdicts)
-        assert killed_at < n, "the last fault came after the stream had finished"
-        wait_until(lambda: not any(_alive(p) for p in old), 60, what="the old workers to exit")
-        second = Service(broker.bootstrap, tiny_registry.root, tmp_path / "serve2.log", *args)
-        second.wait_ready(timeout=180)
+        log = tmp_path / "serve2.log"
+        second = restart_driver(first, broker.bootstrap, tiny_registry.root, log, *args)
+        assert len(reader.out.verdicts) < n, "the last fault came after the stream had finished"
 
         out = wait_accounted(reader, expected, timeout=240)
         seen = {v["id"] for v in out.verdicts}

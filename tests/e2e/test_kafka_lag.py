@@ -10,22 +10,11 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from services.poll import wait_until
-from tests.conftest import require_kafka_jars
 from tests.e2e.harness import Service, good_stream, produce
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 
 TOPIC, GROUP, PARTITIONS = "dmguard.images", "dmguard", 4
-
-
-@pytest.fixture
-def kafka(tmp_path):
-    from services.broker import KafkaBroker
-
-    require_kafka_jars()
-    broker = KafkaBroker(data_dir=tmp_path / "kafka", startup_timeout_s=90).start()
-    yield broker
-    broker.stop()
 
 
 def kafka_lag(bootstrap: str) -> int:
@@ -45,8 +34,9 @@ def metric_lag(service: Service) -> float:
 
 
 def test_consumer_lag_matches_kafkas_own_under_a_backlog_and_returns_to_zero(
-    kafka, image_server, tiny_registry, tmp_path
+    kafka_broker, image_server, tiny_registry, tmp_path
 ):
+    kafka = kafka_broker
     n = 200
     values, _ = good_stream(image_server, n, "lag")
     image_server.delay_s = 0.2  # one fetch thread a worker: about 5 records/s each
