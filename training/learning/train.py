@@ -16,7 +16,7 @@ import copy
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -130,10 +130,7 @@ def fit_epochs(
         torch.manual_seed(dropout_seed)  # the head's Dropout layers
         gen = torch.Generator().manual_seed(modality_seed)
         model.train()
-        losses = [
-            _step(model, opt, loss_fn, *_batch(Xt, yt, idx, cfg, gen, device), sam=cfg.rho > 0)
-            for idx in _batches(order, per_worker, sched)
-        ]
+        losses = _train_epoch(model, opt, sched, loss_fn, Xt, yt, order, per_worker, cfg, gen)
         auc = agree(roc_auc(y_val, score(head, X_val, device=device)))
         if auc > best_auc + 1e-6:
             best_auc, best_state, stale = auc, copy.deepcopy(head.state_dict()), 0
@@ -167,14 +164,31 @@ def _optimiser(model: nn.Module, cfg: TrainConfig, *, steps: int):
     return opt, sched
 
 
-def _batches(order: np.ndarray, size: int, sched) -> Iterator[np.ndarray]:
-    """The epoch's batches of row indices (none under two rows: BatchNorm needs two),
-    stepping the learning-rate schedule after each one."""
+def _train_epoch(
+    model: nn.Module,
+    opt,
+    sched,
+    loss_fn,
+    Xt: torch.Tensor,
+    yt: torch.Tensor,
+    order: np.ndarray,
+    size: int,
+    cfg: TrainConfig,
+    gen: torch.Generator,
+) -> list[float]:
+    """One epoch's steps over the rows `order`, `size` a batch (a batch under two rows is
+    skipped: BatchNorm needs two), the learning-rate schedule stepped after each; returns
+    each step's loss."""
+    device = next(model.parameters()).device
+    losses = []
     for i in range(0, len(order) - 1, size):
         idx = order[i : i + size]
-        if len(idx) >= 2:
-            yield idx
-            sched.step()
+        if len(idx) < 2:
+            continue
+        xb, yb = _batch(Xt, yt, idx, cfg, gen, device)
+        losses.append(_step(model, opt, loss_fn, xb, yb, sam=cfg.rho > 0))
+        sched.step()
+    return losses
 
 
 def _batch(
