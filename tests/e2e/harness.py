@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 from pathlib import Path
 
@@ -122,6 +124,39 @@ def produce(bootstrap: str, values: list[bytes], topic: str = TOPICS.images) -> 
     """Send `values`, each keyed by its id where it has one, as `dmguard produce` does."""
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
     send_messages(kafka, topic, [(message_key(v), v) for v in values])
+
+
+class Trickle:
+    """Sends `values` in the background, `per_tick` every `tick_s`, until `stop()`: a stream
+    that lasts as long as the test needs it to, however slow the machine. `sent` is how many
+    went out (the first `sent` values), `stop()` waits until the broker has them."""
+
+    def __init__(
+        self, bootstrap: str, values: list[bytes], per_tick: int = 5, tick_s: float = 0.25
+    ):
+        self.sent = 0
+        self._values, self._per_tick, self._tick_s = values, per_tick, tick_s
+        self._stopping = threading.Event()
+        kafka = KafkaSettings(bootstrap_servers=bootstrap)
+        self._thread = threading.Thread(
+            target=send_messages, args=(kafka, TOPICS.images, self._paced()), daemon=True
+        )
+        self._thread.start()
+
+    def _paced(self):
+        for i, value in enumerate(self._values):
+            if self._stopping.is_set():
+                return
+            if i and i % self._per_tick == 0:
+                time.sleep(self._tick_s)
+            self.sent = i + 1
+            yield message_key(value), value
+
+    def stop(self) -> int:
+        self._stopping.set()
+        self._thread.join(timeout=60)
+        assert not self._thread.is_alive(), "the trickle's producer did not flush"
+        return self.sent
 
 
 def only(out: Outputs, keys: set[str]) -> Outputs:

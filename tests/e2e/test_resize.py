@@ -14,6 +14,7 @@ from services.kafka_io import ensure_topics
 from tests.e2e.harness import (
     OutputReader,
     Service,
+    Trickle,
     counter,
     duplicates,
     good_stream,
@@ -46,14 +47,16 @@ def test_resizing_the_pool_moves_partitions_without_losing_or_repeating_a_record
         state_dir=str(tmp_path / "state"),
     )
     ensure_topics(settings.worker.kafka, Topics(), partitions=4)
-    values, expected = good_stream(image_server, 400, "resize")
+    # Records keep arriving (about 20 a second) until every resize has landed, however
+    # long the resizes take on a loaded machine: the stream outlasts them by construction.
+    values, _ = good_stream(image_server, 4000, "resize")
     image_server.delay_s = 0.1
     if ray.is_initialized() and ray.cluster_resources().get("CPU", 0) < 4:
         ray.shutdown()  # an earlier test's Ray in this process: too small to grow to 3
     started_ray = not ray.is_initialized()
     init_ray(num_cpus=4)
     pool, metrics = WorkerPool(settings), DriverMetrics()
-    reader = None
+    reader = trickle = None
 
     def reading() -> list[tuple[int, ...]]:
         """Each worker's partitions, once every worker reports its share."""
@@ -62,7 +65,7 @@ def test_resizing_the_pool_moves_partitions_without_losing_or_repeating_a_record
 
     try:
         pool.start()
-        produce(broker.bootstrap, values)
+        trickle = Trickle(broker.bootstrap, values)
         reader = OutputReader(broker.bootstrap)
         read_verdicts(reader, 80, timeout=120)
         assert pool.resize(3, metrics) == 3
@@ -74,18 +77,22 @@ def test_resizing_the_pool_moves_partitions_without_losing_or_repeating_a_record
         )
         assert sorted(p for share in shares for p in share) == [0, 1, 2, 3]
         read_verdicts(reader, 200, timeout=120)
-        at_shrink = len(reader.out.verdicts)
+        sent_at_shrink = trickle.sent
         assert pool.resize(1, metrics) == 1
         wait_until(
             reading, 30, what="1 worker on every partition", done=lambda r: r == [(0, 1, 2, 3)]
         )
         assert pool.resize(9, metrics) == 4  # never more workers than partitions
+        sent = trickle.stop()
+        assert sent_at_shrink < sent < len(values), "records should arrive across the resizes"
+        expected = {json.loads(v)["id"] for v in values[:sent]}
         out = wait_accounted(reader, expected, timeout=180)
-        assert at_shrink < 400, "the resizes should land mid-stream"
         assert {v["id"] for v in out.verdicts} == expected and not out.dead_letters
         assert duplicates(out) == 0, json.dumps(reading())
         assert pool.stop(metrics)
     finally:
+        if trickle:
+            trickle.stop()
         if reader:
             reader.close()
         if started_ray:
