@@ -25,6 +25,12 @@ uploads are skipped in (b) and end as dead letters in (c), which counts them as 
 It adds the bytes fetched per second in (c), the peak RSS of each worker (VmHWM) and the
 mix's shares and mean bytes per kind.
 
+--engines NAMES measures (c) once more on each of those broker engines (tansu, the
+in-memory one (c) runs on; noida, durable; kafka, Apache Kafka as one KRaft node), right
+after (c), and reports each one's records/s, latency and ratio to tansu: the broker's
+share of the cost. An engine that cannot start (no Java, no jars) is said so in one line,
+and the others go on.
+
 --views NAMES measures (c) once more, right after, with a head that scores those
 test-time views beside the centre crop (training/model/views.py), and reports the ratio: what
 looking more than once costs per image.
@@ -49,20 +55,22 @@ from benchmarks.harness import (
     LOOPBACK,
     OutputTopics,
     UrlOf,
+    bench_broker,
     bench_jpegs,
     image_server,
     local_serve_settings,
     numbered,
     register_bench_head,
+    say,
     send_urls,
     stage_share,
     vm_rss_mib,
     wait_reported,
     worker_pids,
 )
-from services.broker import EmbeddedBroker
+from services.broker import ENGINES
 from services.config import fetch_policy
-from services.errors import InputError
+from services.errors import BrokerError, InputError
 from services.fetch import fetch_bytes
 from services.http import HttpServer
 from services.images import decode
@@ -133,7 +141,7 @@ def pipeline_run(
     latency_s: float,
     *,
     exactly_once: bool = False,
-    durable: bool = False,
+    engine: str = "tansu",
     latency_rate: float | None = None,
     bytes_sent: Callable[[], int] | None = None,
     views: tuple[str, ...] = (),
@@ -141,13 +149,14 @@ def pipeline_run(
     """(c) outputs (verdicts and dead letters) per second through Kafka and Ray workers,
     stage shares, latency of the verdicts at half load (or at `latency_rate`), the dead
     letters' codes, the bytes the image server sent during the burst (`bytes_sent`: its
-    counter) and each worker's peak RSS; `durable`: on the durable broker, as (d)
-    measures; `views`: the head scores these test-time views too."""
+    counter) and each worker's peak RSS; `engine`: the broker's (services.broker.ENGINES:
+    noida for (d), each of --engines in turn); `views`: the head scores these test-time
+    views too."""
     from services.kafka_io import make_producer  # kafka-python: only when a run needs it
 
     with (
         tempfile.TemporaryDirectory() as tmp,
-        EmbeddedBroker(durable_dir=Path(tmp) / "broker" if durable else None) as broker,
+        bench_broker(engine, Path(tmp) / "broker") as broker,
     ):
         settings = local_serve_settings(
             broker.bootstrap,
@@ -212,7 +221,7 @@ def delivery_runs(
 ) -> dict:
     """(d) at least once, then exactly once, on the durable broker; the latency of both at
     half of the first one's throughput."""
-    alo = pipeline_run(encoder_spec, url_of, n, workers, max_batch, latency_s, durable=True)
+    alo = pipeline_run(encoder_spec, url_of, n, workers, max_batch, latency_s, engine="noida")
     rate = alo["ips"] / 2
     eos = pipeline_run(
         encoder_spec,
@@ -221,7 +230,7 @@ def delivery_runs(
         workers,
         max_batch,
         latency_s,
-        durable=True,
+        engine="noida",
         exactly_once=True,
         latency_rate=rate,
     )
@@ -233,6 +242,40 @@ def delivery_runs(
         "at_least_once_read_latency_ms": alo["read_latency_ms"],
         "exactly_once_read_latency_ms": eos["read_latency_ms"],
     }
+
+
+def engine_runs(pipeline: Callable[..., dict], engines: tuple[str, ...], tansu: dict) -> dict:
+    """(c) on each of `engines` in turn, tansu's being `tansu` (the run (c) made): engine ->
+    pipeline_run's figures, or {"error": one line} for an engine that could not start (no
+    Java, no jars: a BrokerError), also said on stderr; the others go on."""
+    runs = {"tansu": tansu}
+    for engine in engines:
+        if engine in runs:
+            continue
+        try:
+            runs[engine] = pipeline(engine=engine)
+        except BrokerError as exc:
+            line = str(exc).strip().splitlines()[0]
+            say("bench", f"{engine}: not measured: {line}")
+            runs[engine] = {"error": line}
+    return runs
+
+
+def engine_table(engines: dict) -> list[str]:
+    """The "engines" figures as a table, one line an engine."""
+
+    def row(engine: str, ips: str, ratio: str, latency: str, read: str) -> str:
+        return f"{engine:<8}{ips:>10}{ratio:>10}  {latency:<24}{read}"
+
+    lines = [row("engine", "records/s", "vs tansu", "latency p50/p95/p99 ms", "read p50/p99 ms")]
+    for engine, e in engines.items():
+        if "error" in e:
+            lines.append(f"{engine:<8}  not measured: {e['error']}")
+            continue
+        latency = " / ".join(str(e["latency_ms"][p]) for p in ("p50", "p95", "p99"))
+        read = " / ".join(str(e["read_latency_ms"][p]) for p in ("p50", "p99"))
+        lines.append(row(engine, f"{e['pipeline_ips']:.2f}", f"{e['vs_tansu']:.3f}", latency, read))
+    return lines
 
 
 # -------------------------------------------------------------------- the whole bench
@@ -256,12 +299,16 @@ def run_bench(
     mix_files: int = bench_uploads.DEFAULT_FILES,
     mix_cache: Path = bench_uploads.DEFAULT_ROOT,
     views: tuple[str, ...] = (),
+    engines: tuple[str, ...] = ("tansu",),
 ) -> dict:
     """(a)-(c), and (d) with `delivery`, on `mix`: "jpeg" (one size, served as they come
     unless a latency or bandwidth is given) or "uploads" (see bench_uploads); with `views`,
-    (c) again with a head that scores those test-time views."""
+    (c) again with a head that scores those test-time views; with `engines` other than
+    tansu, (c) again on each of them."""
     if mix not in MIXES:
         raise ValueError(f"mix must be one of {', '.join(MIXES)}, not {mix!r}")
+    if set(engines) - set(ENGINES):
+        raise ValueError(f"engines must be among {', '.join(ENGINES)}, not {engines!r}")
     uploads = None
     if mix == "uploads":
         uploads = bench_uploads.load_mix(mix_cache, scale=mix_scale, files=mix_files)
@@ -284,6 +331,7 @@ def run_bench(
             compare=compare,
             delivery=delivery,
             views=views,
+            engines=engines,
         )
     finally:
         http.stop()
@@ -361,9 +409,11 @@ def _measure(
     compare: list[str],
     delivery: bool,
     views: tuple[str, ...],
+    engines: tuple[str, ...],
 ) -> dict:
-    """(a), the `compare` encoders' (a), (b), (c), (d) with `delivery` and (c) with `views`,
-    in that order: raw, others, naive, skipped, pipe, modes, looked."""
+    """(a), the `compare` encoders' (a), (b), (c), (c) on the other `engines`, (d) with
+    `delivery` and (c) with `views`, in that order: raw, others, naive, skipped, pipe,
+    brokers, modes, looked."""
     detector = _detector(encoder_spec, threads=cores)
     raw = raw_throughput(detector, blobs, BATCHES)
     others = {}
@@ -378,6 +428,7 @@ def _measure(
     del detector  # its memory back before the workers load theirs
     pipeline = partial(pipeline_run, encoder_spec, url_of, images, workers, max_batch, latency_s)
     pipe = pipeline(bytes_sent=bytes_sent)
+    brokers = engine_runs(pipeline, engines, pipe) if set(engines) - {"tansu"} else None
     modes = (
         delivery_runs(encoder_spec, url_of, images, workers, max_batch, latency_s)
         if delivery
@@ -390,6 +441,7 @@ def _measure(
         "naive": naive,
         "skipped": skipped,
         "pipe": pipe,
+        "brokers": brokers,
         "modes": modes,
         "looked": looked,
     }
@@ -414,6 +466,25 @@ def _main_figures(f: dict, *, images: int, workers: int, max_batch: int) -> dict
         "pipeline_images": images,
         **({"raw_compared": f["others"]} if f["others"] else {}),
         **({"delivery": f["modes"]} if f["modes"] else {}),
+        **({"engines": _engine_figures(f["brokers"])} if f["brokers"] else {}),
+    }
+
+
+def _engine_figures(runs: dict) -> dict:
+    """(c) per broker engine, beside tansu's; an engine that did not start keeps its error."""
+    tansu = runs["tansu"]["ips"]
+    return {
+        engine: run
+        if "error" in run
+        else {
+            "pipeline_ips": round(run["ips"], 2),
+            "vs_tansu": round(run["ips"] / tansu, 3),
+            "latency_ms": run["latency_ms"],
+            "read_latency_ms": run["read_latency_ms"],
+            "latency_at_ips": run["latency_rate_ips"],
+            "stage_share": run["stage_share"],
+        }
+        for engine, run in runs.items()
     }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from services.broker import free_port
+from services.broker import EmbeddedBroker, KafkaBroker, broker_for, free_port
 from services.config import KafkaSettings, ServeSettings, Topics, serve_settings
 from services.http import HttpServer, Response
 from services.poll import WaitTimeout, wait_until
@@ -76,6 +76,16 @@ def image_server(lookup: Lookup, *, name: str) -> HttpServer:
     """The test images on 127.0.0.1, keep-alive as a CDN would serve them, each body in one
     write; started (`stop()` it)."""
     return HttpServer(fallback=found(lookup), keep_alive=True, name=name).start()
+
+
+def bench_broker(engine: str, folder: Path) -> EmbeddedBroker:
+    """The broker of `engine` (services.broker.ENGINES) for a benchmark's serve, not yet
+    started; noida's and Kafka's state in `folder`. Kafka runs with its own JVM choices (G1,
+    both compilers), as its scripts start it, not the quick-start ones of `dmguard broker`:
+    once warm, C1-only code would count against Kafka."""
+    if engine == "kafka":
+        return KafkaBroker(data_dir=folder, jvm_options=())
+    return broker_for(engine, data_dir=None if engine == "tansu" else folder)
 
 
 def local_serve_settings(bootstrap: str, registry: str, **flags) -> ServeSettings:

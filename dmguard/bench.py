@@ -13,6 +13,7 @@ from benchmarks import bench as measure
 from benchmarks import bench_peer, bench_uploads
 from benchmarks.harness import bench_jpegs
 from dmguard.common import parse_views
+from services.broker import ENGINES
 from services.config import WorkerSettings, offline_weights
 
 
@@ -54,6 +55,14 @@ def _pipeline_args(sp: argparse.ArgumentParser) -> None:
         "--delivery",
         action="store_true",
         help="also measure (d): at least once vs exactly once on the durable broker",
+    )
+    g.add_argument(
+        "--engines",
+        default="tansu",
+        metavar="NAMES",
+        help="also measure (c) on these broker engines, beside the in-memory tansu that (c) "
+        f"runs on (comma-separated: {', '.join(ENGINES)}; kafka needs Java 17+ and `make "
+        "kafka`), and each one's ratio to tansu (default %(default)s: (c) alone)",
     )
     g.add_argument(
         "--views",
@@ -164,6 +173,9 @@ def run(args: argparse.Namespace) -> int:
         bench_peer.check_peer_python(args.peer_python)
         if args.peer_files < 1:
             raise ConfigError("--peer-files must be at least 1")
+    engines = tuple(dict.fromkeys(e.strip() for e in args.engines.split(",") if e.strip()))
+    if not engines or set(engines) - set(ENGINES):
+        raise ConfigError(f"--engines takes names among {', '.join(ENGINES)}: {args.engines!r}")
     uploads = args.mix == "uploads"
     latency = args.fetch_latency_ms
     bandwidth = args.bandwidth_mbps
@@ -192,8 +204,10 @@ def run(args: argparse.Namespace) -> int:
         mix_files=args.mix_files,
         mix_cache=Path(args.mix_cache),
         views=parse_views(args.views),
+        engines=engines,
     )
-    code = 0
+    engines_run = result.get("engines", {})
+    code = 1 if any("error" in e for e in engines_run.values()) else 0  # said on stderr
     if args.peer:  # a failed peer run must not cost the minutes of (a)-(c) measured above
         with tempfile.TemporaryDirectory(prefix="dmguard-peer-") as tmp:
             files, left_out = peer_files(args, Path(tmp))
@@ -208,7 +222,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         width = max(len(k) for k in result)
         for k, v in result.items():
-            print(f"{k:<{width}}  {v}")
+            if k != "engines":
+                print(f"{k:<{width}}  {v}")
+        if engines_run:
+            print("\n".join(measure.engine_table(engines_run)))
     return code
 
 

@@ -1,35 +1,48 @@
 """Short `dmguard bench --json` runs on tiny settings produce every field (numbers not
-asserted): --delivery on the JPEGs, and --mix uploads on a tiny copy of the upload mix."""
+asserted): --delivery and --engines on the JPEGs, and --mix uploads on a tiny copy of the
+upload mix."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
+from benchmarks.bench import engine_table
 from benchmarks.bench_uploads import load_mix
 from services.metrics import STAGES
 from tests.conftest import TINY
 
-pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
 
-
-def bench_json(*flags: str) -> dict:
+def bench_json(*flags: str, code: int = 0, env: dict[str, str] | None = None) -> dict:
     """`dmguard bench --json` on the tiny encoder, one worker, 2 s of latency sampling, and
-    `flags`: its JSON object (the last line of stdout)."""
+    `flags` (with `env` added to the environment): its JSON object (the last line of
+    stdout), once it has exited with `code`."""
     args = ["--json", "--encoder", TINY, "--workers", "1", "--latency-seconds", "2", *flags]
     done = subprocess.run(
         [sys.executable, "-m", "dmguard", "bench", *args],
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, **(env or {})},
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == code, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_bench_json_has_every_field():
-    result = bench_json("--images", "20", "--naive-images", "5", "--size", "160x120", "--delivery")
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.ray
+def test_bench_json_has_every_field(tmp_path):
+    """--engines: (c) again on noida; kafka without its jars (an empty DMGUARD_KAFKA_LIBS)
+    is one error line, the others are measured, and the exit is 1 as with a failed --peer."""
+    result = bench_json(
+        *("--images", "20", "--naive-images", "5", "--size", "160x120", "--delivery"),
+        *("--engines", "tansu,noida,kafka"),
+        code=1,
+        env={"DMGUARD_KAFKA_LIBS": str(tmp_path)},
+    )
     for key in (
         "cores",
         "encoder",
@@ -59,6 +72,29 @@ def test_bench_json_has_every_field():
         lat = d[f"{mode}_read_latency_ms"]
         assert 0 < lat["p50"] <= lat["p99"]
     assert "mix" not in result and "fetched_mb_per_s" not in result  # jpeg: the keys as before
+    tansu, noida, kafka = (result["engines"][e] for e in ("tansu", "noida", "kafka"))
+    assert tansu["pipeline_ips"] == result["pipeline_ips"] and tansu["vs_tansu"] == 1.0
+    ratio = noida["pipeline_ips"] / tansu["pipeline_ips"]
+    assert noida["vs_tansu"] == pytest.approx(ratio, rel=0.01)  # of the unrounded figures
+    assert set(noida["latency_ms"]) == {"p50", "p95", "p99"} and noida["read_latency_ms"]["p50"] > 0
+    assert set(kafka) == {"error"} and "make kafka" in kafka["error"]
+    assert kafka["error"].startswith(f"the Kafka engine's jars are not in {tmp_path}:")
+
+
+def test_engine_table_one_line_an_engine():
+    lat = {"p50": 300.0, "p95": 600.0, "p99": 800.0}
+
+    def ran(ips: float, ratio: float) -> dict:
+        return {"pipeline_ips": ips, "vs_tansu": ratio, "latency_ms": lat, "read_latency_ms": lat}
+
+    lines = engine_table(
+        {"tansu": ran(15, 1), "noida": ran(7.5, 0.5), "kafka": {"error": "no java"}}
+    )
+    assert lines[0].split()[:3] == ["engine", "records/s", "vs"]
+    assert (
+        lines[2].split()[:3] == ["noida", "7.50", "0.500"] and "300.0 / 600.0 / 800.0" in lines[2]
+    )
+    assert lines[3] == "kafka     not measured: no java"
 
 
 UPLOAD_KEYS = (
@@ -96,6 +132,9 @@ UPLOAD_KEYS = (
 )
 
 
+@pytest.mark.slow
+@pytest.mark.broker
+@pytest.mark.ray
 def test_bench_uploads_json_has_every_field(tmp_path):
     """--mix uploads on a tiny copy of the mix: 100 records go once through its 100 files, so
     the broken three end as dead letters (the wait counts them) and every byte is fetched.
