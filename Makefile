@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml requirements/constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev,deploy,decode]'
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e '.[dev,deploy,decode,provenance]'
 	touch $(STAMP)
 
 models: $(MODELS)
