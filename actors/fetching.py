@@ -1,6 +1,8 @@
-"""From a record's URL to the encoder's input: fetch (guarded), decode at the encoder's
-scale, preprocess with the head's test-time views. Runs in the workers' fetch threads;
-`dmguard score` and the benchmarks use `fetch_pixels` too, so all score the same pixels."""
+"""From a record's URL to the encoder's input: fetch (guarded), read what the bytes declare
+about their making (services.provenance), decode at the encoder's scale, preprocess with
+the head's test-time views. Runs in the workers' fetch threads; `dmguard score` uses
+`fetch_image` and the benchmarks `fetch_pixels`, so all score the same pixels, and serving
+and `dmguard score` report the same evidence and apply the same policy."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from services.config import WorkerSettings
 from services.errors import InputError
 from services.fetch import FetchPolicy, fetch_bytes
 from services.images import DEFAULT_MAX_PIXELS, decode
+from services.provenance import ProvenanceSettings, Report, read_provenance
 from services.records import ImageRecord, Source
 from training.model.encoders import Preprocess
 from training.model.views import view_pixels
@@ -36,10 +39,50 @@ class Job:
     pixels: np.ndarray | None = None
     error: InputError | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    provenance: Report | None = None  # what the bytes declare (services.provenance)
+    decided_by: str = "model"  # "provenance": a declared AI marker makes it "generated"
 
     @property
     def source(self) -> Source:
         return Source(self.tp.topic, self.tp.partition, self.offset)
+
+
+@dataclass
+class Fetched:
+    pixels: np.ndarray
+    timings: dict[str, float]  # stage -> seconds: fetch, provenance, decode
+    provenance: Report
+
+    @property
+    def decided_by(self) -> str:
+        """Who makes the verdict, under the policy of `services.provenance.decides`."""
+        return "provenance" if self.provenance.decisive is not None else "model"
+
+
+def fetch_image(
+    url: str,
+    policy: FetchPolicy,
+    preprocess: Preprocess,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    views: Sequence[str] = (),
+    provenance: ProvenanceSettings | None = None,
+) -> Fetched:
+    """Fetch (guarded), read the provenance markers from the fetched bytes (before decoding,
+    no second fetch), decode at the encoder's scale, preprocess with the head's test-time
+    `views` (training.model.views.view_pixels). Raises InputError with a dead-letter code;
+    reading the markers never raises. The worker and `dmguard score` share it."""
+    provenance = provenance or ProvenanceSettings()
+    t0 = time.perf_counter()
+    data = fetch_bytes(url, policy)
+    t1 = time.perf_counter()
+    report = read_provenance(data, provenance)
+    t2 = time.perf_counter()
+    image = decode(data, target_size=preprocess.image_size, max_pixels=max_pixels)
+    pixels = view_pixels(image, preprocess, views)
+    timings = {"fetch": t1 - t0, "decode": time.perf_counter() - t2}
+    if provenance.mode != "off":
+        timings["provenance"] = t2 - t1
+    return Fetched(pixels, timings, report)
 
 
 def fetch_pixels(
@@ -49,15 +92,16 @@ def fetch_pixels(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     views: Sequence[str] = (),
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Fetch (guarded), decode at the encoder's scale, preprocess with the head's test-time
-    `views` (training.model.views.view_pixels): (pixels, stage seconds). Raises InputError with a
-    dead-letter code. The worker and `dmguard score` share it."""
-    t0 = time.perf_counter()
-    data = fetch_bytes(url, policy)
-    t1 = time.perf_counter()
-    image = decode(data, target_size=preprocess.image_size, max_pixels=max_pixels)
-    pixels = view_pixels(image, preprocess, views)
-    return pixels, {"fetch": t1 - t0, "decode": time.perf_counter() - t1}
+    """`fetch_image` without provenance: (pixels, stage seconds), for the benchmarks and
+    tests that compare pixels only."""
+    got = fetch_image(url, policy, preprocess, max_pixels, views, ProvenanceSettings("off"))
+    return got.pixels, got.timings
+
+
+def provenance_settings(settings: WorkerSettings) -> ProvenanceSettings:
+    """The workers' provenance settings: `WorkerSettings.provenance` where the settings
+    have it, else the default (mode "on", no trust anchors)."""
+    return getattr(settings, "provenance", None) or ProvenanceSettings()
 
 
 def fetch_and_preprocess(
@@ -66,9 +110,16 @@ def fetch_and_preprocess(
     """Runs in a fetch thread. Never raises: failures land in `job.error`."""
     assert job.record is not None
     try:
-        job.pixels, job.timings = fetch_pixels(
-            job.record.url, settings.fetch, preprocess, settings.max_pixels, views
+        got = fetch_image(
+            job.record.url,
+            settings.fetch,
+            preprocess,
+            settings.max_pixels,
+            views,
+            provenance_settings(settings),
         )
+        job.pixels, job.timings, job.provenance = got.pixels, got.timings, got.provenance
+        job.decided_by = got.decided_by
     except InputError as exc:
         job.error = exc
     except Exception as exc:  # a bug or a library surprise: dead-letter it, keep going

@@ -46,6 +46,7 @@ Every such event counts in `dmguard_broker_errors_total{op}`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -92,6 +93,13 @@ LAG_INTERVAL_S = 2.0
 REGISTRY_RETRY_S = 30.0  # a head that failed to load is tried again after this long
 BROKER_TIMEOUT_S = 10.0  # longest a commit waits for the broker before giving up on it
 BROKER_RETRY_MAX_S = 5.0  # longest wait between two tries to reach a broker that is away
+
+
+def _evidence_json(job: Job) -> str | None:
+    """The feature log's `evidence` cell: the verdict's evidence as JSON, None when not read."""
+    if job.provenance is None or job.provenance.mode == "off":
+        return None
+    return json.dumps(job.provenance.evidence, ensure_ascii=False, separators=(",", ":"))
 
 
 def _ray_node_id() -> str | None:
@@ -402,10 +410,12 @@ class StreamWorker:
                 scores,
                 meta.version,
                 features=meta.features,
+                evidence=[_evidence_json(j) for j in scored],
             )
         # The head's abstain band and calibration (built once, when the head was loaded).
         verdicts, probabilities = self.detector.judge(scores)
         for i, (job, score) in enumerate(zip(scored, scores, strict=True)):
+            # A declared AI marker makes it "generated" whatever the score (services.provenance).
             verdict = Verdict.build(
                 job.record,
                 score=float(score),
@@ -413,9 +423,11 @@ class StreamWorker:
                 encoder=meta.encoder,
                 head_version=meta.version,
                 record_ts_ms=job.timestamp_ms,
-                verdict=verdicts[i],
+                verdict="generated" if job.decided_by == "provenance" else verdicts[i],
                 probability=probabilities[i],
                 uncertain_from=meta.uncertain_from,
+                evidence=job.provenance.evidence if job.provenance else (),
+                decided_by=job.decided_by,
             )
             try:
                 value = verdict.to_bytes()
@@ -430,7 +442,20 @@ class StreamWorker:
             self._send(self.settings.topics.verdicts, value, job.record.id, job)
             self.stats.inc("records", "verdict")
             self.stats.inc("verdicts", verdict.verdict)
+            self._count_provenance(job)
         self.stats.observe("stage_seconds", time.perf_counter() - t_produce, "produce")
+
+    def _count_provenance(self, job: Job) -> None:
+        """dmguard_provenance_total{kind,result}: each finding by its claim, an image with none
+        as kind="none", and the marker that decided a verdict once more as result="decided"."""
+        if job.provenance is None or job.provenance.mode == "off":
+            return
+        for finding in job.provenance.findings:
+            self.stats.inc("provenance", finding.kind, finding.claim)
+        if not job.provenance.findings:
+            self.stats.inc("provenance", "none", "none")
+        if job.provenance.decisive is not None:
+            self.stats.inc("provenance", job.provenance.decisive.kind, "decided")
 
     def _score(self, jobs: list[Job]) -> tuple[list[Job], np.ndarray, np.ndarray]:
         """Embed and score `jobs`: (the jobs scored, their embeddings, their scores).

@@ -29,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from services.errors import DEAD_LETTER_CODES
 from services.http import HttpServer, Response
 
-STAGES = ("fetch", "decode", "embed", "score", "produce")
+STAGES = ("fetch", "provenance", "decode", "embed", "score", "produce")
 OUTCOMES = ("verdict", "dead_letter")
 # Where a worker (or the driver's health check) found the broker away; see actors.stream.
 BROKER_OPS = (
@@ -136,6 +136,13 @@ class DriverMetrics:
         self.batch_size = Histogram(
             "dmguard_batch_size", "Images per model batch", buckets=BATCH_BUCKETS, registry=r
         )
+        self.provenance = PromCounter(
+            "dmguard_provenance_total",
+            "Provenance findings by kind and claim (services.provenance); kind=none for an "
+            "image with none, result=decided when a marker made the verdict",
+            ["kind", "result"],
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "dmguard_stage_seconds",
             "Seconds per pipeline stage (per image for fetch/decode, per batch otherwise)",
@@ -220,6 +227,7 @@ class DriverMetrics:
             "registry_errors": self.registry_errors,
             "isolated": self.isolated,
             "broker_errors": self.broker_errors,
+            "provenance": self.provenance,
             "idle_seconds": self.idle_seconds,
         }[name]
 

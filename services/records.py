@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -159,6 +160,9 @@ class Source:
 
 
 VERDICTS = ("real", "uncertain", "generated")
+# Who made the verdict: the model's score, or a declared AI marker in the file
+# (services.provenance, docs/provenance.md); the score is reported either way.
+DECIDERS = ("model", "provenance")
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,12 @@ class Verdict:
     head's abstain band [uncertain_from, threshold): send to human review) or
     "real". `probability` is the calibrated P(generated), null when the head has
     no calibration; `uncertain_from` is the band's lower edge, null when the head
-    has no band. Both are always written, null included."""
+    has no band. Both are always written, null included.
+
+    `evidence` lists what the file declares about its making (services.provenance:
+    each item's kind, claim, verified, after_end and detail), empty when nothing;
+    `decided_by` is "provenance" when a declared AI marker made the verdict
+    "generated" whatever the score, else "model". Both are always written."""
 
     id: str
     url: str
@@ -185,6 +194,8 @@ class Verdict:
     ts: str = field(default_factory=utc_now_iso)
     probability: float | None = None
     uncertain_from: float | None = None
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    decided_by: str = "model"
 
     @classmethod
     def build(
@@ -199,15 +210,19 @@ class Verdict:
         verdict: str | None = None,
         probability: float | None = None,
         uncertain_from: float | None = None,
+        evidence: Sequence[dict[str, Any]] = (),
+        decided_by: str = "model",
     ) -> Verdict:
         """`verdict`, `probability` and `uncertain_from` come from the worker, which
         applies the head's calibration and abstain band (training.model.calibration);
         without `verdict` the verdict is "generated" when score >= threshold, else
-        "real".
+        "real". `evidence` and `decided_by` come from the provenance policy
+        (services.provenance.decides).
 
         Raises:
             ValueError: a non-finite score, an unknown verdict, "uncertain" without
-                an `uncertain_from`, or a probability that is not finite in [0, 1].
+                an `uncertain_from`, a probability that is not finite in [0, 1], an
+                unknown `decided_by`, or "provenance" deciding anything but "generated".
         """
         if not math.isfinite(score):
             raise ValueError(f"score is not finite: {score}")
@@ -223,6 +238,10 @@ class Verdict:
             if not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
                 raise ValueError(f"probability must be finite in [0, 1], not {probability}")
             probability = round(probability, 6)
+        if decided_by not in DECIDERS:
+            raise ValueError(f"decided_by must be one of {', '.join(DECIDERS)}, not {decided_by!r}")
+        if decided_by == "provenance" and verdict != "generated":
+            raise ValueError("provenance decides only 'generated' verdicts")
         latency = 0.0 if record_ts_ms is None else max(0.0, time.time() * 1000 - record_ts_ms)
         return cls(
             id=record.id,
@@ -236,11 +255,14 @@ class Verdict:
             meta=record.meta,
             probability=probability,
             uncertain_from=None if uncertain_from is None else float(uncertain_from),
+            evidence=list(evidence),
+            decided_by=decided_by,
         )
 
     def to_bytes(self) -> bytes:
         """Strict JSON; `meta` only when the record had one, `probability` and
-        `uncertain_from` always (null when the head has none)."""
+        `uncertain_from` always (null when the head has none), `evidence` and
+        `decided_by` always."""
         d = asdict(self)
         if d["meta"] is None:
             del d["meta"]

@@ -147,7 +147,10 @@ def test_verdict_fields_and_clamping():
         "ts",
         "probability",
         "uncertain_from",
+        "evidence",
+        "decided_by",
     }
+    assert d["evidence"] == [] and d["decided_by"] == "model"  # written when nothing was found
     assert d["score"] == 1.0 and d["verdict"] == "generated" and d["head_version"] == "v3"
     assert d["probability"] is None and d["uncertain_from"] is None  # written, as null
     low = Verdict.build(
@@ -184,6 +187,8 @@ def test_verdict_with_calibration_and_abstain_band():
         (dict(probability=float("nan")), "probability"),
         (dict(probability=1.5), "probability"),
         (dict(probability=-0.1), "probability"),
+        (dict(decided_by="oracle"), "decided_by must be one of"),
+        (dict(verdict="real", decided_by="provenance"), "provenance decides only"),
     ]
     for kwargs, match in bad:
         with pytest.raises(ValueError, match=match):

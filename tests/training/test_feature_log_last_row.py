@@ -41,6 +41,7 @@ def write_part(root: Path, worker: str, name: str, rows: list[tuple[str, float, 
             "score": pa.array([0.5] * n, pa.float32()),
             "head_version": ["v1"] * n,
             "features": ["embedding"] * n,
+            "evidence": pa.array([None] * n, pa.string()),
         },
         schema=SCHEMA,
     )

@@ -1,10 +1,13 @@
 """The feature log: what the workers saw, so retraining never recomputes CLIP.
 
 Each worker appends one row per verdict — (id, url, ts, encoder, embedding,
-score, head_version, features) — to rolling Parquet files of its own.
+score, head_version, features, evidence) — to rolling Parquet files of its own.
 `embedding` holds what the head read (training.model.features: the final embedding,
 or transformer blocks' class tokens) and `features` says which; rows written
-before that column existed read as null, i.e. "embedding".
+before that column existed read as null, i.e. "embedding". `evidence` is the
+verdict's provenance evidence as JSON text (services.provenance; "[]" when the
+file declared nothing), null where provenance was off or for rows written before
+the column existed.
 
     ROOT/worker=<id>/part-<unix ms>-<uuid>.parquet
 
@@ -35,6 +38,7 @@ SCHEMA = pa.schema(
         ("score", pa.float32()),
         ("head_version", pa.string()),
         ("features", pa.string()),
+        ("evidence", pa.string()),  # JSON list; null: not read
     ]
 )
 
@@ -68,6 +72,7 @@ class FeatureLogWriter:
         head_version: str,
         *,
         features: str = "embedding",
+        evidence: list[str | None] | None = None,
     ) -> None:
         now = time.time()
         self._rows["id"] += ids
@@ -78,6 +83,7 @@ class FeatureLogWriter:
         self._rows["score"] += [float(s) for s in scores]
         self._rows["head_version"] += [head_version] * len(ids)
         self._rows["features"] += [features] * len(ids)
+        self._rows["evidence"] += evidence if evidence is not None else [None] * len(ids)
         self.flush_if_due()
 
     def flush_if_due(self) -> None:
