@@ -7,6 +7,7 @@ partition. Each of these records once stopped its partition or hung a fetch."""
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 
@@ -14,6 +15,7 @@ from services.config import KafkaSettings
 from services.kafka_io import make_producer
 from services.poll import WaitTimeout, wait_until
 from services.records import MAX_DEAD_LETTER_RECORD_BYTES
+from tests import markers
 from tests.e2e.harness import (
     TOPICS,
     OutputReader,
@@ -69,7 +71,38 @@ def hostile_records(server) -> tuple[list[bytes | None], dict[str, str]]:
     rec("crlf", "bad_url", url=ok + "\r\nX-Injected: 1")
     rec("slow-headers", "timeout", url=server.url("/slow-headers"))  # pinned a fetch thread
     rec("short-body", "fetch_failed", url=server.url("/short-body"))  # was accepted
+    # provenance markers, honest and hostile (services.provenance): each one verdict
+    for rid, data in marker_files().items():
+        server.routes[f"/{rid}"] = data
+        # Pillow refuses a PNG whose text inflates past 1 MB (provenance read it first, capped)
+        rec(
+            rid,
+            "decode_failed" if rid == "marker-ztxt-bomb" else "verdict",
+            url=server.url(f"/{rid}"),
+        )
     return values, expected
+
+
+def marker_files() -> dict[str, bytes]:
+    """Files carrying provenance markers; MARKER_DECIDED says which a marker decides."""
+    ztxt_bomb = zlib.compress(b"Steps: 1, Seed: 1 " + bytes(16 << 20), 9)
+    xml_bomb = b'<x:xmpmeta><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]><r a="&a;"/></x:xmpmeta>'
+    files = {
+        "marker-a1111": markers.a1111_png(),
+        "marker-composite": markers.image_with_xmp(
+            "JPEG", markers.xmp("compositeWithTrainedAlgorithmicMedia")
+        ),
+        "marker-camera": markers.camera_jpeg(),
+        "marker-after-end": markers.tiny_fake_text(encode(photo(96, 96), "PNG")),
+        "marker-ztxt-bomb": markers.png_with_raw_chunk(
+            encode(photo(96, 96), "PNG"), b"zTXt", b"parameters\x00\x00" + ztxt_bomb
+        ),
+        "marker-xml-bomb": markers.image_with_xmp("JPEG", xml_bomb),
+    }
+    return files
+
+
+MARKER_DECIDED = {"marker-a1111", "marker-composite"}
 
 
 def produce_raw(bootstrap: str, values: list[bytes | None], partition: int | None = None) -> None:
@@ -108,6 +141,15 @@ def test_hostile_records_get_one_output_each_and_the_workers_survive(
         wrong = {k[:60]: (want, got.get(k)) for k, want in expected.items() if got.get(k) != want}
         assert not wrong, f"(expected, got): {wrong}\n{service.tail()}"
         assert duplicates(out) == 0 and len(out.verdicts) + len(out.dead_letters) == len(values)
+        by_id = {v["id"]: v for v in out.verdicts}
+        for rid in set(marker_files()) - {"marker-ztxt-bomb"}:
+            v = by_id[rid]
+            decided = "provenance" if rid in MARKER_DECIDED else "model"
+            assert v["decided_by"] == decided, v
+            assert v["verdict"] == "generated" or rid not in MARKER_DECIDED, v
+        assert by_id["iri"]["evidence"] == [] and by_id["iri"]["decided_by"] == "model"
+        assert [e["claim"] for e in by_id["marker-camera"]["evidence"]] == ["capture"]
+        assert [e["claim"] for e in by_id["marker-xml-bomb"]["evidence"]] == ["unreadable"]
         big = next(d for d in out.dead_letters if d.get("record_bytes") == 1_000_000)
         assert big["record_truncated"] and len(big["record"]) == MAX_DEAD_LETTER_RECORD_BYTES
 
@@ -150,6 +192,9 @@ def test_hostile_records_get_one_output_each_and_the_workers_survive(
             len(values) - n_verdicts
         )
         assert m[("dmguard_registry_errors_total", ())] >= 1
+        decided = (("kind", "generator_parameters"), ("result", "decided"))
+        assert m[("dmguard_provenance_total", decided)] == 1
+        assert m[("dmguard_provenance_total", (("kind", "none"), ("result", "none")))] >= 1
         assert service.stop() == 0
     finally:
         if reader:
