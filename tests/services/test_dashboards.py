@@ -56,6 +56,7 @@ def test_dashboard_covers_the_design_metrics():
         "dmguard_consumer_lag",
         "dmguard_workers",
         "dmguard_model_info",
+        "dmguard_provenance_total",
     ):
         assert any(u == metric or u.startswith(metric + "_") for u in used), metric
 
