@@ -100,7 +100,9 @@ class AtLeastOnce:
                     "flush", f"outputs not acknowledged within {self.timeout_s}s"
                 ) from None
         if self._error is not None:
-            raise ClientsBroken("produce", f"the broker refused an output: {self._error}")
+            raise ClientsBroken(
+                "produce", f"the broker refused an output: {self._error}"
+            ) from self._error
         try:
             self.consumer.commit(_offsets(offsets))
         except KafkaError as exc:  # the records come back: duplicates allowed, never losses

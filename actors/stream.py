@@ -73,6 +73,7 @@ from actors.fetching import Job, fetch_and_preprocess
 from services.broker import kafka_answers
 from services.config import WorkerSettings
 from services.errors import BrokerError, InputError
+from services.kafka_diagnosis import authorization_problem
 from services.kafka_io import make_consumer, make_producer
 from services.metrics import WorkerStats
 from services.records import (
@@ -93,6 +94,7 @@ LAG_INTERVAL_S = 2.0
 REGISTRY_RETRY_S = 30.0  # a head that failed to load is tried again after this long
 BROKER_TIMEOUT_S = 10.0  # longest a commit waits for the broker before giving up on it
 BROKER_RETRY_MAX_S = 5.0  # longest wait between two tries to reach a broker that is away
+ACCESS_RETRY_S = 5.0  # wait between two tries after an ACL refusal (until someone grants it)
 
 
 def _evidence_json(job: Job) -> str | None:
@@ -128,6 +130,7 @@ class StreamWorker:
         self._running = False
         self._broker_connected = False
         self._fenced = False
+        self._last_refusal: str | None = None  # the ACL refusal last logged
         self.consumer = None
         self.delivery: AtLeastOnce | ExactlyOnce | None = None
         self.guard: CrashGuard | None = None
@@ -227,10 +230,14 @@ class StreamWorker:
                 return False
             except (KafkaError, ClientsBroken) as exc:
                 op = getattr(exc, "op", "client")
-                log.warning("broker trouble (%s: %s); going back to the last commit", op, exc)
+                refused = self._access_refused(exc)
+                if refused is None:
+                    log.warning("broker trouble (%s: %s); going back to the last commit", op, exc)
                 self.stats.inc("broker_errors", op)
                 self._drop_uncommitted()
                 self._close()
+                if refused is not None and stop.wait(ACCESS_RETRY_S):
+                    return False
                 if not self._connect(stop):
                     return False
 
@@ -278,6 +285,22 @@ class StreamWorker:
                 next_lag = now + LAG_INTERVAL_S
 
     # ---------------------------------------------------------- the broker
+    def _access_refused(self, exc: BaseException) -> str | None:
+        """The grant an ACL refusal asks for, logged once per refusal (it repeats at every
+        retry until someone grants it); None for any other broker trouble."""
+        cause = exc.__cause__ if isinstance(exc, ClientsBroken) else exc
+        operation = "Write" if isinstance(exc, ClientsBroken) else "Read"
+        refused = authorization_problem(cause, self.settings.kafka, operation)
+        if refused is not None and refused != self._last_refusal:
+            log.error(
+                "worker %s: %s; retrying every %ss, nothing is committed meanwhile",
+                self.worker_id,
+                refused,
+                ACCESS_RETRY_S,
+            )
+        self._last_refusal = refused
+        return refused
+
     def _connect(self, stop: threading.Event) -> bool:
         """Wait until the broker answers, then open the consumer and the delivery, with
         every assigned partition at its committed offset; False if `stop` came first."""

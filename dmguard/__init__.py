@@ -15,7 +15,7 @@ import sys
 import traceback
 
 from dmguard import bench, broker, data, demo, heads, score, serve, soak, stream_io, topics, train
-from services.errors import BrokerError, DmguardError
+from services.errors import BrokerError, DmguardError, KafkaAccessError
 
 # In `dmguard --help` order.
 COMMAND_MODULES = (broker, topics, serve, stream_io, score, heads, bench, soak, train, data, demo)
@@ -58,7 +58,9 @@ def describe_failure(exc: BaseException, args: argparse.Namespace) -> str | None
     from kafka.errors import KafkaError
 
     bootstrap = getattr(args, "bootstrap", None) or "the bootstrap servers"
-    if isinstance(exc, (BrokerError, KafkaError)) and _broker_unreachable(exc):
+    if isinstance(exc, KafkaAccessError):  # the broker is there and said why it refuses
+        message = str(exc)
+    elif isinstance(exc, (BrokerError, KafkaError)) and _broker_unreachable(exc):
         message = (
             f"no Kafka broker answers at {bootstrap}; start one with `dmguard broker` "
             "or set --bootstrap/DMGUARD_BOOTSTRAP (-v shows the Kafka client's log)"

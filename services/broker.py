@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import IO
 
 from services.errors import BrokerError, ConfigError
+from services.kafka_security import KafkaSecurity
 from services.poll import WaitTimeout, wait_until
 
 
@@ -308,6 +309,7 @@ class KafkaBroker(EmbeddedBroker):
         startup_timeout_s: float = 120.0,
         heap_mb: int = KAFKA_HEAP_MB,
         jvm_options: Sequence[str] = KAFKA_JVM_OPTIONS,
+        security: KafkaSecurity | None = None,
     ) -> None:
         super().__init__(host, port, startup_timeout_s=startup_timeout_s)
         self.data_dir = Path(data_dir) if data_dir is not None else None
@@ -315,6 +317,7 @@ class KafkaBroker(EmbeddedBroker):
         self.java = Path(java) if java is not None else None
         self.heap_mb = heap_mb
         self.jvm_options = tuple(jvm_options)
+        self.security = security  # None: one PLAINTEXT listener, anyone may do anything
         self.controller_port: int | None = None
         self.folder: Path | None = None  # data_dir, or the temporary folder, once started
         self._temporary: Path | None = None
@@ -348,13 +351,14 @@ class KafkaBroker(EmbeddedBroker):
         assert self.controller_port is not None
         advertised = self.host if self.host not in ("0.0.0.0", "::", "") else socket.getfqdn()
         controller = f"127.0.0.1:{self.controller_port}"
-        return {
+        protocol = "PLAINTEXT" if self.security is None else "SASL_SSL"
+        props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@{controller}",
             "controller.listener.names": "CONTROLLER",
-            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{controller}",
-            "advertised.listeners": f"PLAINTEXT://{advertised}:{self.port}",
+            "listeners": f"{protocol}://{self.host}:{self.port},CONTROLLER://{controller}",
+            "advertised.listeners": f"{protocol}://{advertised}:{self.port}",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(folder / "data"),
@@ -373,6 +377,7 @@ class KafkaBroker(EmbeddedBroker):
             "background.threads": "4",
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
         }
+        return props if self.security is None else {**props, **self.security.properties()}
 
     def command(self) -> list[str]:
         self._check_jars()
@@ -416,6 +421,7 @@ class KafkaBroker(EmbeddedBroker):
             kafka_cluster_id(),
             "-c",
             str(props),
+            *(self.security.format_arguments() if self.security else []),
         ]
         try:
             done = subprocess.run(cmd, capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
@@ -432,6 +438,21 @@ class KafkaBroker(EmbeddedBroker):
             self.stop()  # removes the temporary folder of a start that failed before Popen
             raise
         return self
+
+    def client_settings(self) -> dict[str, str]:
+        """kafka-python settings that reach this broker: none on PLAINTEXT, else a super
+        user's SASL_SSL login."""
+        if self.security is None:
+            return {}
+        return self.security.client_settings(self.security.broker_user)
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            return super()._answers()  # raises, saying how it exited
+        return _port_open(self.host, self.port) and kafka_answers(
+            self.bootstrap, **self.client_settings()
+        )
 
     def _stderr(self) -> IO[bytes]:
         assert self.folder is not None

@@ -15,6 +15,11 @@ class BrokerError(DmguardError):
     """The embedded broker could not be found, started or reached."""
 
 
+class KafkaAccessError(BrokerError):
+    """The broker is there but refuses this client: TLS trust, login or an ACL. Retrying
+    does not help until a setting or a grant changes; the message says which."""
+
+
 class InputError(DmguardError):
     """One input record cannot be turned into a verdict.
 

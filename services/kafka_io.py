@@ -9,11 +9,17 @@ from collections.abc import Iterable, Iterator
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.errors import (
+    AuthorizationError,
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from services.config import KafkaSettings, Topics
-from services.errors import BrokerError
+from services.errors import BrokerError, KafkaAccessError
+from services.kafka_diagnosis import access_problem, authorization_problem
 from services.poll import wait_until
 
 log = logging.getLogger(__name__)
@@ -23,6 +29,15 @@ MAX_REQUEST_SIZE = 1 << 20  # kafka-python's default, stated: outputs are built 
 # kafka-python backs off reconnecting up to 30 s by default: after a broker outage the
 # clients would sit idle that long after it came back. 1 s finds it again at once.
 RECONNECT_BACKOFF_MAX_MS = 1000
+
+
+def cannot_connect(kafka: KafkaSettings) -> BrokerError:
+    """The error for a client that could not start: KafkaAccessError saying why when the
+    broker is there but refuses it (services.kafka_diagnosis), else BrokerError."""
+    problem = access_problem(kafka)
+    if problem is not None:
+        return KafkaAccessError(problem)
+    return BrokerError(f"no Kafka broker answers at {kafka.bootstrap_servers}")
 
 
 def make_producer(kafka: KafkaSettings, **overrides) -> KafkaProducer:
@@ -40,7 +55,7 @@ def make_producer(kafka: KafkaSettings, **overrides) -> KafkaProducer:
     try:
         return KafkaProducer(**cfg)
     except KafkaError as exc:
-        raise BrokerError(f"no Kafka broker answers at {kafka.bootstrap_servers}") from exc
+        raise cannot_connect(kafka) from exc
 
 
 def make_consumer(kafka: KafkaSettings, *, group: bool = True, **overrides) -> KafkaConsumer:
@@ -61,7 +76,7 @@ def make_consumer(kafka: KafkaSettings, *, group: bool = True, **overrides) -> K
     try:
         return KafkaConsumer(**cfg)
     except KafkaError as exc:
-        raise BrokerError(f"no Kafka broker answers at {kafka.bootstrap_servers}") from exc
+        raise cannot_connect(kafka) from exc
 
 
 def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
@@ -107,13 +122,18 @@ def make_admin(kafka: KafkaSettings) -> KafkaAdminClient:
     try:
         return KafkaAdminClient(**kafka.common())
     except KafkaError as exc:
-        raise BrokerError(f"no Kafka broker answers at {kafka.bootstrap_servers}") from exc
+        raise cannot_connect(kafka) from exc
 
 
 def ensure_topics(
     kafka: KafkaSettings, topics: Topics, *, partitions: int = 4, replication: int = 1
 ) -> list[str]:
-    """Create the four topics where missing; returns the names created (idempotent)."""
+    """Create the four topics where missing; returns the names created (idempotent).
+    The first thing `serve` and `topics` do: a client the broker refuses (TLS, login) ends
+    here in a few seconds with KafkaAccessError, not after kafka-python's 30 s bootstrap."""
+    problem = access_problem(kafka) if kafka.client_extra else None
+    if problem is not None:
+        raise KafkaAccessError(problem)
     admin = make_admin(kafka)
     try:
         existing = set(admin.list_topics())
@@ -127,6 +147,16 @@ def ensure_topics(
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
+            except AuthorizationError as exc:  # not visible to this user, and not its to create
+                needs = {
+                    topics.images: "Read",
+                    topics.verdicts: "Write",
+                    topics.dead_letter: "Write",
+                }
+                problem = authorization_problem(exc, kafka, needs.get(name, "Describe"), name)
+                raise KafkaAccessError(
+                    f"{problem} (a topic that does not exist yet needs an admin: `dmguard topics`)"
+                ) from exc
         _wait_for_metadata(admin, topics.all())
         return created
     except KafkaError as exc:
