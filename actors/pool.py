@@ -31,6 +31,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from actors.worker import DetectorWorker
 from services.config import ServeSettings, WorkerSettings
+from services.errors import DmguardError
 from services.kafka_io import partition_count
 from services.metrics import DriverMetrics
 from training.errors import DeviceError
@@ -64,6 +65,10 @@ def worker_threads(cpus: float) -> int:
     return max(1, math.floor(cpus))
 
 
+class WorkersNotReady(DmguardError):
+    """The workers did not come up in time; the message says what to check."""
+
+
 class WorkerPool:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
@@ -76,7 +81,7 @@ class WorkerPool:
         self._remote: Any = None
         self._worker_settings: WorkerSettings | None = None
 
-    def start(self, workers: int | None = None, *, ready_timeout_s: float = 120.0) -> None:
+    def start(self, workers: int | None = None) -> None:
         """Start `workers` actors (default `settings.workers`, at most one per input
         partition) and give each its share of the partitions."""
         cluster = ray.cluster_resources()
@@ -109,7 +114,14 @@ class WorkerPool:
         self._remote = ray.remote(DetectorWorker).options(
             **resources, max_restarts=-1, max_task_retries=0, max_concurrency=4
         )
-        self.actors = self._new_actors(0, wanted, ready_timeout_s)
+        try:
+            self.actors = self._new_actors(0, wanted, self.settings.worker_start_timeout_s)
+        except GetTimeoutError:
+            raise WorkersNotReady(
+                f"the {wanted} workers did not all start and load their model within "
+                f"{self.settings.worker_start_timeout_s:g} s (--worker-start-timeout): on a "
+                "cluster, is there a node with room for them, and has it pulled its image?"
+            ) from None
         self.shares = split_partitions(self.partitions, wanted)
         ray.get([a.assign.remote(s) for a, s in zip(self.actors, self.shares, strict=True)])
 
@@ -144,7 +156,8 @@ class WorkerPool:
         if workers == len(self.actors):
             return workers
         try:
-            grown = self._new_actors(len(self.actors), max(0, workers - len(self.actors)), 120.0)
+            more = max(0, workers - len(self.actors))
+            grown = self._new_actors(len(self.actors), more, self.settings.worker_start_timeout_s)
         except GetTimeoutError:  # no room in the cluster (yet): stay as we are
             log.warning(
                 "no room in the Ray cluster for %d workers; staying at %d",

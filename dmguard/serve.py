@@ -93,6 +93,15 @@ def _pool_args(sp: argparse.ArgumentParser) -> None:
         "the workers on the nodes started with `ray start --resources` offering them",
     )
     g.add_argument(
+        "--worker-start-timeout",
+        dest="worker_start_timeout_s",
+        type=float,
+        default=ServeSettings.worker_start_timeout_s,
+        metavar="SECONDS",
+        help="how long a new worker may take to start and load its model (a new node and "
+        "its image pull included) before serve gives up on it (default %(default)s)",
+    )
+    g.add_argument(
         "--metrics-port",
         type=int,
         default=ServeSettings.metrics_port,

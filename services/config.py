@@ -102,6 +102,9 @@ class ServeSettings:
     # Ray custom resources each worker reserves, e.g. {"detector": 1} to keep the workers
     # on the nodes that offer it (`ray start --resources`).
     worker_resources: dict[str, float] = field(default_factory=dict)
+    # How long a new worker may take to come up and load its model: on a cluster that
+    # means a new node joining and pulling a CUDA image, minutes rather than seconds.
+    worker_start_timeout_s: float = 300.0
     # `--workers auto`: grow and shrink between these with the stream (actors.scaling);
     # max_workers 0: one per input partition.
     autoscale: bool = False
