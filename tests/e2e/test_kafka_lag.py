@@ -1,7 +1,8 @@
 """`dmguard_consumer_lag` on Apache Kafka (`make kafka`): under a real backlog it agrees
 with Kafka's own figure, the partitions' end offsets minus the group's committed
-offsets, read with Kafka's admin API, and both come back to 0 after the stream. (The
-autoscaler reads this lag; on the in-memory Tansu it undercounts: docs/delivery.md.)"""
+offsets, read with Kafka's admin API, and both come back to 0 after the stream; and
+`serve --workers auto`, which reads that lag, grows the pool while the backlog lasts.
+(On the in-memory Tansu the lag undercounts: docs/delivery.md.)"""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def metric_lag(service: Service) -> float:
     return sum(v for (name, _), v in service.metrics().items() if name == "dmguard_consumer_lag")
 
 
-def test_consumer_lag_matches_kafkas_own_under_a_backlog_and_returns_to_zero(
+def test_lag_matches_kafkas_own_and_the_pool_grows_under_a_backlog(
     kafka_broker, image_server, tiny_registry, tmp_path
 ):
     kafka = kafka_broker
@@ -48,6 +49,13 @@ def test_consumer_lag_matches_kafkas_own_under_a_backlog_and_returns_to_zero(
         "1",
         "--max-batch",
         "4",
+        "--max-workers",
+        "2",
+        "--scale-window",
+        "6",
+        "--scale-cooldown",
+        "8",
+        workers="auto",
     )
     try:
         service.wait_ready(timeout=180)
@@ -65,6 +73,10 @@ def test_consumer_lag_matches_kafkas_own_under_a_backlog_and_returns_to_zero(
         for ours, theirs in pairs:
             assert theirs > 0 and abs(ours - theirs) <= 30, pairs
         assert pairs[0][0] > 0.5 * n, pairs  # the whole backlog, not an undercount
+        wait_until(
+            lambda: len(service.worker_pids()), 60, what="a second worker", done=lambda n: n == 2
+        )
+        assert kafka_lag(kafka.bootstrap) > 0, "the pool should grow while the backlog lasts"
         wait_until(
             lambda: kafka_lag(kafka.bootstrap), 180, what="Kafka's lag to 0", done=lambda v: v == 0
         )
