@@ -98,12 +98,6 @@ def fetch_pixels(
     return got.pixels, got.timings
 
 
-def provenance_settings(settings: WorkerSettings) -> ProvenanceSettings:
-    """The workers' provenance settings: `WorkerSettings.provenance` where the settings
-    have it, else the default (mode "on", no trust anchors)."""
-    return getattr(settings, "provenance", None) or ProvenanceSettings()
-
-
 def fetch_and_preprocess(
     job: Job, settings: WorkerSettings, preprocess: Preprocess, views: Sequence[str] = ()
 ) -> Job:
@@ -116,7 +110,7 @@ def fetch_and_preprocess(
             preprocess,
             settings.max_pixels,
             views,
-            provenance_settings(settings),
+            settings.provenance,
         )
         job.pixels, job.timings, job.provenance = got.pixels, got.timings, got.provenance
         job.decided_by = got.decided_by

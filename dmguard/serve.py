@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from actors.supervisor import run_service
 from dmguard.common import DEVICES, kafka_args, registry_arg
@@ -18,6 +19,7 @@ from services.config import (
 )
 from services.fetch import DEFAULT_MAX_BYTES, FetchPolicy
 from services.images import DEFAULT_MAX_PIXELS
+from services.provenance import MODES, ProvenanceSettings
 
 
 # -------------------------------------------------------------------- the command
@@ -189,6 +191,22 @@ def _worker_args(sp: argparse.ArgumentParser) -> None:
         "REGISTRY/worker-state)",
     )
     g.add_argument(
+        "--provenance",
+        choices=MODES,
+        default=ProvenanceSettings.mode,
+        help="markers in the file (C2PA, IPTC source type, generator metadata): on = a "
+        "declared AI marker makes the verdict 'generated'; evidence = report only; off = "
+        "not read (default %(default)s; docs/provenance.md)",
+    )
+    g.add_argument(
+        "--c2pa-trust-anchors",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="certificate authorities whose C2PA signers count as verified (a PEM bundle; "
+        "default: none, so no manifest is verified)",
+    )
+    g.add_argument(
         "--exactly-once",
         action="store_true",
         help="each worker commits its outputs and the offsets they answer in one Kafka "
@@ -199,7 +217,16 @@ def _worker_args(sp: argparse.ArgumentParser) -> None:
 
 # What the parser holds besides serve's settings; every other dest is a keyword of
 # services.config.serve_settings (which refuses an unknown one).
-_NOT_SETTINGS = {"func", "command", "verbose", "debug", "no_feature_log", "worker_resources"}
+_NOT_SETTINGS = {
+    "func",
+    "command",
+    "verbose",
+    "debug",
+    "no_feature_log",
+    "worker_resources",
+    "provenance",
+    "c2pa_trust_anchors",
+}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -210,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
         flags["feature_log"] = None
     if args.worker_resources is not None:
         flags["worker_resources"] = args.worker_resources
+    anchors = args.c2pa_trust_anchors.read_text() if args.c2pa_trust_anchors else None
+    flags["provenance"] = ProvenanceSettings(mode=args.provenance, trust_anchors=anchors)
     return run_service(serve_settings(**flags))
 
 

@@ -24,6 +24,7 @@ from typing import Any
 from services.errors import ConfigError
 from services.fetch import DEFAULT_MAX_BYTES, FetchPolicy
 from services.images import DEFAULT_MAX_PIXELS
+from services.provenance import ProvenanceSettings
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_REGISTRY = "./registry"
@@ -87,6 +88,8 @@ class WorkerSettings:
     feature_log: str | None = None  # folder or URI for (id, embedding, score, head) rows; None: off
     state_dir: str | None = None  # crash-loop breaker state; None: <registry>/worker-state
     exactly_once: bool = False  # transactional outputs + offsets (actors.delivery)
+    # What the fetched file declares (C2PA, XMP, generator metadata): docs/provenance.md
+    provenance: ProvenanceSettings = field(default_factory=ProvenanceSettings)
 
     @property
     def in_flight_cap(self) -> int:

@@ -358,10 +358,12 @@ def _settings_of_serve(monkeypatch, *flags: str):
     return seen[0]
 
 
-def test_serve_reads_every_flag_into_its_setting(monkeypatch):
+def test_serve_reads_every_flag_into_its_setting(monkeypatch, tmp_path):
     from services.config import FetchPolicy, KafkaSettings, ServeSettings, WorkerSettings
 
     monkeypatch.delenv("DMGUARD_FEATURE_LOG", raising=False)
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_text("-----BEGIN CERTIFICATE-----\n")
     s = _settings_of_serve(
         monkeypatch,
         "--bootstrap",
@@ -409,6 +411,12 @@ def test_serve_reads_every_flag_into_its_setting(monkeypatch):
         "--state-dir",
         "st",
         "--exactly-once",
+        "--worker-start-timeout",
+        "42",
+        "--provenance",
+        "evidence",
+        "--c2pa-trust-anchors",
+        str(anchors),
     )
     w = s.worker
     assert (w.kafka.bootstrap_servers, w.kafka.group_id, w.registry) == ("k:1", "g", "reg")
@@ -417,6 +425,8 @@ def test_serve_reads_every_flag_into_its_setting(monkeypatch):
     assert (s.gpus_per_worker, s.worker_resources) == (0.25, {"detector": 1.0})
     assert (w.max_batch, w.max_wait_ms, w.fetch_threads, w.max_pixels) == (5, 11, 2, 888)
     assert (w.device, w.feature_log, w.state_dir, w.exactly_once) == ("cpu", "fl", "st", True)
+    assert s.worker_start_timeout_s == 42
+    assert (w.provenance.mode, w.provenance.trust_anchors) == ("evidence", anchors.read_text())
     f = w.fetch
     assert (f.allow_private, f.allowed_networks, f.allow_file) == (True, ("10.0.0.0/8",), True)
     assert (f.max_bytes, f.total_timeout_s) == (999, 3)
@@ -432,9 +442,10 @@ def test_serve_reads_every_flag_into_its_setting(monkeypatch):
         "scale_window_s",
         "scale_cooldown_s",
         "worker_resources",
+        "worker_start_timeout_s",
     ):
         assert getattr(d, name) == getattr(ServeSettings(), name), name
-    for name in ("max_batch", "max_wait_ms", "fetch_threads", "max_pixels", "device"):
+    for name in ("max_batch", "max_wait_ms", "fetch_threads", "max_pixels", "device", "provenance"):
         assert getattr(d.worker, name) == getattr(WorkerSettings(), name), name
     assert d.worker.kafka.group_id == KafkaSettings().group_id
 
