@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import struct
-import subprocess
 import zlib
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from tests.certificates import certificate_authority, issue
 from tests.images import _png_chunk, encode, photo
 
 IPTC = "http://cv.iptc.org/newscodes/digitalsourcetype/"
@@ -142,49 +141,20 @@ def png_with_raw_chunk(png: bytes, ctype: bytes, payload: bytes, *, length: int 
 
 
 # ---------------------------------------------------------------- C2PA
-def openssl_available() -> bool:
-    return shutil.which("openssl") is not None
-
-
 def make_ca(folder: Path, name: str) -> dict[str, Path]:
     """A certificate authority and a signing certificate it issued (ES256), with the
     extensions C2PA asks of a signer. Returns the paths: ca, chain (leaf + CA), key."""
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key")
-    run(
-        "req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", "3650",
-        "-subj", f"/CN={name} CA/O={name}", "-out", "ca.pem",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-addext", "subjectKeyIdentifier=hash",
-    )  # fmt: skip
-    run("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "leaf.ec")
-    run("pkcs8", "-topk8", "-nocrypt", "-in", "leaf.ec", "-out", "leaf.key")
-    run(
-        "req",
-        "-new",
-        "-key",
-        "leaf.key",
-        "-subj",
+    ca = certificate_authority(folder, name)
+    leaf, key = issue(
+        folder,
+        "leaf",
         f"/CN={name} signer/O={name}",
-        "-out",
-        "leaf.csr",
-    )
-    (folder / "ext.cnf").write_text(
         "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
-        "extendedKeyUsage=emailProtection\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+        "extendedKeyUsage=emailProtection\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
     )
-    run(
-        "x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "3650", "-sha256", "-extfile", "ext.cnf", "-out", "leaf.pem",
-    )  # fmt: skip
     chain = folder / "chain.pem"
-    chain.write_bytes((folder / "leaf.pem").read_bytes() + (folder / "ca.pem").read_bytes())
-    return {"ca": folder / "ca.pem", "chain": chain, "key": folder / "leaf.key"}
+    chain.write_bytes(leaf.read_bytes() + ca.read_bytes())
+    return {"ca": ca, "chain": chain, "key": key}
 
 
 def c2pa_signed(

@@ -22,6 +22,7 @@ from services.config import KafkaSettings, Topics
 from services.kafka_io import ensure_topics
 from services.kafka_security import KafkaSecurity
 from services.poll import wait_until
+from tests.certificates import certificate_authority, issue
 from tests.e2e.harness import Service, counter, good_stream
 
 pytestmark = [pytest.mark.slow, pytest.mark.broker, pytest.mark.ray]
@@ -30,44 +31,14 @@ TOPICS = Topics()
 USER, PASSWORD = "dmguard", "dmguard-secret"
 
 
-def openssl(command: str, **paths: Path) -> None:
-    """`openssl` with `command`'s {placeholders} filled in by `paths` (each one argument)."""
-    args = [a.format(**{k: str(v) for k, v in paths.items()}) for a in command.split()]
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-def certificate_authority(folder: Path, name: str) -> tuple[Path, Path]:
-    """A self-signed CA: (its key, its certificate)."""
-    key, cert = folder / f"{name}.key", folder / f"{name}.pem"
-    openssl(
-        f"req -x509 -newkey rsa:2048 -nodes -days 2 -keyout {{key}} -out {{cert}} -subj /CN={name}",
-        key=key,
-        cert=cert,
+def broker_keystore(folder: Path) -> Path:
+    """The broker's PEM keystore: its unencrypted PKCS#8 key, then its certificate (issued
+    by the CA in `folder`, valid for 127.0.0.1 and localhost) and the CA's."""
+    cert, key = issue(
+        folder, "broker", "/CN=localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
     )
-    return key, cert
-
-
-def broker_keystore(folder: Path, ca_key: Path, ca_cert: Path) -> Path:
-    """The broker's PEM keystore: an unencrypted PKCS#8 key, then its certificate (signed by
-    the CA, valid for 127.0.0.1 and localhost) and the CA's."""
-    key, csr, cert, pk8 = (folder / f"broker.{s}" for s in ("key", "csr", "pem", "pk8"))
-    san = folder / "san.cnf"
-    san.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    openssl(
-        "req -newkey rsa:2048 -nodes -keyout {key} -out {csr} -subj /CN=localhost", key=key, csr=csr
-    )
-    openssl(
-        "x509 -req -in {csr} -CA {ca} -CAkey {ca_key} -CAcreateserial -days 2 -out {cert} "
-        "-extfile {san}",
-        csr=csr,
-        ca=ca_cert,
-        ca_key=ca_key,
-        cert=cert,
-        san=san,
-    )
-    openssl("pkcs8 -topk8 -nocrypt -in {key} -out {pk8}", key=key, pk8=pk8)
     keystore = folder / "keystore.pem"
-    keystore.write_text("".join(p.read_text() for p in (pk8, cert, ca_cert)))
+    keystore.write_text("".join(p.read_text() for p in (key, cert, folder / "ca.pem")))
     return keystore
 
 
@@ -79,11 +50,11 @@ def secured_kafka(tmp_path_factory):
 
     require_kafka_jars()
     folder = tmp_path_factory.mktemp("secured-kafka")
-    ca_key, ca_cert = certificate_authority(folder, "dmguard-test-ca")
-    _, stranger = certificate_authority(folder, "another-ca")
+    ca = certificate_authority(folder / "ca", "dmguard test")
+    stranger = certificate_authority(folder / "stranger", "nobody we know")
     security = KafkaSecurity(
-        keystore=broker_keystore(folder, ca_key, ca_cert),
-        truststore=ca_cert,
+        keystore=broker_keystore(folder / "ca"),
+        truststore=ca,
         users={"admin": "admin-secret", USER: PASSWORD},
         super_users=("admin",),
     )
