@@ -265,7 +265,7 @@ def engine_table(engines: dict) -> list[str]:
     """The "engines" figures as a table, one line an engine."""
 
     def row(engine: str, ips: str, ratio: str, latency: str, read: str) -> str:
-        return f"{engine:<8}{ips:>10}{ratio:>10}  {latency:<24}{read}"
+        return f"{engine:<8}{ips:>10}{ratio:>10}  {latency:<26}{read}"
 
     lines = [row("engine", "records/s", "vs tansu", "latency p50/p95/p99 ms", "read p50/p99 ms")]
     for engine, e in engines.items():
