@@ -6,14 +6,16 @@ and `dmguard score` report the same evidence and apply the same policy."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from kafka.structs import TopicPartition
 
+from actors.repeats import Cached, FeatureCache
 from services.config import WorkerSettings
 from services.errors import InputError
 from services.fetch import FetchPolicy, fetch_bytes
@@ -41,6 +43,12 @@ class Job:
     timings: dict[str, float] = field(default_factory=dict)
     provenance: Report | None = None  # what the bytes declare (services.provenance)
     decided_by: str = "model"  # "provenance": a declared AI marker makes it "generated"
+    digest: bytes = b""  # SHA-256 of the fetched bytes
+    size: int = 0  # how many bytes were fetched
+    # From the feature cache instead of `pixels`: the encoder's output for these bytes,
+    # found under `signature` (the encoder's, `Detector.signature`, when it was fetched).
+    cached: Cached | None = None
+    signature: Hashable = None
 
     @property
     def source(self) -> Source:
@@ -49,9 +57,12 @@ class Job:
 
 @dataclass
 class Fetched:
-    pixels: np.ndarray
+    pixels: np.ndarray | None  # None when `cached` holds the encoder's output instead
     timings: dict[str, float]  # stage -> seconds: fetch, provenance, decode
     provenance: Report
+    digest: bytes = b""
+    size: int = 0
+    cached: Cached | None = None
 
     @property
     def decided_by(self) -> str:
@@ -66,23 +77,32 @@ def fetch_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     views: Sequence[str] = (),
     provenance: ProvenanceSettings | None = None,
+    cache: FeatureCache | None = None,
+    signature: Hashable = None,
 ) -> Fetched:
     """Fetch (guarded), read the provenance markers from the fetched bytes (before decoding,
     no second fetch), decode at the encoder's scale, preprocess with the head's test-time
     `views` (training.model.views.view_pixels). Raises InputError with a dead-letter code;
-    reading the markers never raises. The worker and `dmguard score` share it."""
+    reading the markers never raises. The worker and `dmguard score` share it. With a
+    `cache` that holds these bytes' features under `signature`, nothing is decoded: the
+    result carries them in `cached` instead of pixels."""
     provenance = provenance or ProvenanceSettings()
     t0 = time.perf_counter()
     data = fetch_bytes(url, policy)
     t1 = time.perf_counter()
     report = read_provenance(data, provenance)
     t2 = time.perf_counter()
-    image = decode(data, target_size=preprocess.image_size, max_pixels=max_pixels)
-    pixels = view_pixels(image, preprocess, views)
-    timings = {"fetch": t1 - t0, "decode": time.perf_counter() - t2}
+    timings = {"fetch": t1 - t0}
     if provenance.mode != "off":
         timings["provenance"] = t2 - t1
-    return Fetched(pixels, timings, report)
+    digest = hashlib.sha256(data).digest() if cache is not None else b""
+    hit = cache.get(signature, digest) if cache is not None else None
+    if hit is not None:
+        return Fetched(None, timings, report, digest, len(data), hit)
+    image = decode(data, target_size=preprocess.image_size, max_pixels=max_pixels)
+    pixels = view_pixels(image, preprocess, views)
+    timings["decode"] = time.perf_counter() - t2
+    return Fetched(pixels, timings, report, digest, len(data))
 
 
 def fetch_pixels(
@@ -99,7 +119,12 @@ def fetch_pixels(
 
 
 def fetch_and_preprocess(
-    job: Job, settings: WorkerSettings, preprocess: Preprocess, views: Sequence[str] = ()
+    job: Job,
+    settings: WorkerSettings,
+    preprocess: Preprocess,
+    views: Sequence[str] = (),
+    cache: FeatureCache | None = None,
+    signature: Hashable = None,
 ) -> Job:
     """Runs in a fetch thread. Never raises: failures land in `job.error`."""
     assert job.record is not None
@@ -111,9 +136,12 @@ def fetch_and_preprocess(
             settings.max_pixels,
             views,
             settings.provenance,
+            cache,
+            signature,
         )
         job.pixels, job.timings, job.provenance = got.pixels, got.timings, got.provenance
-        job.decided_by = got.decided_by
+        job.decided_by, job.digest, job.size = got.decided_by, got.digest, got.size
+        job.cached, job.signature = got.cached, signature
     except InputError as exc:
         job.error = exc
     except Exception as exc:  # a bug or a library surprise: dead-letter it, keep going

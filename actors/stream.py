@@ -70,6 +70,7 @@ from actors.delivery import (
     transactional_id,
 )
 from actors.fetching import Job, fetch_and_preprocess
+from actors.repeats import Cached, FeatureCache, SharedFetches
 from services.broker import kafka_answers
 from services.config import WorkerSettings
 from services.errors import BrokerError, InputError
@@ -131,6 +132,10 @@ class StreamWorker:
         self._broker_connected = False
         self._fenced = False
         self._last_refusal: str | None = None  # the ACL refusal last logged
+        # Repeated uploads (actors.repeats): features by content hash, and shared fetches.
+        mb = settings.cache_mb
+        self.cache = FeatureCache(int(mb * 1024 * 1024)) if mb > 0 else None
+        self._shared = SharedFetches()
         self.consumer = None
         self.delivery: AtLeastOnce | ExactlyOnce | None = None
         self.guard: CrashGuard | None = None
@@ -344,8 +349,7 @@ class StreamWorker:
         """Forget every record since the last commit (the next consumer reads them again):
         wait for the fetches in flight, drop them and the open batch."""
         while self._in_flight > 0:
-            self._done.get()
-            self._in_flight -= 1
+            self._in_flight -= 1 + len(self._shared.finished(self._done.get()))
         self._batcher = Batcher(self.settings.max_batch, self.settings.max_wait_ms / 1000)
         with self._lock:
             self._broker_connected = False
@@ -383,12 +387,16 @@ class StreamWorker:
 
     def _submit(self, job: Job, pool: ThreadPoolExecutor) -> None:
         self._in_flight += 1
+        if self._shared.join(job):  # its URL is on its way already: wait for that fetch
+            return
         future = pool.submit(
             fetch_and_preprocess,
             job,
             self.settings,
             self.detector.encoder.preprocess,
             self.detector.views,
+            self.cache,
+            self.detector.signature,
         )
         future.add_done_callback(lambda f: self._done.put(f.result()))
 
@@ -403,20 +411,40 @@ class StreamWorker:
             except queue.Empty:
                 return
             timeout = None  # after the first result, take only what is already there
-            self._in_flight -= 1
+            followers = self._shared.finished(job)
+            self._in_flight -= 1 + len(followers)
             for stage, seconds in job.timings.items():
                 self.stats.observe("stage_seconds", seconds, stage)
-            if job.error is not None:
-                self._emit_dead_letter(job)
-            else:
-                self._batcher.add(job, time.monotonic())
+            self._count_repeats(job, followers)
+            for each in (job, *followers):
+                if each.error is not None:
+                    self._emit_dead_letter(each)
+                else:
+                    self._batcher.add(each, time.monotonic())
+
+    def _count_repeats(self, job: Job, followers: list[Job]) -> None:
+        """dmguard_cache_lookups_total{result} and what the hits and shared fetches saved."""
+        if followers:
+            self.stats.inc("cache_lookups", "shared_fetch", n=len(followers))
+            self.stats.inc("cache_saved_bytes", n=job.size * len(followers))
+        if self.cache is None or job.error is not None:
+            return
+        if job.cached is None:
+            self.stats.inc("cache_lookups", "miss")
+            return
+        self.stats.inc("cache_lookups", "hit")
+        self.stats.inc("cache_saved_bytes", n=job.size)
+        self.stats.inc("cache_saved_seconds", n=job.cached.cost_s)
 
     def _run_batch(self, jobs: list[Job], pool: ThreadPoolExecutor) -> None:
-        shape = self.detector.pixel_shape
-        stale = [j for j in jobs if j.pixels.shape != shape]  # encoder or views changed
-        for job in stale:
+        shape, signature = self.detector.pixel_shape, self.detector.signature
+
+        def fresh(j: Job) -> bool:  # still right for the head that serves now
+            return j.signature == signature if j.cached else j.pixels.shape == shape
+
+        for job in (j for j in jobs if not fresh(j)):  # encoder or views changed
             self._submit(job, pool)
-        jobs = [j for j in jobs if j.pixels.shape == shape]
+        jobs = [j for j in jobs if fresh(j)]
         if not jobs:
             return
         scored, embeddings, scores = self._score(jobs)
@@ -490,8 +518,9 @@ class StreamWorker:
         """
         timings: dict[str, float] = {}
         try:
-            embeddings, scores = self.detector(
-                np.stack([j.pixels for j in jobs]), [j.record.text for j in jobs], timings=timings
+            view_features = self._view_features(jobs, timings)
+            embeddings, scores = self.detector.score_features(
+                view_features, [j.record.text for j in jobs], timings=timings
             )
         except Exception as exc:
             if len(jobs) == 1:
@@ -517,10 +546,33 @@ class StreamWorker:
         for job in (j for j, ok in zip(jobs, finite, strict=True) if not ok):
             job.error = InputError("the model produced a non-finite embedding or score")
             self._emit_dead_letter(job)
+        self._remember(jobs, view_features, finite, timings)
         if finite.all():
             return jobs, embeddings, scores
         kept = [j for j, ok in zip(jobs, finite, strict=True) if ok]
         return kept, embeddings[finite], scores[finite]
+
+    def _view_features(self, jobs: list[Job], timings: dict[str, float]) -> np.ndarray:
+        """Every view's encoder features, (B, 1+V, F): from the cache where a job has them,
+        else embedded now, in one batch."""
+        todo = [j for j in jobs if j.cached is None]
+        embedded = iter(
+            self.detector.embed(np.stack([j.pixels for j in todo]), timings=timings) if todo else ()
+        )
+        return np.stack([j.cached.features if j.cached else next(embedded) for j in jobs])
+
+    def _remember(
+        self, jobs: list[Job], view_features: np.ndarray, finite: np.ndarray, timings: dict
+    ) -> None:
+        """Put the features just embedded (finite ones) in the cache, with what they cost."""
+        if self.cache is None:
+            return
+        todo = [i for i, j in enumerate(jobs) if j.cached is None and j.digest and finite[i]]
+        per_image = timings.get("embed", 0.0) / max(1, sum(j.cached is None for j in jobs))
+        signature = self.detector.signature
+        for i in todo:
+            cost = per_image + jobs[i].timings.get("decode", 0.0)
+            self.cache.put(signature, jobs[i].digest, Cached(view_features[i], cost, jobs[i].size))
 
     def _emit_dead_letter(self, job: Job) -> None:
         err = job.error
@@ -614,6 +666,9 @@ class StreamWorker:
         log.info("worker %s now serves head %s", self.worker_id, current)
 
     def _report_lag(self) -> None:
+        if self.cache is not None:
+            self.stats.set_gauge("cache_memory_bytes", self.cache.bytes, self.worker_id)
+            self.stats.set_gauge("cache_entries", len(self.cache), self.worker_id)
         tps = list(self._trackers)
         if not tps:
             return

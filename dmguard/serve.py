@@ -191,6 +191,15 @@ def _worker_args(sp: argparse.ArgumentParser) -> None:
         "REGISTRY/worker-state)",
     )
     g.add_argument(
+        "--cache-mb",
+        type=float,
+        default=WorkerSettings.cache_mb,
+        metavar="MB",
+        help="memory each worker may keep of recently seen files' encoder features, by "
+        "content hash: a repeated upload skips decode and encoder, the serving head still "
+        "scores it; 0 turns it off (default %(default)s)",
+    )
+    g.add_argument(
         "--provenance",
         choices=MODES,
         default=ProvenanceSettings.mode,

@@ -88,6 +88,8 @@ class WorkerSettings:
     feature_log: str | None = None  # folder or URI for (id, embedding, score, head) rows; None: off
     state_dir: str | None = None  # crash-loop breaker state; None: <registry>/worker-state
     exactly_once: bool = False  # transactional outputs + offsets (actors.delivery)
+    # Features of recently seen files by content hash, per worker (actors.repeats); 0: off
+    cache_mb: float = 64.0
     # What the fetched file declares (C2PA, XMP, generator metadata): docs/provenance.md
     provenance: ProvenanceSettings = field(default_factory=ProvenanceSettings)
 

@@ -31,6 +31,7 @@ from services.http import HttpServer, Response
 
 STAGES = ("fetch", "provenance", "decode", "embed", "score", "produce")
 OUTCOMES = ("verdict", "dead_letter")
+CACHE_RESULTS = ("hit", "miss", "shared_fetch")
 # Where a worker (or the driver's health check) found the broker away; see actors.stream.
 BROKER_OPS = (
     "connect",
@@ -143,6 +144,35 @@ class DriverMetrics:
             ["kind", "result"],
             registry=r,
         )
+        self.cache_lookups = PromCounter(
+            "dmguard_cache_lookups_total",
+            "Fetched files looked up in the workers' feature caches by content hash (hit, "
+            "miss), and records that shared a fetch of the same URL in flight (shared_fetch)",
+            ["result"],
+            registry=r,
+        )
+        self.cache_saved_bytes = PromCounter(
+            "dmguard_cache_saved_bytes_total",
+            "Bytes not decoded again (cache hits) or not fetched again (shared fetches)",
+            registry=r,
+        )
+        self.cache_saved_seconds = PromCounter(
+            "dmguard_cache_saved_seconds_total",
+            "Decode and encoder seconds the cache hits did not spend (what the first time cost)",
+            registry=r,
+        )
+        self.cache_memory = Gauge(
+            "dmguard_cache_memory_bytes",
+            "Memory each worker's feature cache holds (bounded by --cache-mb)",
+            ["worker"],
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            "dmguard_cache_entries",
+            "Files each worker's feature cache holds",
+            ["worker"],
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "dmguard_stage_seconds",
             "Seconds per pipeline stage (per image for fetch/decode, per batch otherwise)",
@@ -179,6 +209,8 @@ class DriverMetrics:
             self.stage_seconds.labels(s)
         for op in BROKER_OPS:
             self.broker_errors.labels(op)
+        for result in CACHE_RESULTS:
+            self.cache_lookups.labels(result)
         self._lock = threading.Lock()
 
     def apply(self, report: dict[str, Any]) -> None:
@@ -192,9 +224,13 @@ class DriverMetrics:
                 child = metric.labels(*labels) if labels else metric
                 for v in values:
                     child.observe(v)
+            gauges = {
+                "consumer_lag": self.lag,
+                "cache_memory_bytes": self.cache_memory,
+                "cache_entries": self.cache_entries,
+            }
             for (name, labels), value in report.get("gauges", {}).items():
-                if name == "consumer_lag":
-                    self.lag.labels(*labels).set(value)
+                gauges[name].labels(*labels).set(value)
 
     def set_fleet(self, workers: int, models: set[tuple[str, str]]) -> None:
         with self._lock:
@@ -229,6 +265,9 @@ class DriverMetrics:
             "broker_errors": self.broker_errors,
             "provenance": self.provenance,
             "idle_seconds": self.idle_seconds,
+            "cache_lookups": self.cache_lookups,
+            "cache_saved_bytes": self.cache_saved_bytes,
+            "cache_saved_seconds": self.cache_saved_seconds,
         }[name]
 
     def _histogram(self, name: str) -> Histogram:

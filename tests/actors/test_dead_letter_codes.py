@@ -181,10 +181,13 @@ class BrokenModel:
     def __init__(self, real, *, nan: bool) -> None:
         self.real, self.nan = real, nan
 
-    def __call__(self, pixels, texts=None, *, timings=None):
+    def embed(self, pixels, *, timings=None):
         if not self.nan:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        embeddings, scores = self.real(pixels, texts, timings=timings)
+        return self.real.embed(pixels, timings=timings)
+
+    def score_features(self, view_features, texts=None, *, timings=None):
+        embeddings, scores = self.real.score_features(view_features, texts, timings=timings)
         return embeddings, np.full_like(scores, np.nan)
 
     def __getattr__(self, name):

@@ -212,7 +212,7 @@ def test_polls_made_while_fetches_run_are_not_idle(monkeypatch, settings):
     is not empty, so it polls without waiting) takes 0.05 s. Only the polls made with an
     empty pipeline count."""
 
-    def slow_fetch(job, settings, preprocess, views):
+    def slow_fetch(job, settings, *_):
         time.sleep(0.8)
         job.error = InputError("the server is slow today", code="timeout")
         return job

@@ -18,22 +18,29 @@ NAN_SCORE = 77.0  # a pixel value that makes it return NaN
 
 
 class FlakyDetector:
-    """The real detector, except on marked images: raises for any batch holding one,
-    or gives it a NaN score."""
+    """The real detector, except on marked images: its encoder raises for any batch holding
+    one, or its head gives it a NaN score."""
 
     def __init__(self, real: Detector) -> None:
         self.real = real
         self.calls: list[int] = []
+        self._marks = np.zeros(0)
 
-    def __call__(self, pixels, texts=None, *, timings=None):
+    def embed(self, pixels, *, timings=None):
         self.calls.append(len(pixels))
-        marks = pixels[:, 0, 0, 0]
-        if (marks == BREAKS_MODEL).any():
+        self._marks = pixels[:, 0, 0, 0]
+        if (self._marks == BREAKS_MODEL).any():
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        embeddings, scores = self.real(pixels, texts, timings=timings)
+        return self.real.embed(pixels, timings=timings)
+
+    def score_features(self, view_features, texts=None, *, timings=None):
+        embeddings, scores = self.real.score_features(view_features, texts, timings=timings)
         scores = scores.copy()
-        scores[marks == NAN_SCORE] = np.nan
+        scores[self._marks == NAN_SCORE] = np.nan
         return embeddings, scores
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
 
 
 @pytest.fixture

@@ -413,6 +413,8 @@ def test_serve_reads_every_flag_into_its_setting(monkeypatch, tmp_path):
         "--exactly-once",
         "--worker-start-timeout",
         "42",
+        "--cache-mb",
+        "3.5",
         "--provenance",
         "evidence",
         "--c2pa-trust-anchors",
@@ -425,7 +427,7 @@ def test_serve_reads_every_flag_into_its_setting(monkeypatch, tmp_path):
     assert (s.gpus_per_worker, s.worker_resources) == (0.25, {"detector": 1.0})
     assert (w.max_batch, w.max_wait_ms, w.fetch_threads, w.max_pixels) == (5, 11, 2, 888)
     assert (w.device, w.feature_log, w.state_dir, w.exactly_once) == ("cpu", "fl", "st", True)
-    assert s.worker_start_timeout_s == 42
+    assert s.worker_start_timeout_s == 42 and w.cache_mb == 3.5
     assert (w.provenance.mode, w.provenance.trust_anchors) == ("evidence", anchors.read_text())
     f = w.fetch
     assert (f.allow_private, f.allowed_networks, f.allow_file) == (True, ("10.0.0.0/8",), True)
@@ -445,7 +447,15 @@ def test_serve_reads_every_flag_into_its_setting(monkeypatch, tmp_path):
         "worker_start_timeout_s",
     ):
         assert getattr(d, name) == getattr(ServeSettings(), name), name
-    for name in ("max_batch", "max_wait_ms", "fetch_threads", "max_pixels", "device", "provenance"):
+    for name in (
+        "max_batch",
+        "max_wait_ms",
+        "fetch_threads",
+        "max_pixels",
+        "device",
+        "provenance",
+        "cache_mb",
+    ):
         assert getattr(d.worker, name) == getattr(WorkerSettings(), name), name
     assert d.worker.kafka.group_id == KafkaSettings().group_id
 

@@ -116,6 +116,12 @@ class Detector:
         size = self.encoder.preprocess.image_size
         return (3, size, size) if not self.views else (1 + len(self.views), 3, size, size)
 
+    @property
+    def signature(self) -> tuple[str, str, tuple[str, ...]]:
+        """What the encoder's output depends on: encoder, feature kind, test-time views. Two
+        heads with the same signature read the same features (actors.feature_cache)."""
+        return (self.meta.encoder, str(self.meta.features), self.views)
+
     def __call__(
         self,
         pixels: np.ndarray,
@@ -132,14 +138,32 @@ class Detector:
         Pixels with views, (B, 1+V, 3, S, S) from `training.model.views.view_pixels`, are embedded and scored
         view by view; each image's score is `training.model.views.combine` of its views', and its
         features are the centre crop's (what the head would read without views)."""
-        views = 1
-        if pixels.ndim == 5:
-            views = pixels.shape[1]
-            pixels = pixels.reshape(-1, *pixels.shape[2:])  # (B * (1+V), 3, S, S)
-            texts = None if texts is None else [t for t in texts for _ in range(views)]
+        return self.score_features(self.embed(pixels, timings=timings), texts, timings=timings)
+
+    def embed(self, pixels: np.ndarray, *, timings: dict[str, float] | None = None) -> np.ndarray:
+        """The encoder's half of `__call__`: (B,3,S,S) or (B,1+V,3,S,S) pixels -> every view's
+        image features, (B, 1+V, F) (V = 0 without views)."""
+        views = pixels.shape[1] if pixels.ndim == 5 else 1
         t0 = time.perf_counter()
-        image_features = encode(self.encoder, pixels, self.meta.features)
+        features = encode(self.encoder, pixels.reshape(-1, *pixels.shape[-3:]), self.meta.features)
+        if timings is not None:
+            timings["embed"] = time.perf_counter() - t0
+        return features.reshape(-1, views, features.shape[-1])
+
+    def score_features(
+        self,
+        view_features: np.ndarray,
+        texts: list[str | None] | None = None,
+        *,
+        timings: dict[str, float] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The head's half of `__call__`, on `embed`'s output (B, 1+V, F): (the centre views'
+        features (B, F), scores (B,)). A cached image's features are scored here by the head
+        that serves now."""
         t1 = time.perf_counter()
+        views = view_features.shape[1]
+        image_features = view_features.reshape(-1, view_features.shape[-1])
+        texts = None if texts is None else [t for t in texts for _ in range(views)]
         features = head_input(
             image_features,
             self.caption_embeddings(texts, len(image_features)),
@@ -150,10 +174,9 @@ class Detector:
         scores = score(self.head, features, device=self.encoder.placement.device)
         if views > 1:
             scores = combine(scores.reshape(-1, views)).astype(scores.dtype)  # (B,)
-            image_features = image_features[::views]  # the centre crops', (B, F)
         if timings is not None:
-            timings.update(embed=t1 - t0, score=time.perf_counter() - t1)
-        return image_features, scores
+            timings["score"] = time.perf_counter() - t1
+        return view_features[:, 0], scores
 
 
 def register_untrained_head(
