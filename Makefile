@@ -5,14 +5,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 MODELS := .cache/models/clip-vit-b16-int8.onnx
-# promtool for `make check-deploy`: Debian's prometheus package, pinned and checksummed,
-# unpacked into an ignored cache (the machines run Debian 12; apt-get needs no root to download).
+# promtool for `make check-deploy` and the Prometheus server for the test that scrapes a
+# running serve (tests/e2e/test_prometheus_scrape.py): both from Debian's prometheus package,
+# pinned and checksummed, kept and unpacked in an ignored cache (the machines run Debian 12;
+# apt-get needs no root to download).
 PROMETHEUS_DEB_VERSION := 2.42.0+ds-5+deb12u1
 PROMETHEUS_DEB_SHA256  := 81d59a24fce84f7fbe97a45a4f2914b6a5881b5cd1db2a6a0e129e515e1a5f55
-DEPLOY_TOOLS := .cache/deploy-tools
-PROMTOOL     := $(DEPLOY_TOOLS)/promtool-$(PROMETHEUS_DEB_VERSION)
+DEPLOY_TOOLS   := .cache/deploy-tools
+PROMETHEUS_DEB := $(DEPLOY_TOOLS)/prometheus_$(PROMETHEUS_DEB_VERSION).deb
+PROMTOOL       := $(DEPLOY_TOOLS)/promtool-$(PROMETHEUS_DEB_VERSION)
+PROMETHEUS     := $(DEPLOY_TOOLS)/prometheus-$(PROMETHEUS_DEB_VERSION)
 
-.PHONY: install models test test-fast lint check-deploy deploy-generate demo clean
+.PHONY: install models test test-fast lint check-deploy prometheus deploy-generate demo clean
 
 install: $(STAMP)
 
@@ -33,13 +37,33 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
+# The .deb is fetched and checked only when a binary is missing (not a prerequisite of
+# them: a cache that has both binaries never fetches it again), then kept for the other one.
+define fetch_prometheus_deb
+	test -f $(PROMETHEUS_DEB) || { rm -rf $(DEPLOY_TOOLS)/deb && mkdir -p $(DEPLOY_TOOLS)/deb \
+	  && cd $(DEPLOY_TOOLS)/deb && { apt-get download prometheus=$(PROMETHEUS_DEB_VERSION) \
+	  || { apt-get update -qq && apt-get download prometheus=$(PROMETHEUS_DEB_VERSION); }; }; }
+	test -f $(PROMETHEUS_DEB) || mv $(DEPLOY_TOOLS)/deb/prometheus_*.deb $(PROMETHEUS_DEB)
+	rm -rf $(DEPLOY_TOOLS)/deb
+	echo "$(PROMETHEUS_DEB_SHA256)  $(PROMETHEUS_DEB)" | sha256sum -c --quiet - \
+	  || { rm -f $(PROMETHEUS_DEB); exit 1; }
+endef
+
+# $(call unpack_prometheus_binary,NAME): ./usr/bin/NAME of the .deb into $@
+define unpack_prometheus_binary
+	$(fetch_prometheus_deb)
+	dpkg-deb --fsys-tarfile $(PROMETHEUS_DEB) | tar -xO ./usr/bin/$(1) > $@.part
+	chmod +x $@.part && mv $@.part $@
+endef
+
 $(PROMTOOL):
-	rm -rf $(DEPLOY_TOOLS)/deb && mkdir -p $(DEPLOY_TOOLS)/deb
-	cd $(DEPLOY_TOOLS)/deb && { apt-get download prometheus=$(PROMETHEUS_DEB_VERSION) \
-	  || { apt-get update -qq && apt-get download prometheus=$(PROMETHEUS_DEB_VERSION); }; }
-	echo "$(PROMETHEUS_DEB_SHA256)  $$(ls $(DEPLOY_TOOLS)/deb/prometheus_*.deb)" | sha256sum -c --quiet -
-	dpkg-deb --fsys-tarfile $(DEPLOY_TOOLS)/deb/prometheus_*.deb | tar -xO ./usr/bin/promtool > $@.part
-	chmod +x $@.part && mv $@.part $@ && rm -rf $(DEPLOY_TOOLS)/deb
+	$(call unpack_prometheus_binary,promtool)
+
+# The Prometheus server: `make test` unpacks it before pytest (skipped when present).
+prometheus: $(PROMETHEUS)
+
+$(PROMETHEUS):
+	$(call unpack_prometheus_binary,prometheus)
 
 # Offline checks of deploy/ (deploy/README.md): rendered overlays against Kubernetes' and
 # the operators' schemas, promtool on the rules and their tests, hadolint on the Dockerfile.
@@ -53,8 +77,8 @@ deploy-generate:
 # Two processes: most end-to-end tests wait on slow image servers, brokers and Ray
 # start-ups, so two at a time fit 2 cores (docs/testing.md); loadscope keeps a module's
 # shared broker and service in one process.
-test: $(STAMP) $(MODELS) lint check-deploy kafka
-	$(BIN)/pytest -n 2 --dist loadscope --ignore=tests/deploy
+test: $(STAMP) $(MODELS) lint check-deploy kafka $(PROMETHEUS)
+	PROMETHEUS=$(abspath $(PROMETHEUS)) $(BIN)/pytest -n 2 --dist loadscope --ignore=tests/deploy
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
