@@ -72,3 +72,24 @@ def test_dockerignore_keeps_local_state_out():
         "requirements",
     ):
         assert needed not in ignored
+
+
+def test_base_image_is_pinned_by_digest():
+    """Every stage starts from one base pinned by digest: a rebuild of the image gets
+    the same Python patch release (Ray refuses a node whose Python differs)."""
+    steps = instructions()
+    args = dict(a.split("=", 1) for word, a in steps if word == "ARG" and "=" in a)
+    bases = {
+        args.get(a.strip("${}"), a) for word, a in steps if word == "FROM" for a in [a.split()[0]]
+    }
+    assert len(bases) == 1, f"stages from different bases: {bases}"
+    (base,) = bases
+    assert re.fullmatch(r"[\w./:-]+@sha256:[0-9a-f]{64}", base), f"not pinned by digest: {base}"
+
+
+def test_cuda_variant_fails_the_build_without_onnxruntimes_cuda_provider():
+    run_steps = [a for word, a in instructions() if word == "RUN" and "onnxruntime-gpu" in a]
+    assert len(run_steps) == 1
+    assert "CUDAExecutionProvider" in run_steps[0] and "sys.exit" in run_steps[0], (
+        "a CUDA image whose onnxruntime has no CUDA provider would serve on the CPU"
+    )
