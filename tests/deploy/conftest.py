@@ -1,4 +1,4 @@
-"""Fixtures of the deploy/ checks: each test taking `docs` runs once per overlay."""
+"""Fixtures of the deploy/ checks: each test taking `docs` or `app` runs once per overlay."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.deploy.tools import OVERLAYS, render
+from tests.deploy.tools import DATA, OVERLAYS, render
 
 
 @pytest.fixture(params=OVERLAYS)
@@ -15,5 +15,18 @@ def overlay(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def docs(overlay: str) -> list[dict[str, Any]]:
+def app(overlay: str) -> list[dict[str, Any]]:
+    """The app overlay alone: what `kubectl delete -k deploy/k8s/overlays/<overlay>` deletes."""
     return render(overlay)
+
+
+@pytest.fixture
+def data() -> list[dict[str, Any]]:
+    """deploy/k8s/data alone: the namespace, Kafka and the registry volume."""
+    return render(DATA)
+
+
+@pytest.fixture
+def docs(app: list[dict[str, Any]], data: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Everything an operator applies for one overlay: the data, then the app."""
+    return data + app

@@ -14,16 +14,27 @@ Read with the search tool from the upstream repositories (vendored by hand,
 trimmed to these levels; update them with the versions in deploy/README.md):
 
 - KubeRay v1.7 (ray.io/v1): ray-project/kuberay
-  helm-chart/kuberay-operator/crds/ray.io_raycronjobs.yaml at 034971da (the
-  RayCronJob CRD with `timeZone`, added for v1.7; its jobTemplate embeds the
-  whole RayJobSpec and RayClusterSpec, so it covers RayJob and RayCluster too),
-  and ray-operator/controllers/ray/utils/validation.go (the operator's own
-  checks, some of which test_manifests.py repeats).
+  helm-chart/kuberay-operator/crds/ray.io_raycronjobs.yaml at 034971da (its
+  jobTemplate embeds the whole RayClusterSpec), and
+  ray-operator/controllers/ray/utils/validation.go (the operator's own checks,
+  some of which test_manifests.py repeats). dmguard uses the RayCluster only.
 - Strimzi 1.0 (kafka.strimzi.io/v1): strimzi/strimzi-kafka-operator
-  packaging/install/cluster-operator/043-Crd-kafkatopic.yaml and
-  044-Crd-kafkauser.yaml (the v1beta2 schema), with the changes that make `v1`
-  (strimzi/proposals 113-Strimzi-v1-CRD-API-and-1.0.0-release.md): `spec`
-  required; KafkaUser ACL rules lose `operation` and require `operations`.
+  packaging/install/cluster-operator/040-Crd-kafka.yaml, 043-Crd-kafkatopic.yaml,
+  044-Crd-kafkauser.yaml and 04A-Crd-kafkanodepool.yaml (the v1beta2 schema),
+  with the changes that make `v1` (strimzi/proposals 113-Strimzi-v1-CRD-API-and-
+  1.0.0-release.md and 119): `spec` required; KafkaUser ACL rules lose
+  `operation` and require `operations`; Kafka loses `spec.zookeeper`,
+  `spec.jmxTrans`, `spec.kafka.resources`, oauth/keycloak/opa, the Entity
+  Operator's tlsSidecar and *Seconds intervals; node pools lose storage
+  `overrides`. The Kafka levels list the fields dmguard's Kafka could use
+  (listeners, authorization, storage, the Entity Operator), not every tuning
+  knob (Cruise Control, the exporter, templates are left OPEN).
+
+Why field lists and not the CRD files themselves: no package registry this
+project can reach ships KubeRay's or Strimzi's CRDs (Strimzi's `io.strimzi:api`
+jar on Maven Central carries classes, not YAML; KubeRay's CRDs are in its Go
+module and Helm chart only), so they cannot be vendored pinned and checksummed
+the way promtool is (deploy/README.md, "What is not verified").
 - Prometheus Operator (monitoring.coreos.com/v1): prometheus-operator/
   prometheus-operator example/prometheus-operator-crd/ ServiceMonitor and
   PodMonitor at v0.87.0, PrometheusRule at v0.76.0 (rule groups: interval,
@@ -139,57 +150,107 @@ RAY_CLUSTER_SPEC = obj(
     upgradeStrategy=obj(type=enum("Recreate", "None")),
     workerGroupSpecs=arr(WORKER_GROUP_SPEC),
 )
-DELETION_POLICY = enum("DeleteCluster", "DeleteWorkers", "DeleteSelf", "DeleteNone")
-DELETION_STRATEGY = obj(
-    deletionRules={
-        **arr(
-            obj(
-                ("condition", "policy"),
-                condition=obj(
-                    jobDeploymentStatus=enum("Failed"),
-                    jobStatus=enum("SUCCEEDED", "FAILED"),
-                    ttlSeconds={"type": "integer", "minimum": 0},
-                ),
-                policy=DELETION_POLICY,
-            )
-        ),
-        "minItems": 1,
-    },
-    onFailure=obj(policy=DELETION_POLICY),
-    onSuccess=obj(policy=DELETION_POLICY),
-)
-RAY_JOB_SPEC = obj(
-    activeDeadlineSeconds=INT,
-    backoffLimit=INT,
-    clusterSelector=STR_MAP,
-    deletionStrategy=DELETION_STRATEGY,
-    entrypoint=STR,
-    entrypointNumCpus=NUM,
-    entrypointNumGpus=NUM,
-    entrypointResources=STR,
-    jobId=STR,
-    managedBy=enum("ray.io/kuberay-operator", "kueue.x-k8s.io/multikueue"),
-    metadata=STR_MAP,
-    preRunningDeadlineSeconds={"type": "integer", "minimum": 1},
-    rayClusterSpec=RAY_CLUSTER_SPEC,
-    runtimeEnvYAML=STR,
-    shutdownAfterJobFinishes=BOOL,
-    # The CRD types it as a string (default K8sJobMode); the operator knows these.
-    submissionMode=enum("K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"),
-    submitterConfig=obj(backoffLimit=INT),
-    submitterPodTemplate=POD_TEMPLATE,
-    suspend=BOOL,
-    ttlSecondsAfterFinished=INT,
-)
-RAY_CRON_JOB_SPEC = obj(
-    ("jobTemplate", "schedule"),
-    jobTemplate=RAY_JOB_SPEC,
-    schedule=STR,
-    suspend=BOOL,
-    timeZone={"type": "string", "minLength": 1},
-)
 
 # ----------------------------------------------------------------------- Strimzi
+KRAFT_METADATA = enum("shared")
+PERSISTENT_CLAIM_FIELDS: dict[str, Schema] = {
+    "class": STR,
+    "deleteClaim": BOOL,
+    "kraftMetadata": KRAFT_METADATA,
+    "selector": STR_MAP,
+    "size": STR,
+}
+SINGLE_VOLUME = obj(
+    ("type",),
+    type=enum("ephemeral", "persistent-claim"),
+    sizeLimit=STR,
+    **PERSISTENT_CLAIM_FIELDS,
+)
+STORAGE = obj(
+    ("type",),
+    type=enum("ephemeral", "persistent-claim", "jbod"),
+    sizeLimit=STR,
+    volumes={
+        **arr(obj(("type",), id={"type": "integer", "minimum": 0}, **SINGLE_VOLUME["properties"])),
+        "minItems": 1,
+    },
+    **PERSISTENT_CLAIM_FIELDS,
+)
+LISTENER = obj(
+    ("name", "port", "tls", "type"),
+    name={"type": "string", "pattern": "^[a-z0-9]{1,11}$"},
+    port={"type": "integer", "minimum": 9092},
+    type=enum("internal", "route", "loadbalancer", "nodeport", "ingress", "cluster-ip"),
+    tls=BOOL,
+    authentication=obj(
+        ("type",),
+        type=enum("tls", "scram-sha-512", "custom"),
+        sasl=BOOL,
+        listenerConfig=OPEN,
+    ),
+    configuration=OPEN,
+    networkPolicyPeers=arr(OPEN),  # Kubernetes NetworkPolicyPeers: test_manifests.py
+)
+KAFKA_CLUSTER_SPEC = obj(
+    ("listeners",),
+    version=STR,
+    metadataVersion=STR,
+    image=STR,
+    listeners={**arr(LISTENER), "minItems": 1},
+    config=OPEN,
+    authorization=obj(
+        ("type",),
+        type=enum("simple", "custom"),
+        superUsers=arr(STR),
+        authorizerClass=STR,
+        supportsAdminApi=BOOL,
+    ),
+    rack=OPEN,
+    brokerRackInitImage=STR,
+    livenessProbe=OPEN,
+    readinessProbe=OPEN,
+    jvmOptions=OPEN,
+    jmxOptions=OPEN,
+    metricsConfig=OPEN,
+    logging=OPEN,
+    template=OPEN,
+    tieredStorage=OPEN,
+    quotas=OPEN,
+)
+_OPERATOR_FIELDS: dict[str, Schema] = {
+    "watchedNamespace": STR,
+    "image": STR,
+    "reconciliationIntervalMs": INT,
+    "resources": OPEN,
+    "livenessProbe": OPEN,
+    "readinessProbe": OPEN,
+    "startupProbe": OPEN,
+    "logging": OPEN,
+    "jvmOptions": OPEN,
+}
+KAFKA_SPEC = obj(
+    ("kafka",),
+    kafka=KAFKA_CLUSTER_SPEC,
+    entityOperator=obj(
+        topicOperator=obj(**_OPERATOR_FIELDS),
+        userOperator=obj(secretPrefix=STR, **_OPERATOR_FIELDS),
+        template=OPEN,
+    ),
+    clusterCa=OPEN,
+    clientsCa=OPEN,
+    cruiseControl=OPEN,
+    kafkaExporter=OPEN,
+    maintenanceTimeWindows=arr(STR),
+)
+KAFKA_NODE_POOL_SPEC = obj(
+    ("replicas", "roles", "storage"),
+    replicas={"type": "integer", "minimum": 0},
+    roles={**arr(enum("controller", "broker")), "minItems": 1},
+    storage=STORAGE,
+    resources=OPEN,
+    jvmOptions=OPEN,
+    template=OPEN,
+)
 KAFKA_TOPIC_SPEC = obj(
     topicName=STR,
     partitions={"type": "integer", "minimum": 1},
@@ -358,8 +419,10 @@ PROMETHEUS_RULE_SPEC = obj(
 # (apiVersion, kind) -> schema of the whole object
 SCHEMAS: dict[tuple[str, str], Schema] = {
     ("ray.io/v1", "RayCluster"): kind("ray.io/v1", "RayCluster", RAY_CLUSTER_SPEC),
-    ("ray.io/v1", "RayJob"): kind("ray.io/v1", "RayJob", RAY_JOB_SPEC),
-    ("ray.io/v1", "RayCronJob"): kind("ray.io/v1", "RayCronJob", RAY_CRON_JOB_SPEC),
+    ("kafka.strimzi.io/v1", "Kafka"): kind("kafka.strimzi.io/v1", "Kafka", KAFKA_SPEC),
+    ("kafka.strimzi.io/v1", "KafkaNodePool"): kind(
+        "kafka.strimzi.io/v1", "KafkaNodePool", KAFKA_NODE_POOL_SPEC
+    ),
     ("kafka.strimzi.io/v1", "KafkaTopic"): kind(
         "kafka.strimzi.io/v1", "KafkaTopic", KAFKA_TOPIC_SPEC
     ),

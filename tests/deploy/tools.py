@@ -23,6 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("cpu", "gpu")
+DATA = "data"  # deploy/k8s/data: the namespace, Kafka and the registry volume
 
 
 def _ci() -> bool:
@@ -57,15 +58,17 @@ def run(args: list[Any], **kwargs: Any) -> subprocess.CompletedProcess[str]:
 
 
 @cache
-def _render(kubectl: Path, overlay: str) -> str:
-    done = run([kubectl, "kustomize", DEPLOY / "k8s" / "overlays" / overlay])
-    assert done.returncode == 0, f"kustomize {overlay} failed:\n{done.stderr}"
+def _render(kubectl: Path, target: str) -> str:
+    path = DEPLOY / "k8s" / (DATA if target == DATA else f"overlays/{target}")
+    done = run([kubectl, "kustomize", path])
+    assert done.returncode == 0, f"kustomize {target} failed:\n{done.stderr}"
     return done.stdout
 
 
-def render(overlay: str) -> list[dict[str, Any]]:
-    """The objects `kubectl apply -k deploy/k8s/overlays/<overlay>` would send (fresh copies)."""
-    return [d for d in yaml.safe_load_all(_render(tool("kubectl"), overlay)) if d]
+def render(target: str) -> list[dict[str, Any]]:
+    """The objects `kubectl apply -k deploy/k8s/overlays/<target>` (or deploy/k8s/data for
+    "data") would send (fresh copies)."""
+    return [d for d in yaml.safe_load_all(_render(tool("kubectl"), target)) if d]
 
 
 def the(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
