@@ -51,6 +51,7 @@ import numpy as np
 
 from actors.supervisor import running_service
 from benchmarks import bench_uploads
+from benchmarks.bench_repeats import RepeatSchedule, files_needed, repeat_figures
 from benchmarks.harness import (
     LOOPBACK,
     OutputTopics,
@@ -69,7 +70,7 @@ from benchmarks.harness import (
     worker_pids,
 )
 from services.broker import ENGINES
-from services.config import fetch_policy
+from services.config import WorkerSettings, fetch_policy
 from services.errors import BrokerError, InputError
 from services.fetch import fetch_bytes
 from services.http import HttpServer
@@ -145,13 +146,15 @@ def pipeline_run(
     latency_rate: float | None = None,
     bytes_sent: Callable[[], int] | None = None,
     views: tuple[str, ...] = (),
+    cache_mb: float = 0.0,
 ) -> dict:
     """(c) outputs (verdicts and dead letters) per second through Kafka and Ray workers,
     stage shares, latency of the verdicts at half load (or at `latency_rate`), the dead
     letters' codes, the bytes the image server sent during the burst (`bytes_sent`: its
     counter) and each worker's peak RSS; `engine`: the broker's (services.broker.ENGINES:
     noida for (d), each of --engines in turn); `views`: the head scores these test-time
-    views too."""
+    views too; `cache_mb`: the workers' feature cache (0, off: every upload costs in full).
+    The warm-up, the burst and the half-load run take records 0.., then on, of `url_of`."""
     from services.kafka_io import make_producer  # kafka-python: only when a run needs it
 
     with (
@@ -164,31 +167,43 @@ def pipeline_run(
             workers=workers,
             max_batch=max_batch,
             exactly_once=exactly_once,
+            cache_mb=cache_mb,
         )
         metrics = DriverMetrics()
+        warm = 4 * workers
+
+        def phase(first: int) -> UrlOf:  # each phase its own records of the sequence
+            return lambda i: url_of(first + i)
+
         with running_service(settings, metrics) as base:
             isolation = "read_committed" if exactly_once else "read_uncommitted"
             outputs = OutputTopics(settings.worker.kafka, isolation_level=isolation)
             producer = make_producer(settings.worker.kafka)
-            send_urls(producer, "warm-", url_of, 4 * workers)  # workers up, models warm
-            outputs.wait_for("warm-", 4 * workers)
+            send_urls(producer, "warm-", phase(0), warm)  # workers up, models warm
+            outputs.wait_for("warm-", warm)
             served0 = bytes_sent() if bytes_sent else 0
             t0 = time.perf_counter()
-            send_urls(producer, "bench-", url_of, n)
+            send_urls(producer, "bench-", phase(warm), n)
             _, dead = outputs.wait_for("bench-", n)
             burst_s = time.perf_counter() - t0
             served = (bytes_sent() - served0) if bytes_sent else 0
             ips = n / burst_s
-            wait_reported(metrics, 4 * workers + n)
+            wait_reported(metrics, warm + n)
             shares = stage_share(metrics)
             rate = latency_rate or ips / 2
             m = max(4, int(rate * latency_s))
             with ThreadPoolExecutor(1) as reading:  # read while sending: arrival times count
                 got = reading.submit(outputs.wait_for, "half-", m)
-                sent = send_urls(producer, "half-", url_of, m, rate=rate)
+                sent = send_urls(producer, "half-", phase(warm + n), m, rate=rate)
                 lat = [v["latency_ms"] for v in got.result()[0]]
             seen_ms = [1000 * (outputs.arrived[i] - t) for i, t in sent.items()]
             peak_rss = {wid: vm_rss_mib(pid, peak=True) for wid, pid in worker_pids(base).items()}
+            cache_lookups = {
+                s.labels["result"]: s.value
+                for family in metrics.cache_lookups.collect()
+                for s in family.samples
+                if s.name == "dmguard_cache_lookups_total"
+            }
             producer.close()
             outputs.close()
     seen50, seen99 = np.percentile(seen_ms, [50, 99])
@@ -205,6 +220,8 @@ def pipeline_run(
         "worker_peak_rss_mib": {
             wid: None if mib is None else round(mib, 1) for wid, mib in sorted(peak_rss.items())
         },
+        "cache_mb": cache_mb,
+        "cache_lookups": cache_lookups,
     }
 
 
@@ -300,21 +317,30 @@ def run_bench(
     mix_cache: Path = bench_uploads.DEFAULT_ROOT,
     views: tuple[str, ...] = (),
     engines: tuple[str, ...] = ("tansu",),
+    repeat_share: float | None = None,
 ) -> dict:
     """(a)-(c), and (d) with `delivery`, on `mix`: "jpeg" (one size, served as they come
     unless a latency or bandwidth is given) or "uploads" (see bench_uploads); with `views`,
     (c) again with a head that scores those test-time views; with `engines` other than
-    tansu, (c) again on each of them."""
+    tansu, (c) again on each of them; with `repeat_share`, (c) on a sequence where that share
+    of the uploads repeat an earlier file, and again with the feature cache on
+    (benchmarks/bench_repeats.py)."""
     if mix not in MIXES:
         raise ValueError(f"mix must be one of {', '.join(MIXES)}, not {mix!r}")
     if set(engines) - set(ENGINES):
         raise ValueError(f"engines must be among {', '.join(ENGINES)}, not {engines!r}")
-    uploads = None
+    uploads, distinct = None, 16
+    schedule = RepeatSchedule(repeat_share) if repeat_share is not None else None
+    if schedule is not None:  # a new file for every record that is not a repeat
+        distinct = files_needed(schedule.share, 4 * workers + images)
+        mix_files = max(mix_files, distinct)
     if mix == "uploads":
         uploads = bench_uploads.load_mix(mix_cache, scale=mix_scale, files=mix_files)
-    blobs = uploads.decodable() if uploads is not None else bench_jpegs(16, size)
+    blobs = uploads.decodable() if uploads is not None else bench_jpegs(distinct, size)
     paced = uploads is not None or bool(fetch_latency_ms or bandwidth_mbps)
     http, url_of, bytes_sent = _serve(uploads, blobs, paced, fetch_latency_ms, bandwidth_mbps)
+    if schedule is not None:
+        url_of = _repeating(url_of, schedule)
     cores = len(os.sched_getaffinity(0))
     try:
         figures = _measure(
@@ -332,6 +358,7 @@ def run_bench(
             delivery=delivery,
             views=views,
             engines=engines,
+            repeats=schedule is not None,
         )
     finally:
         http.stop()
@@ -343,6 +370,9 @@ def run_bench(
     }
     if views:
         result["views"] = _views_figures(figures, views)
+    if schedule is not None:
+        on = figures["cached"]
+        result["repeats"] = repeat_figures(figures["pipe"], on, schedule, 4 * workers, images)
     if paced:
         result["fetch_latency_ms"] = fetch_latency_ms
         result["bandwidth_mbps"] = bandwidth_mbps
@@ -394,6 +424,11 @@ def _serve(
     return http, url_of, bytes_sent
 
 
+def _repeating(url_of: UrlOf, schedule: RepeatSchedule) -> UrlOf:
+    """Record i's URL: the file the schedule gives it, under a URL of its own."""
+    return lambda i: f"{url_of(schedule(i))}{'&' if '?' in url_of(0) else '?'}rec={i}"
+
+
 def _measure(
     *,
     encoder_spec: str,
@@ -410,10 +445,11 @@ def _measure(
     delivery: bool,
     views: tuple[str, ...],
     engines: tuple[str, ...],
+    repeats: bool = False,
 ) -> dict:
-    """(a), the `compare` encoders' (a), (b), (c), (c) on the other `engines`, (d) with
-    `delivery` and (c) with `views`, in that order: raw, others, naive, skipped, pipe,
-    brokers, modes, looked."""
+    """(a), the `compare` encoders' (a), (b), (c), (c) with the feature cache on (`repeats`),
+    (c) on the other `engines`, (d) with `delivery` and (c) with `views`, in that order: raw,
+    others, naive, skipped, pipe, cached, brokers, modes, looked."""
     detector = _detector(encoder_spec, threads=cores)
     raw = raw_throughput(detector, blobs, BATCHES)
     others = {}
@@ -428,6 +464,7 @@ def _measure(
     del detector  # its memory back before the workers load theirs
     pipeline = partial(pipeline_run, encoder_spec, url_of, images, workers, max_batch, latency_s)
     pipe = pipeline(bytes_sent=bytes_sent)
+    cached = pipeline(cache_mb=WorkerSettings.cache_mb) if repeats else None
     brokers = engine_runs(pipeline, engines, pipe) if set(engines) - {"tansu"} else None
     modes = (
         delivery_runs(encoder_spec, url_of, images, workers, max_batch, latency_s)
@@ -441,6 +478,7 @@ def _measure(
         "naive": naive,
         "skipped": skipped,
         "pipe": pipe,
+        "cached": cached,
         "brokers": brokers,
         "modes": modes,
         "looked": looked,

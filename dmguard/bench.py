@@ -65,6 +65,15 @@ def _pipeline_args(sp: argparse.ArgumentParser) -> None:
         "kafka`), and each one's ratio to tansu (default %(default)s: (c) alone)",
     )
     g.add_argument(
+        "--repeat-share",
+        type=_share,
+        default=None,
+        metavar="R",
+        help="run (c) on a stream where this share of the uploads repeat an earlier file "
+        "(e.g. 0.3), with the workers' feature cache off and then on, and report the ratio "
+        "(default: every (c) sees each upload as new, the cache off)",
+    )
+    g.add_argument(
         "--views",
         default="",
         metavar="NAMES",
@@ -205,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         mix_cache=Path(args.mix_cache),
         views=parse_views(args.views),
         engines=engines,
+        repeat_share=args.repeat_share,
     )
     engines_run = result.get("engines", {})
     code = 1 if any("error" in e for e in engines_run.values()) else 0  # said on stderr
@@ -257,3 +267,14 @@ def peer_files(args: argparse.Namespace, tmp: Path) -> tuple[list[Path], dict[st
         if len(chosen) == args.peer_files:
             break
     return chosen, left_out
+
+
+def _share(text: str) -> float:
+    """--repeat-share: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a share such as 0.3") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError("a share in [0, 1), such as 0.3")
+    return value
