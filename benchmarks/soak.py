@@ -66,6 +66,7 @@ from benchmarks.soak_stats import (
     summarize,
 )
 from services.broker import EmbeddedBroker
+from services.config import WorkerSettings
 from services.outputs import OutputReader, output_key
 from services.poll import wait_until
 
@@ -201,6 +202,7 @@ def run_soak(
     lag_bound: float | None,
     seed: int,
     out: Path,
+    cache_mb: float = WorkerSettings.cache_mb,
 ) -> dict[str, Any]:
     """The whole soak; returns the summary (also written to OUT/soak.json). Everything it
     starts is stopped on the way out, Ctrl-C included; the rows so far are kept then."""
@@ -209,6 +211,7 @@ def run_soak(
         "encoder": encoder_spec,
         "workers": workers,
         "max_batch": max_batch,
+        "cache_mb": cache_mb,
         "cores": len(os.sched_getaffinity(0)),
         "minutes": minutes,
         "row_seconds": row_seconds,
@@ -231,6 +234,7 @@ def run_soak(
                 max_workers=max_workers,
                 bad_fraction=bad_fraction,
                 seed=seed,
+                cache_mb=cache_mb,
             )
             rate = _rate(
                 service,
@@ -307,6 +311,7 @@ def _start_service(
     max_workers: int,
     bad_fraction: float,
     seed: int,
+    cache_mb: float,
 ) -> _Service:
     """The image server, the embedded broker, serve with an untrained head and a producer,
     each stopped by `stack`."""
@@ -330,6 +335,7 @@ def _start_service(
         autoscale=autoscale,
         min_workers=1,
         max_workers=max_workers,
+        cache_mb=cache_mb,
     )
     how_many = "auto" if autoscale else workers
     say("soak", f"starting serve: {how_many} workers, encoder {encoder_spec}")
@@ -419,7 +425,11 @@ def _finish(
     """The summary, written to soak.json; the curves (soak.png, soak.txt) where there are
     rows; printed where there is something to say."""
     bound = info.get("lag_bound", lag_bound if lag_bound is not None else math.inf)
-    summary = {**info, "completed": completed, **summarize(rows, lag_bound=bound)}
+    summary = {
+        **info,
+        "completed": completed,
+        **summarize(rows, lag_bound=bound, cache_mb=info.get("cache_mb")),
+    }
     summary["all_targets_met"] &= completed  # a run stopped early proves nothing
     if steps:  # the targets are a steady soak's; a step run reports how the pool followed
         summary.update(targets={}, all_targets_met=None, step_response=step_response(rows, steps))

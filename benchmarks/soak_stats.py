@@ -33,6 +33,7 @@ ROW_FIELDS = (
     "p99_ms",
     "restarts",
     "driver_rss_mib",
+    "cache_mib_max",
 )
 
 
@@ -133,11 +134,12 @@ class Scrape:
     records: dict[str, float] = field(default_factory=dict)  # outcome -> count
     latency_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative
     lag: float = 0.0
+    cache_bytes_max: float = 0.0  # the fullest worker's feature cache (actors.repeats)
 
 
 def parse_scrape(text: str) -> Scrape:
-    """dmguard_records_total{outcome}, dmguard_end_to_end_seconds_bucket and the summed
-    dmguard_consumer_lag out of a /metrics text."""
+    """dmguard_records_total{outcome}, dmguard_end_to_end_seconds_bucket, the summed
+    dmguard_consumer_lag and the largest dmguard_cache_memory_bytes out of a /metrics text."""
     s = Scrape()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -147,6 +149,8 @@ def parse_scrape(text: str) -> Scrape:
                 s.latency_buckets[float(sample.labels["le"])] = sample.value
             elif sample.name == "dmguard_consumer_lag":
                 s.lag += sample.value
+            elif sample.name == "dmguard_cache_memory_bytes":
+                s.cache_bytes_max = max(s.cache_bytes_max, sample.value)
     return s
 
 
@@ -186,10 +190,13 @@ def make_row(
         "p99_ms": None if p99 is None else round(p99 * 1000, 1),
         "restarts": restarts,
         "driver_rss_mib": None if driver_rss_mib is None else round(driver_rss_mib, 1),
+        "cache_mib_max": round(after.cache_bytes_max / 2**20, 3),
     }
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], *, lag_bound: float) -> dict[str, Any]:
+def summarize(
+    rows: Sequence[Mapping[str, Any]], *, lag_bound: float, cache_mb: float | None = None
+) -> dict[str, Any]:
     """The figures and the targets over the rows.
 
     * RSS growth: the summed worker RSS of the last row against a baseline, the lowest
@@ -197,6 +204,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, lag_bound: float) -> dict[st
       caches fill during the first minute); with too few rows, the rows there are.
     * lag bounded: every row after warm-up has a summed lag of at most `lag_bound`.
     * no restarts: no worker pid changed during the run.
+    * with `cache_mb` (the workers' --cache-mb): no worker's feature cache above it.
     """
     if not rows:
         return {"rows": 0, "all_targets_met": False, "targets": {}}
@@ -213,6 +221,9 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, lag_bound: float) -> dict[st
         "lag_bounded": max(lags) <= lag_bound,
         "no_restarts": restarts == 0,
     }
+    cache_max = max((r.get("cache_mib_max", 0.0) for r in rows), default=0.0)
+    if cache_mb:
+        targets["cache_within_setting"] = cache_max <= cache_mb
     return {
         "rows": len(rows),
         "worker_rss_baseline_mib": baseline,
@@ -232,6 +243,7 @@ def summarize(rows: Sequence[Mapping[str, Any]], *, lag_bound: float) -> dict[st
         "sent": sum(r["sent"] for r in rows),
         "outputs": sum(r["outputs"] for r in rows),
         "restarts": restarts,
+        "cache_mib_max": cache_max,
         "targets": targets,
         "all_targets_met": all(targets.values()),
     }

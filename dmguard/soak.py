@@ -100,6 +100,14 @@ def add_parser(sub) -> None:
         f"(default: {LAG_BOUND_SECONDS:g} s of input at the target rate)",
     )
     sp.add_argument(
+        "--cache-mb",
+        type=float,
+        default=WorkerSettings.cache_mb,
+        metavar="MB",
+        help="the workers' feature cache, as serve's --cache-mb; a target checks no worker's "
+        "cache goes above it (default %(default)s)",
+    )
+    sp.add_argument(
         "--seed", type=int, default=0, help="seed of the record mix (default %(default)s)"
     )
     sp.add_argument(
@@ -144,5 +152,6 @@ def run(args: argparse.Namespace) -> int:
         lag_bound=args.lag_bound,
         seed=args.seed,
         out=Path(args.out),
+        cache_mb=args.cache_mb,
     )
     return 0 if summary["all_targets_met"] or steps else 1

@@ -131,10 +131,13 @@ def test_a_scrape_of_the_real_metrics_reads_records_buckets_and_lag():
         stats.observe("end_to_end_seconds", v)
     stats.set_gauge("consumer_lag", 4, "0")
     stats.set_gauge("consumer_lag", 6, "3")
+    stats.set_gauge("cache_memory_bytes", 3 * 2**20, "0")
+    stats.set_gauge("cache_memory_bytes", 5 * 2**20, "1")
     driver.apply(stats.drain())
     s = parse_scrape(driver.render().decode())
     assert s.records == {"verdict": 9, "dead_letter": 2}
     assert s.lag == 10
+    assert s.cache_bytes_max == 5 * 2**20  # the fullest worker's, not the sum
     assert set(s.latency_buckets) == set(BOUNDS)
     assert s.latency_buckets[0.025] == 1 and s.latency_buckets[math.inf] == 3
 
@@ -215,6 +218,11 @@ def test_summary_fails_each_target_on_its_own():
     restarted = summarize(rows_with([1000] * 4, restarts=1), lag_bound=100)
     assert restarted["targets"]["no_restarts"] is False and restarted["restarts"] == 1
     assert summarize([], lag_bound=100)["all_targets_met"] is False
+    cached = rows_with([1000] * 4)
+    cached[2]["cache_mib_max"] = 2.5
+    assert summarize(cached, lag_bound=100, cache_mb=2.5)["targets"]["cache_within_setting"]
+    over = summarize(cached, lag_bound=100, cache_mb=2.0)
+    assert over["targets"]["cache_within_setting"] is False and over["cache_mib_max"] == 2.5
 
 
 def test_plot_is_a_png_of_the_stated_size(tmp_path):
