@@ -14,11 +14,37 @@ import logging
 import sys
 import traceback
 
-from dmguard import bench, broker, data, demo, heads, score, serve, soak, stream_io, topics, train
+from dmguard import (
+    bench,
+    broker,
+    dashboard_png,
+    data,
+    demo,
+    heads,
+    score,
+    serve,
+    soak,
+    stream_io,
+    topics,
+    train,
+)
 from services.errors import BrokerError, DmguardError, KafkaAccessError
 
 # In `dmguard --help` order.
-COMMAND_MODULES = (broker, topics, serve, stream_io, score, heads, bench, soak, train, data, demo)
+COMMAND_MODULES = (
+    broker,
+    topics,
+    serve,
+    stream_io,
+    score,
+    heads,
+    bench,
+    soak,
+    train,
+    data,
+    demo,
+    dashboard_png,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ COMMANDS = [
     "bench",
     "data",
     "soak",
+    "dashboard",
 ]
 
 

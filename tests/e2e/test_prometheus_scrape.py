@@ -31,6 +31,12 @@ from datetime import datetime
 import pytest
 import yaml
 
+from dmguard.dashboard_png import (
+    MetricsSampler,
+    panels_from_prometheus,
+    panels_from_samples,
+    write_png,
+)
 from services.errors import DEAD_LETTER_CODES
 from services.metrics import BROKER_OPS, LATENCY_BUCKETS, STAGES
 from services.poll import wait_until
@@ -152,8 +158,7 @@ def test_prometheus_scrapes_serve_and_every_panel_and_alert_has_the_streams_seri
     broker = durable_broker  # exact end offsets: the in-memory one undercounts a batched backlog
     t_start = time.monotonic()
     service = Service(broker.bootstrap, tiny_registry.root, tmp_path / "serve.log")
-    prometheus = None
-    reader = None
+    prometheus = reader = sampler = None
     try:
         service.wait_ready()
         # Prometheus after serve is ready: started first, WorkersDown would rightly pend
@@ -168,6 +173,7 @@ def test_prometheus_scrapes_serve_and_every_panel_and_alert_has_the_streams_seri
         wait_until(lambda: not prometheus.api("alerts")["alerts"], 30, what="no alert active")
         t_begin = time.time()
         reader = OutputReader(broker.bootstrap)
+        sampler = MetricsSampler(f"http://127.0.0.1:{service.port}/metrics").start()
 
         # 1. bad records alone
         bad_values, bad_codes = bad_records(image_server)
@@ -205,9 +211,11 @@ def test_prometheus_scrapes_serve_and_every_panel_and_alert_has_the_streams_seri
         )
         time.sleep(2 * INTERVAL_S)
         t_end = time.time()
+        sampler.stop()
         stream_s = time.monotonic() - t_start
         check_panels(prometheus, out, bad_codes, tiny_registry, t_begin, t_steady, t_backlog, t_end)
         check_alerts(prometheus, out, t_begin, t_end)
+        check_pictures(prometheus, sampler, tmp_path, t_begin, t_end)
         print(
             f"stream {t_end - t_begin:.0f} s (backlog drained in {t_drained - t_backlog:.0f} s), "
             f"with serve and Prometheus {stream_s:.0f} s"
@@ -220,6 +228,8 @@ def test_prometheus_scrapes_serve_and_every_panel_and_alert_has_the_streams_seri
     finally:
         if reader is not None:
             reader.close()
+        if sampler is not None:
+            sampler.stop()
         if prometheus is not None:
             prometheus.stop()
         service.kill()
@@ -354,6 +364,25 @@ def check_alerts(prom, out, t_begin, t_end) -> None:
     # resolved; a p99 above 10 s stays while its 5m window holds the backlog's records.
     still = {a["labels"]["alertname"] for a in prom.api("alerts")["alerts"]}
     assert still <= {"DmguardLatencyP99High"} & (should | unsure), still
+
+
+def check_pictures(prom, sampler, tmp_path, t_begin, t_end) -> None:
+    """`dmguard dashboard`'s two sources: the PNG from Prometheus' API has every main panel;
+    the one from serve's /metrics sampled over the run too, and the sampler's latency
+    quantiles over the whole run are Prometheus' own (the same buckets, the same rule)."""
+    from_prometheus = panels_from_prometheus(prom.url, t_begin, t_end, step=1)
+    assert write_png(from_prometheus, tmp_path / "prometheus.png", "from Prometheus") == []
+    assert all(p.series for p in from_prometheus), [p.title for p in from_prometheus]
+    assert write_png(sampler.panels(), tmp_path / "metrics.png", "from /metrics") == []
+    whole_run = panels_from_samples(sampler.samples, window_s=t_end - t_begin + 60)
+    latency = next(p.series for p in whole_run if p.title.startswith("end-to-end"))
+    for legend, quantile in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        expr = (
+            f"histogram_quantile({quantile}, sum by (le) "
+            f"(increase(dmguard_end_to_end_seconds_bucket[{math.ceil(t_end - t_begin) + 60}s])))"
+        )
+        (theirs,) = prom.query(expr, t_end)
+        assert math.isclose(latency[legend][-1][1], theirs["value"], rel_tol=0.02), legend
 
 
 def slowest_share(out) -> float:
