@@ -328,12 +328,13 @@ def _panel(draw, box, panel: Panel, span, small, big) -> bool:
     legend_x, legend_y = left + 6, top - 18
     for n, (legend, pts) in enumerate(sorted(shown.items())):
         colour = COLOURS[n % len(COLOURS)]
-        line = [(px(t), py(y)) for t, y in pts]
-        if len(line) == 1:
-            x, y = line[0]
-            draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
-        else:
-            draw.line(line, fill=colour, width=2)
+        for run in _runs(pts):  # a stretch without values (no observations) is a gap
+            line = [(px(t), py(y)) for t, y in run]
+            if len(line) == 1:
+                x, y = line[0]
+                draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=colour)
+            else:
+                draw.line(line, fill=colour, width=2)
         w = draw.textlength(legend, font=small)
         if legend_x + w + 20 > right:
             legend_x, legend_y = left + 6, legend_y + 14
@@ -341,6 +342,18 @@ def _panel(draw, box, panel: Panel, span, small, big) -> bool:
         draw.text((legend_x + 13, legend_y), legend, fill="black", font=small)
         legend_x += w + 26
     return True
+
+
+def _runs(pts: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+    """`pts` cut where two neighbours are more than three usual steps apart."""
+    steps = sorted(b[0] - a[0] for a, b in zip(pts, pts[1:], strict=False))
+    limit = 3 * steps[len(steps) // 2] if steps else math.inf
+    runs = [[pts[0]]]
+    for a, b in zip(pts, pts[1:], strict=False):
+        if b[0] - a[0] > limit:
+            runs.append([])
+        runs[-1].append(b)
+    return runs
 
 
 # ------------------------------------------------------------------ the command

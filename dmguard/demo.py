@@ -10,7 +10,8 @@
 6. labels for part of the held-out stream (group A: whole sources), one retrain,
    the hot swap seen in the workers' status, and group B streamed again: the new
    head's verdicts beside the old head's on images neither head was trained on;
-7. the metrics endpoint's key lines.
+7. the metrics endpoint's key lines, and the dashboard's main panels over the run as a
+   PNG (`<cache>/demo/dashboard.png`, from /metrics sampled every second).
 
 Exits 1 with a message when a record was lost. `--keep` leaves everything running
 until Ctrl-C so the broker, /metrics and the image server can be poked at.
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from dmguard.common import registry_arg
+from dmguard.dashboard_png import RATE_WINDOW_S, MetricsSampler, write_png
 from dmguard.demo_report import (
     StreamResult,
     benchmark_table,
@@ -350,6 +352,15 @@ def scrape_when_counted(url: str, metrics, records: int, timeout_s: float = 20.0
     return _get_text(url)
 
 
+def write_dashboard(sampler: MetricsSampler, path: Path) -> None:
+    """The dashboard's main panels over the run, from /metrics sampled every second
+    (dmguard.dashboard_png: what Grafana would show, without a Prometheus)."""
+    sampler.stop()
+    title = f"dmguard demo: serve's /metrics over the run (rates over {RATE_WINDOW_S:g} s)"
+    empty = write_png(sampler.panels(), path, title)
+    show(f"== dashboard\n{path}" + (f" (no data: {', '.join(empty)})" if empty else ""))
+
+
 # ------------------------------------------------------------------ the whole demo
 def run_demo(s: DemoSettings) -> int:
     """The whole demo (the module's docstring lists its steps); 1 when a record was lost."""
@@ -377,9 +388,11 @@ def run_demo(s: DemoSettings) -> int:
             show(benchmark_lines(s, encoder))
         run = DemoRun(s, broker.bootstrap, base_url, feature_log)
         run.status_base = stack.enter_context(run.serving())
+        sampler = stack.enter_context(MetricsSampler(f"{run.status_base}/metrics"))
         run.reader = OutputReader(broker.bootstrap)
         stack.callback(run.reader.close)
         code = run.stream_and_retrain(held, v1["version"])
+        write_dashboard(sampler, s.cache / "demo" / "dashboard.png")
         if code:
             return code
         print(

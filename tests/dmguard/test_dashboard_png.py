@@ -15,6 +15,7 @@ from dmguard.dashboard_png import (
     DASHBOARD,
     MAIN_PANELS,
     Panel,
+    _runs,
     histogram_quantile,
     panels_from_prometheus,
     panels_from_samples,
@@ -114,3 +115,9 @@ def test_write_png_draws_every_panel_and_names_the_empty_ones(tmp_path):
     with Image.open(path) as img:
         assert img.size == (1200, 860)
     assert path.stat().st_size < 150_000
+
+
+def test_a_stretch_without_values_is_drawn_as_a_gap():
+    pts = [(0.0, 1.0), (1.0, 1.0), (2.0, 1.0), (30.0, 2.0), (31.0, 2.0)]
+    assert _runs(pts) == [pts[:3], pts[3:]]
+    assert _runs(pts[:1]) == [pts[:1]]

@@ -66,6 +66,9 @@ def test_demo_runs_to_its_summary_and_leaves_a_head(tmp_path, onnx_weights):
     )
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
+    # the dashboard's main panels over the run, every one with data
+    png = tmp_path / "cache" / "demo" / "dashboard.png"
+    assert f"== dashboard\n{png}\n" in out and png.stat().st_size > 10_000
     # stream 1: every held-out image judged, the seven bad records dead-lettered, none lost
     assert f"records in            {held + 7}" in out
     assert f"verdicts out          {held}" in out

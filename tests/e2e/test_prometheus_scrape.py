@@ -7,7 +7,7 @@ a stream runs, then its HTTP API answers every panel's and every alert's express
 checked against what the stream implies (the outputs read back from Kafka, with their
 timestamps and latencies).
 
-The stream, one serve, about a minute and a half:
+The stream, one serve, about 50 s (after 8 good records, so that verdicts have been seen):
 1. bad records, DEAD_LETTERS of each code, alone: the dead-letter share is 100%;
 2. good records at STEADY_RATE a second for STEADY_S: throughput, verdict mix, latency;
 3. a backlog of BACKLOG good records sent at once while the image server stalls for
@@ -170,9 +170,20 @@ def test_prometheus_scrapes_serve_and_every_panel_and_alert_has_the_streams_seri
             60,
             what="Prometheus to scrape serve's workers",
         )
+        # A few verdicts first, as from a service that has been judging for a while:
+        # otherwise the first records waiting after idleness meet DmguardNoVerdicts' "no
+        # verdict in 10 minutes and records waiting" (its real `for: 10m` absorbs that).
+        reader = OutputReader(broker.bootstrap)
+        warm, warm_ids = good_stream(image_server, 8, "warm")
+        produce(broker.bootstrap, warm)
+        wait_accounted(reader, warm_ids, 60)
+        wait_until(
+            lambda: prometheus.query("sum(rate(dmguard_verdicts_total[10m])) > 0"),
+            30,
+            what="Prometheus to see the first verdicts",
+        )
         wait_until(lambda: not prometheus.api("alerts")["alerts"], 30, what="no alert active")
         t_begin = time.time()
-        reader = OutputReader(broker.bootstrap)
         sampler = MetricsSampler(f"http://127.0.0.1:{service.port}/metrics").start()
 
         # 1. bad records alone
@@ -197,7 +208,7 @@ def test_prometheus_scrapes_serve_and_every_panel_and_alert_has_the_streams_seri
             what="the backlog in Prometheus' lag",
         )
         image_server.delay_s = 0
-        everything = set(bad_codes) | steady_ids | backlog_ids
+        everything = warm_ids | set(bad_codes) | steady_ids | backlog_ids
         out = wait_accounted(reader, everything, 240)
         t_drained = time.time()
         keys = [output_key(r) for r in out.verdicts + out.dead_letters]
@@ -260,18 +271,20 @@ def check_panels(prom, out, bad_codes, registry, t_begin, t_steady, t_backlog, t
     (head,) = q("Head version")
     assert head["metric"]["head_version"] == registry.current()
     assert head["metric"]["encoder"] == TINY
-    # Throughput at the end of the steady stream: the outputs of the last minute, a second
-    # (one worker report, one scrape) behind
-    lo, hi = t_steady - 61, t_steady - 1
+    # Throughput just after the steady stream (the backlog's images stall STALL_S, so
+    # nothing finishes meanwhile, and every output of the stream is scraped by then): the
+    # outputs of the last minute
+    at = t_steady + 3
+    lo, hi = at - 60, at
     is_verdict = lambda r: "verdict" in r  # noqa: E731
     expected = {
         "verdict": finished(lo, hi, is_verdict) / 60,
         "dead_letter": finished(lo, hi, lambda r: not is_verdict(r)) / 60,
     }
-    (total,) = q("Images/s", at=t_steady)
+    (total,) = q("Images/s", at=at)
     assert near(total["value"], sum(expected.values()), 0.15, 0.5), (total, expected)
     assert sum(expected.values()) > STEADY_RATE / 3, expected  # the trickle is in the window
-    outcome = by(q("Throughput by outcome (records/s)", at=t_steady), "outcome")
+    outcome = by(q("Throughput by outcome (records/s)", at=at), "outcome")
     assert outcome.keys() == expected.keys()
     for name, rate in expected.items():
         assert near(outcome[name], rate, 0.15, 0.5), (name, outcome, expected)
@@ -289,13 +302,18 @@ def check_panels(prom, out, bad_codes, registry, t_begin, t_steady, t_backlog, t
     assert got == Counter(bad_codes.values()) == Counter(DEAD_LETTERS)
     for code, rate in codes.items():
         assert round(rate * window) == DEAD_LETTERS.get(code, 0), (code, rate * window)
-    # End-to-end latency: each quantile in the bucket of the verdicts' own quantile
+    # End-to-end latency: each quantile within the buckets of the verdicts' own quantiles
+    # one percentile either side (the histogram also holds the few dead letters)
     latencies = sorted(v["latency_ms"] / 1000 for v in out.verdicts)
+
+    def nth(quantile: float) -> float:
+        rank = math.ceil(min(1.0, max(0.0, quantile)) * len(latencies)) - 1
+        return latencies[min(len(latencies) - 1, max(0, rank))]
+
     for ref, quantile in (("A", 0.5), ("B", 0.95), ("C", 0.99)):
         (est,) = q("End-to-end latency", ref)
-        true = latencies[max(0, math.ceil(quantile * len(latencies)) - 1)]
-        low, high = bucket_of(true * 0.98)[0], bucket_of(true * 1.02)[1]
-        assert low <= est["value"] <= high, (quantile, est["value"], true, (low, high))
+        low, high = bucket_of(nth(quantile - 0.01))[0], bucket_of(nth(quantile + 0.01))[1]
+        assert low <= est["value"] <= high, (quantile, est["value"], nth(quantile), low, high)
     # Stages, batches
     p95 = by(q("Stage time p95"), "stage")
     assert p95.keys() == set(STAGES) and all(0 <= v <= 60 for v in p95.values()), p95
