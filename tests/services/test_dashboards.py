@@ -68,15 +68,17 @@ def test_prometheus_config_loads_the_rules():
 
 
 def test_kubernetes_manifests_parse_and_agree_on_the_metrics_port():
-    """The kustomize base's sources (tests/deploy checks the rendered overlays in depth)."""
+    """The kustomize sources, the app's and the data's (tests/deploy checks the rendered
+    overlays in depth)."""
     docs = [
         d
-        for f in sorted((DEPLOY / "k8s" / "base").rglob("*.yaml"))
+        for part in ("base", "data")
+        for f in sorted((DEPLOY / "k8s" / part).rglob("*.yaml"))
         if f.name != "kustomization.yaml"
         for d in yaml.safe_load_all(f.read_text())
     ]
     assert docs and all({"apiVersion", "kind", "metadata"} <= set(d) for d in docs)
     kinds = {d["kind"] for d in docs}
-    assert {"RayCluster", "RayJob", "RayCronJob", "KafkaTopic", "KafkaUser", "Service"} <= kinds
+    assert {"RayCluster", "Deployment", "CronJob", "KafkaTopic", "KafkaUser", "Service"} <= kinds
     service = next(d for d in docs if d["kind"] == "Service")
     assert service["spec"]["ports"][0]["port"] == 9464  # `dmguard serve --metrics-port` default
