@@ -7,6 +7,7 @@ and `dmguard score` report the same evidence and apply the same policy."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Hashable, Sequence
@@ -20,6 +21,7 @@ from services.config import WorkerSettings
 from services.errors import InputError
 from services.fetch import FetchPolicy, fetch_bytes
 from services.images import DEFAULT_MAX_PIXELS, decode
+from services.metrics import WorkerStats
 from services.provenance import ProvenanceSettings, Report, read_provenance
 from services.records import ImageRecord, Source
 from training.model.encoders import Preprocess
@@ -148,3 +150,23 @@ def fetch_and_preprocess(
         log.exception("unexpected error fetching %s", job.record.url)
         job.error = InputError(f"{type(exc).__name__}: {exc}", code="internal")
     return job
+
+
+def evidence_json(job: Job) -> str | None:
+    """The feature log's `evidence` cell: the verdict's evidence as JSON, None when not read."""
+    if job.provenance is None or job.provenance.mode == "off":
+        return None
+    return json.dumps(job.provenance.evidence, ensure_ascii=False, separators=(",", ":"))
+
+
+def count_provenance(stats: WorkerStats, job: Job) -> None:
+    """dmguard_provenance_total{kind,result}: each finding by its claim, an image with none
+    as kind="none", and the marker that decided a verdict once more as result="decided"."""
+    if job.provenance is None or job.provenance.mode == "off":
+        return
+    for finding in job.provenance.findings:
+        stats.inc("provenance", finding.kind, finding.claim)
+    if not job.provenance.findings:
+        stats.inc("provenance", "none", "none")
+    if job.provenance.decisive is not None:
+        stats.inc("provenance", job.provenance.decisive.kind, "decided")

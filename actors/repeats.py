@@ -23,6 +23,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from actors.fetching import Job
+    from services.metrics import WorkerStats
 
 ENTRY_OVERHEAD = 200  # bytes of Python objects around each array, counted against the bound
 
@@ -107,3 +108,18 @@ class SharedFetches:
             f.provenance, f.decided_by = job.provenance, job.decided_by
             f.digest, f.size, f.signature = job.digest, job.size, job.signature
         return followers
+
+
+def count_repeats(stats: WorkerStats, cache_on: bool, job: Job, followers: list[Job]) -> None:
+    """dmguard_cache_lookups_total{result} and what the hits and shared fetches saved."""
+    if followers:
+        stats.inc("cache_lookups", "shared_fetch", n=len(followers))
+        stats.inc("cache_saved_bytes", n=job.size * len(followers))
+    if not cache_on or job.error is not None:
+        return
+    if job.cached is None:
+        stats.inc("cache_lookups", "miss")
+        return
+    stats.inc("cache_lookups", "hit")
+    stats.inc("cache_saved_bytes", n=job.size)
+    stats.inc("cache_saved_seconds", n=job.cached.cost_s)

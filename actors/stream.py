@@ -46,7 +46,6 @@ Every such event counts in `dmguard_broker_errors_total{op}`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -69,8 +68,9 @@ from actors.delivery import (
     Fenced,
     transactional_id,
 )
-from actors.fetching import Job, fetch_and_preprocess
-from actors.repeats import Cached, FeatureCache, SharedFetches
+from actors.fetching import Job, count_provenance, evidence_json, fetch_and_preprocess
+from actors.repeats import FeatureCache, SharedFetches, count_repeats
+from actors.scoring import score_jobs
 from services.broker import kafka_answers
 from services.config import WorkerSettings
 from services.errors import BrokerError, InputError
@@ -96,13 +96,6 @@ REGISTRY_RETRY_S = 30.0  # a head that failed to load is tried again after this 
 BROKER_TIMEOUT_S = 10.0  # longest a commit waits for the broker before giving up on it
 BROKER_RETRY_MAX_S = 5.0  # longest wait between two tries to reach a broker that is away
 ACCESS_RETRY_S = 5.0  # wait between two tries after an ACL refusal (until someone grants it)
-
-
-def _evidence_json(job: Job) -> str | None:
-    """The feature log's `evidence` cell: the verdict's evidence as JSON, None when not read."""
-    if job.provenance is None or job.provenance.mode == "off":
-        return None
-    return json.dumps(job.provenance.evidence, ensure_ascii=False, separators=(",", ":"))
 
 
 def _ray_node_id() -> str | None:
@@ -415,26 +408,12 @@ class StreamWorker:
             self._in_flight -= 1 + len(followers)
             for stage, seconds in job.timings.items():
                 self.stats.observe("stage_seconds", seconds, stage)
-            self._count_repeats(job, followers)
+            count_repeats(self.stats, self.cache is not None, job, followers)
             for each in (job, *followers):
                 if each.error is not None:
                     self._emit_dead_letter(each)
                 else:
                     self._batcher.add(each, time.monotonic())
-
-    def _count_repeats(self, job: Job, followers: list[Job]) -> None:
-        """dmguard_cache_lookups_total{result} and what the hits and shared fetches saved."""
-        if followers:
-            self.stats.inc("cache_lookups", "shared_fetch", n=len(followers))
-            self.stats.inc("cache_saved_bytes", n=job.size * len(followers))
-        if self.cache is None or job.error is not None:
-            return
-        if job.cached is None:
-            self.stats.inc("cache_lookups", "miss")
-            return
-        self.stats.inc("cache_lookups", "hit")
-        self.stats.inc("cache_saved_bytes", n=job.size)
-        self.stats.inc("cache_saved_seconds", n=job.cached.cost_s)
 
     def _run_batch(self, jobs: list[Job], pool: ThreadPoolExecutor) -> None:
         shape, signature = self.detector.pixel_shape, self.detector.signature
@@ -461,7 +440,7 @@ class StreamWorker:
                 scores,
                 meta.version,
                 features=meta.features,
-                evidence=[_evidence_json(j) for j in scored],
+                evidence=[evidence_json(j) for j in scored],
             )
         # The head's abstain band and calibration (built once, when the head was loaded).
         verdicts, probabilities = self.detector.judge(scores)
@@ -493,86 +472,14 @@ class StreamWorker:
             self._send(self.settings.topics.verdicts, value, job.record.id, job)
             self.stats.inc("records", "verdict")
             self.stats.inc("verdicts", verdict.verdict)
-            self._count_provenance(job)
+            count_provenance(self.stats, job)
         self.stats.observe("stage_seconds", time.perf_counter() - t_produce, "produce")
 
-    def _count_provenance(self, job: Job) -> None:
-        """dmguard_provenance_total{kind,result}: each finding by its claim, an image with none
-        as kind="none", and the marker that decided a verdict once more as result="decided"."""
-        if job.provenance is None or job.provenance.mode == "off":
-            return
-        for finding in job.provenance.findings:
-            self.stats.inc("provenance", finding.kind, finding.claim)
-        if not job.provenance.findings:
-            self.stats.inc("provenance", "none", "none")
-        if job.provenance.decisive is not None:
-            self.stats.inc("provenance", job.provenance.decisive.kind, "decided")
-
     def _score(self, jobs: list[Job]) -> tuple[list[Job], np.ndarray, np.ndarray]:
-        """Embed and score `jobs`: (the jobs scored, their embeddings, their scores).
-
-        A batch on which the model raises is split in halves and each half tried
-        again, down to single records, so one record that breaks the model costs
-        only itself; it and any record with a non-finite embedding or score become
-        `internal` dead letters.
-        """
-        timings: dict[str, float] = {}
-        try:
-            view_features = self._view_features(jobs, timings)
-            embeddings, scores = self.detector.score_features(
-                view_features, [j.record.text for j in jobs], timings=timings
-            )
-        except Exception as exc:
-            if len(jobs) == 1:
-                log.exception("model failed on record %s", jobs[0].record.id)
-                jobs[0].error = InputError(f"model failed: {type(exc).__name__}: {exc}")
-                self._emit_dead_letter(jobs[0])
-                return [], np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
-            log.warning("model failed on a batch of %d (%s); retrying its halves", len(jobs), exc)
-            mid = len(jobs) // 2
-            parts = [self._score(jobs[:mid]), self._score(jobs[mid:])]
-            parts = [p for p in parts if p[0]]
-            if not parts:
-                return [], np.zeros((0, 0), np.float32), np.zeros(0, np.float32)
-            return (
-                [j for p in parts for j in p[0]],
-                np.concatenate([p[1] for p in parts]),
-                np.concatenate([p[2] for p in parts]),
-            )
-        self.stats.observe("batch_size", len(jobs))
-        for stage, seconds in timings.items():
-            self.stats.observe("stage_seconds", seconds, stage)
-        finite = np.isfinite(scores) & np.isfinite(embeddings).all(axis=1)
-        for job in (j for j, ok in zip(jobs, finite, strict=True) if not ok):
-            job.error = InputError("the model produced a non-finite embedding or score")
-            self._emit_dead_letter(job)
-        self._remember(jobs, view_features, finite, timings)
-        if finite.all():
-            return jobs, embeddings, scores
-        kept = [j for j, ok in zip(jobs, finite, strict=True) if ok]
-        return kept, embeddings[finite], scores[finite]
-
-    def _view_features(self, jobs: list[Job], timings: dict[str, float]) -> np.ndarray:
-        """Every view's encoder features, (B, 1+V, F): from the cache where a job has them,
-        else embedded now, in one batch."""
-        todo = [j for j in jobs if j.cached is None]
-        embedded = iter(
-            self.detector.embed(np.stack([j.pixels for j in todo]), timings=timings) if todo else ()
+        """Embed and score `jobs` (actors.scoring): (the jobs scored, embeddings, scores)."""
+        return score_jobs(
+            self.detector, jobs, cache=self.cache, stats=self.stats, reject=self._emit_dead_letter
         )
-        return np.stack([j.cached.features if j.cached else next(embedded) for j in jobs])
-
-    def _remember(
-        self, jobs: list[Job], view_features: np.ndarray, finite: np.ndarray, timings: dict
-    ) -> None:
-        """Put the features just embedded (finite ones) in the cache, with what they cost."""
-        if self.cache is None:
-            return
-        todo = [i for i, j in enumerate(jobs) if j.cached is None and j.digest and finite[i]]
-        per_image = timings.get("embed", 0.0) / max(1, sum(j.cached is None for j in jobs))
-        signature = self.detector.signature
-        for i in todo:
-            cost = per_image + jobs[i].timings.get("decode", 0.0)
-            self.cache.put(signature, jobs[i].digest, Cached(view_features[i], cost, jobs[i].size))
 
     def _emit_dead_letter(self, job: Job) -> None:
         err = job.error
