@@ -43,7 +43,8 @@ STEP_PANELS = (
 )
 
 
-def _font(size: int):
+def font(size: int):
+    """Pillow's default font at `size` where this Pillow takes one."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow without the size argument
@@ -66,7 +67,7 @@ def write_plot(
     largest values marked; the x axis from the first to the last row."""
     img = Image.new("RGB", PLOT_SIZE, "white")
     draw = ImageDraw.Draw(img)
-    small, big = _font(12), _font(15)
+    small, big = font(12), font(15)
     draw.text((10, 6), title, fill="black", font=big)
     top, pw, ph = 30, PLOT_SIZE[0] // 2, (PLOT_SIZE[1] - 30) // 2
     for k, (name, series) in enumerate(panels or _PANELS):

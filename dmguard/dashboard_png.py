@@ -30,7 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from benchmarks.soak_plot import font
 
 DASHBOARD = Path(__file__).resolve().parents[1] / "deploy" / "grafana" / "dmguard.json"
 # (the dashboard panel's title, the PNG's title)
@@ -241,13 +243,6 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
 
 
 # ------------------------------------------------------------------ the picture
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow without the size argument
-        return ImageFont.load_default()
-
-
 def _num(v: float) -> str:
     if v == 0:
         return "0"
@@ -261,7 +256,7 @@ def write_png(panels: list[Panel], path: Path, title: str = "") -> list[str]:
     A series that is 0 throughout is left out (nine dead-letter codes, most of them 0)."""
     img = Image.new("RGB", SIZE, "white")
     draw = ImageDraw.Draw(img)
-    small, big = _font(12), _font(15)
+    small, big = font(12), font(15)
     draw.text((12, 8), title, fill="black", font=big)
     starts = [pts[0][0] for p in panels for pts in p.series.values() if pts]
     t0 = min(starts) if starts else 0.0
